@@ -1,0 +1,109 @@
+//! What the engine answers: the outcome, the status to send, and enough to explain it.
+
+use serde::Serialize;
+
+use crate::limits::RateLimitHeaders;
+use crate::policy::Effect;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Allowed,
+    NoIdentity,
+    InvalidCertificate,
+    InvalidToken,
+    BodyTooLarge,
+    DeniedByRule,
+    NoAllowRule,
+    RateLimited,
+    CostExceedsBurst,
+    LimitTableFull,
+    LimitError,
+    EngineError,
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::NoIdentity => "no_identity",
+            Reason::InvalidCertificate => "invalid_certificate",
+            Reason::InvalidToken => "invalid_token",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::DeniedByRule => "denied_by_rule",
+            Reason::NoAllowRule => "no_allow_rule",
+            Reason::RateLimited => "rate_limited",
+            Reason::CostExceedsBurst => "cost_exceeds_burst",
+            Reason::LimitTableFull => "limit_table_full",
+            Reason::LimitError => "limit_error",
+            Reason::EngineError => "engine_error",
+        }
+    }
+}
+
+/// A rule whose expression failed to evaluate, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleError {
+    pub rule: String,
+    pub error: String,
+}
+
+/// The limit that fired (on a 429) or the tightest one that was checked (on an allow).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LimitReport {
+    pub name: String,
+    pub remaining: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+    pub headers: RateLimitHeaders,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Whether the request goes on. In audit mode always true.
+    pub allowed: bool,
+    /// What the policy decided.
+    pub effect: Effect,
+    /// The status the policy decided: 200 for allow.
+    pub status: u16,
+    pub reason: Reason,
+    /// One sentence for the client and the log.
+    pub message: String,
+    /// The rule that decided: the matching deny rule, or the first matching allow rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Every rule whose condition was true, in policy order.
+    pub matched: Vec<String>,
+    /// Rules whose condition failed to evaluate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<RuleError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitReport>,
+    /// Audit mode: `effect`/`status` are what enforcement would have done.
+    pub audit: bool,
+}
+
+impl Decision {
+    pub(crate) fn deny(status: u16, reason: Reason, message: impl Into<String>) -> Self {
+        Decision {
+            allowed: false,
+            effect: Effect::Deny,
+            status,
+            reason,
+            message: message.into(),
+            rule: None,
+            matched: Vec::new(),
+            errors: Vec::new(),
+            identity: None,
+            limit: None,
+            audit: false,
+        }
+    }
+
+    /// The answer when the engine itself failed: never a pass.
+    pub fn engine_error(message: impl Into<String>) -> Self {
+        Decision::deny(500, Reason::EngineError, message)
+    }
+}

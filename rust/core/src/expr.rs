@@ -1,0 +1,333 @@
+//! CEL expressions: one shared environment, compilation with errors that say where,
+//! and evaluation against a request's variables.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use cel::common::types::{CelBool, CelString};
+use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, IdedExpr, LiteralValue};
+use cel::{Context, Env, ExecutionError, Program, Value};
+
+/// The variables a rule may read (DESIGN.md, "What a rule sees").
+pub const VARIABLES: [&str; 5] = ["cert", "claims", "request", "body", "identity"];
+
+/// The environment every expression compiles and runs in: the standard library, with
+/// `matches` served from a cache of compiled patterns instead of compiling per call.
+pub fn env() -> Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Env::stdlib();
+        cel::add_overload!(env, fn matches: (CelString, CelString) -> Result<CelBool>, id = "matches")
+            .expect("matches is not in the stdlib without the regex feature");
+        cel::add_member_overload!(env, fn matches: (CelString, CelString) -> Result<CelBool>)
+            .expect("matches is not in the stdlib without the regex feature");
+        Arc::new(env)
+    })
+    .clone()
+}
+
+const REGEX_CACHE_MAX: usize = 1024;
+
+fn matches(this: &CelString<'_>, pattern: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    Ok(CelBool::from(compiled(pattern.inner())?.is_match(this.inner())))
+}
+
+/// Patterns are compiled once and kept; literal patterns (the common case) are also
+/// compiled when the expression compiles, so a bad one fails at policy load.
+fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
+    static CACHE: OnceLock<RwLock<HashMap<String, Arc<regex::Regex>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(re) = cache.read().unwrap_or_else(|p| p.into_inner()).get(pattern) {
+        return Ok(re.clone());
+    }
+    let re = Arc::new(
+        regex::RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| ExecutionError::function_error("matches", format!("bad pattern {pattern:?}: {e}")))?,
+    );
+    let mut w = cache.write().unwrap_or_else(|p| p.into_inner());
+    if w.len() < REGEX_CACHE_MAX {
+        w.insert(pattern.to_owned(), re.clone());
+    }
+    Ok(re)
+}
+
+/// A compiled expression and the variables it reads.
+pub struct Expression {
+    pub source: String,
+    program: Program,
+    reads: [bool; 5],
+}
+
+impl std::fmt::Debug for Expression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+/// Where an expression failed to compile, relative to the expression's own text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl Expression {
+    /// Compiles `source`, allowing only the variables in `allowed` (plus the ones that
+    /// comprehension macros bind).
+    pub fn compile(source: &str, allowed: &[&str]) -> Result<Expression, Vec<CompileError>> {
+        if source.trim().is_empty() {
+            return Err(vec![CompileError {
+                line: 1,
+                column: 1,
+                message: "expression is empty".into(),
+            }]);
+        }
+        let program = env().compile(source).map_err(|errs| {
+            errs.errors
+                .iter()
+                .map(|e| CompileError {
+                    line: e.pos.0.max(1) as usize,
+                    column: e.pos.1.max(0) as usize + 1,
+                    message: e.msg.clone(),
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let mut found = Found::default();
+        walk(program.expression(), &mut Vec::new(), &mut found);
+        let position = |id: u64| {
+            let at = program
+                .source_info()
+                .offset_for(id)
+                .map(|(start, _)| start as usize)
+                .unwrap_or(0);
+            line_column(source, at)
+        };
+        let mut errors = Vec::new();
+        let mut reported: Vec<&str> = Vec::new();
+        for (name, id) in &found.free {
+            if !allowed.contains(name) && !reported.contains(name) {
+                reported.push(name);
+                let (line, column) = position(*id);
+                errors.push(CompileError {
+                    line,
+                    column,
+                    message: format!(
+                        "unknown variable '{name}' (this expression can read {})",
+                        allowed.join(", ")
+                    ),
+                });
+            }
+        }
+        for (pattern, id) in &found.patterns {
+            if let Err(e) = compiled(pattern) {
+                let (line, column) = position(*id);
+                errors.push(CompileError {
+                    line,
+                    column,
+                    message: e.to_string(),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut reads = [false; 5];
+        for (i, name) in VARIABLES.iter().enumerate() {
+            reads[i] = found.free.iter().any(|(v, _)| v == name);
+        }
+        Ok(Expression {
+            source: source.to_owned(),
+            program,
+            reads,
+        })
+    }
+
+    pub fn reads(&self, variable: &str) -> bool {
+        VARIABLES
+            .iter()
+            .position(|v| *v == variable)
+            .is_some_and(|i| self.reads[i])
+    }
+
+    pub fn eval(&self, ctx: &Context<'_, '_>) -> Result<Value, String> {
+        self.program.execute(ctx).map_err(|e| e.to_string())
+    }
+
+    pub fn eval_bool(&self, ctx: &Context<'_, '_>) -> Result<bool, String> {
+        match self.eval(ctx)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(format!("expected a bool, got {}", type_name(&other))),
+        }
+    }
+
+    pub fn eval_string(&self, ctx: &Context<'_, '_>) -> Result<String, String> {
+        match self.eval(ctx)? {
+            Value::String(s) => Ok(s.to_string()),
+            Value::Int(i) => Ok(i.to_string()),
+            Value::UInt(u) => Ok(u.to_string()),
+            other => Err(format!("expected a string, got {}", type_name(&other))),
+        }
+    }
+
+    pub fn eval_u64(&self, ctx: &Context<'_, '_>) -> Result<u64, String> {
+        match self.eval(ctx)? {
+            Value::Int(i) if i >= 0 => Ok(i as u64),
+            Value::UInt(u) => Ok(u),
+            Value::Float(f) if f >= 0.0 && f.is_finite() && f.fract() == 0.0 => Ok(f as u64),
+            Value::Int(i) => Err(format!("expected a non-negative number, got {i}")),
+            other => Err(format!("expected a non-negative integer, got {}", type_name(&other))),
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::List(_) => "list",
+        Value::Map(_) => "map",
+        Value::Int(_) => "int",
+        Value::UInt(_) => "uint",
+        Value::Float(_) => "double",
+        Value::String(_) => "string",
+        Value::Bytes(_) => "bytes",
+        Value::Bool(_) => "bool",
+        Value::Null => "null",
+        _ => "value",
+    }
+}
+
+/// What an expression reads: its free variables (comprehension macros bind their own,
+/// which are not free) and the literal patterns given to `matches`.
+#[derive(Default)]
+struct Found<'a> {
+    free: Vec<(&'a str, u64)>,
+    patterns: Vec<(&'a str, u64)>,
+}
+
+fn walk<'a>(e: &'a IdedExpr, bound: &mut Vec<&'a str>, found: &mut Found<'a>) {
+    match &e.expr {
+        Expr::Ident(name) => {
+            if !name.starts_with('@') && !bound.contains(&name.as_str()) {
+                found.free.push((name, e.id));
+            }
+        }
+        Expr::Select(sel) => walk(&sel.operand, bound, found),
+        Expr::Call(call) => {
+            if call.func_name == "matches" {
+                if let Some(IdedExpr {
+                    id,
+                    expr: Expr::Literal(LiteralValue::String(p)),
+                }) = call.args.last()
+                {
+                    found.patterns.push((p.inner(), *id));
+                }
+            }
+            if let Some(target) = &call.target {
+                walk(target, bound, found);
+            }
+            for arg in &call.args {
+                walk(arg, bound, found);
+            }
+        }
+        Expr::Comprehension(comp) => {
+            walk(&comp.iter_range, bound, found);
+            let depth = bound.len();
+            bound.push(&comp.iter_var);
+            if let Some(v2) = &comp.iter_var2 {
+                bound.push(v2);
+            }
+            bound.push(&comp.accu_var);
+            for part in [&comp.accu_init, &comp.loop_cond, &comp.loop_step, &comp.result] {
+                walk(part, bound, found);
+            }
+            bound.truncate(depth);
+        }
+        Expr::List(list) => {
+            for item in &list.elements {
+                walk(item, bound, found);
+            }
+        }
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                walk_entry(entry, bound, found);
+            }
+        }
+        Expr::Struct(st) => {
+            for entry in &st.entries {
+                walk_entry(entry, bound, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn walk_entry<'a>(entry: &'a IdedEntryExpr, bound: &mut Vec<&'a str>, found: &mut Found<'a>) {
+    match &entry.expr {
+        EntryExpr::StructField(field) => walk(&field.value, bound, found),
+        EntryExpr::MapEntry(me) => {
+            walk(&me.key, bound, found);
+            walk(&me.value, bound, found);
+        }
+    }
+}
+
+/// 1-based line and column of character offset `at` in `source`.
+fn line_column(source: &str, at: usize) -> (usize, usize) {
+    let mut line = 1;
+    let mut column = 1;
+    for (i, c) in source.chars().enumerate() {
+        if i == at {
+            break;
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_variable_is_a_compile_error_with_position() {
+        let err = Expression::compile("request.path == '/' && reqest.host == 'x'", &VARIABLES).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(err[0].message.contains("unknown variable 'reqest'"), "{err:?}");
+        assert_eq!((err[0].line, err[0].column), (1, 24));
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let err = Expression::compile("request.path ==", &VARIABLES).unwrap_err();
+        assert!(!err.is_empty());
+        assert_eq!(err[0].line, 1);
+        assert!(err[0].column > 1, "{err:?}");
+    }
+
+    #[test]
+    fn macro_bindings_are_not_unknown_variables() {
+        let e = Expression::compile("claims.groups.exists(g, g == 'sre')", &VARIABLES).unwrap();
+        assert!(e.reads("claims"));
+        assert!(!e.reads("body"));
+    }
+
+    #[test]
+    fn bad_literal_regex_fails_at_compile() {
+        let err = Expression::compile("request.path.matches('(unclosed')", &VARIABLES).unwrap_err();
+        assert!(err[0].message.contains("bad pattern"), "{err:?}");
+    }
+
+    #[test]
+    fn matches_works_in_both_forms() {
+        let ctx = Context::with_env(env());
+        let e = Expression::compile("'/v1/chat'.matches('^/v1/') && matches('abc', 'b')", &VARIABLES).unwrap();
+        assert_eq!(e.eval_bool(&ctx), Ok(true));
+    }
+}

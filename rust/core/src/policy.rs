@@ -1,0 +1,633 @@
+//! The policy file: TOML that both Caddy and the CLI load. Loading checks everything a
+//! user can get wrong (unknown keys, CEL errors, rates, sizes, statuses) and reports
+//! every problem at once, each naming the rule or field and where it is.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::expr::{CompileError, Expression, VARIABLES};
+
+/// A loaded, compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub mode: Mode,
+    pub identity: Option<Expression>,
+    pub require_identity: bool,
+    pub max_body_bytes: u64,
+    pub max_json_depth: usize,
+    pub deny_status: u16,
+    pub certificate: CertificateSettings,
+    pub token: Option<TokenConfig>,
+    pub rules: Vec<Rule>,
+    pub limits: Vec<LimitConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Decisions are enforced.
+    Enforce,
+    /// Decisions are computed and reported, and every request passes.
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificateSettings {
+    pub required: bool,
+    pub cache_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub settings: crate::token::TokenSettings,
+    pub required: bool,
+    /// Header the bearer token is read from (lower-case).
+    pub header: String,
+    /// A JWKS file for air-gapped setups, relative to the policy file. The core does no
+    /// I/O: the CLI and the Caddy module read it and call `Engine::set_jwks`.
+    pub jwks_file: Option<String>,
+    /// OIDC issuer whose discovery document the Caddy module fetches the JWKS from.
+    pub discovery: bool,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub effect: Effect,
+    pub when: Expression,
+    pub status: Option<u16>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct LimitConfig {
+    pub name: String,
+    pub key: Expression,
+    pub rate: Rate,
+    pub burst: u32,
+    pub cost: Option<Expression>,
+    pub when: Option<Expression>,
+    pub max_keys: usize,
+    /// The definition in one string: a reload keeps a limit's buckets when this is equal.
+    pub fingerprint: String,
+}
+
+/// `count` cells per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Time for one cell to replenish.
+    pub fn period(&self) -> Duration {
+        self.per / self.count
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            3600 => "h",
+            86400 => "d",
+            _ => return write!(f, "{}/{}s", self.count, self.per.as_secs()),
+        };
+        write!(f, "{}/{}", self.count, unit)
+    }
+}
+
+/// Every problem found in a policy, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.problems.join("\n"))
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+// ---- the file as written ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    settings: SettingsDef,
+    #[serde(default)]
+    certificate: CertificateDef,
+    token: Option<TokenDef>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<RuleDef>,
+    #[serde(default, rename = "limit")]
+    limits: Vec<LimitDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsDef {
+    #[serde(default = "default_mode")]
+    mode: Mode,
+    identity: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    require_identity: bool,
+    #[serde(default = "default_max_body")]
+    max_body: Size,
+    #[serde(default = "default_json_depth")]
+    max_json_depth: usize,
+    #[serde(default = "default_deny_status")]
+    deny_status: u16,
+}
+
+impl Default for SettingsDef {
+    fn default() -> Self {
+        SettingsDef {
+            mode: default_mode(),
+            identity: None,
+            require_identity: true,
+            max_body: default_max_body(),
+            max_json_depth: default_json_depth(),
+            deny_status: default_deny_status(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateDef {
+    #[serde(default)]
+    required: bool,
+    #[serde(default = "default_cert_cache")]
+    cache_size: usize,
+}
+
+impl Default for CertificateDef {
+    fn default() -> Self {
+        CertificateDef {
+            required: false,
+            cache_size: default_cert_cache(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenDef {
+    #[serde(default)]
+    issuer: String,
+    #[serde(default)]
+    audience: OneOrMany,
+    #[serde(default = "default_leeway")]
+    leeway: DurationDef,
+    #[serde(default)]
+    required: bool,
+    #[serde(default = "default_token_max")]
+    max_size: Size,
+    #[serde(default = "default_token_header")]
+    header: String,
+    jwks_file: Option<String>,
+    #[serde(default = "yes")]
+    discovery: bool,
+    #[serde(default = "default_token_cache")]
+    cache_size: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDef {
+    name: String,
+    effect: Effect,
+    when: Spanned<String>,
+    status: Option<u16>,
+    message: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitDef {
+    name: String,
+    key: Option<Spanned<String>>,
+    rate: String,
+    burst: Option<i64>,
+    cost: Option<Spanned<String>>,
+    when: Option<Spanned<String>>,
+    #[serde(default = "default_max_keys")]
+    max_keys: usize,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum Size {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum DurationDef {
+    Seconds(i64),
+    Text(String),
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_mode() -> Mode {
+    Mode::Enforce
+}
+fn default_max_body() -> Size {
+    Size::Bytes(1 << 20)
+}
+fn default_json_depth() -> usize {
+    32
+}
+fn default_deny_status() -> u16 {
+    403
+}
+fn default_cert_cache() -> usize {
+    4096
+}
+fn default_leeway() -> DurationDef {
+    DurationDef::Seconds(30)
+}
+fn default_token_max() -> Size {
+    Size::Bytes(8 << 10)
+}
+fn default_token_header() -> String {
+    "authorization".into()
+}
+fn default_token_cache() -> usize {
+    10_000
+}
+fn default_max_keys() -> usize {
+    100_000
+}
+
+/// The largest body limit accepted: the module buffers up to this much per request.
+pub const MAX_BODY_LIMIT: u64 = 1 << 30;
+
+/// Parses `"512KiB"`, `"1MiB"`, `"2MB"`, `"100B"` or a plain byte count.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 512KiB, 1MiB, 2MB, 4096)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        other => return Err(format!("{text:?}: unknown size unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses `"30s"`, `"2m"`, `"1h"` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (examples: 30s, 2m, 1h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        other => return Err(format!("{text:?}: unknown duration unit {other:?} (use s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses a rate: `"10/s"`, `"600/m"`, `"1000/h"`, `"20000/d"`, or `"5/10s"`.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let bad = || format!("{text:?} is not a rate (examples: 10/s, 600/m, 1000/h, 5/10s)");
+    let (count, per) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    if count == 0 {
+        return Err(format!("{text:?}: a rate must allow at least one request"));
+    }
+    let per = per.trim();
+    let per = match per {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        "d" | "day" => Duration::from_secs(86400),
+        other => parse_duration(other).map_err(|_| bad())?,
+    };
+    if per.is_zero() {
+        return Err(format!("{text:?}: the period must be longer than zero"));
+    }
+    if (per / count).is_zero() {
+        return Err(format!("{text:?}: more than one request per nanosecond"));
+    }
+    Ok(Rate { count, per })
+}
+
+struct Loader<'s> {
+    source: &'s str,
+    file: &'s str,
+    problems: Vec<String>,
+}
+
+impl Loader<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.source[..offset.min(self.source.len())].matches('\n').count() + 1
+    }
+
+    fn problem(&mut self, msg: String) {
+        self.problems.push(format!("{}: {msg}", self.file));
+    }
+
+    fn expr(&mut self, what: &str, spanned: &Spanned<String>, allowed: &[&str]) -> Option<Expression> {
+        match Expression::compile(spanned.get_ref(), allowed) {
+            Ok(e) => Some(e),
+            Err(errors) => {
+                let line = self.line_of(spanned.span().start);
+                // A multi-line literal starts with a newline that TOML drops.
+                let starts_on_next = self.source[spanned.span().start..].starts_with("'''\n")
+                    || self.source[spanned.span().start..].starts_with("\"\"\"\n");
+                for CompileError {
+                    line: l,
+                    column,
+                    message,
+                } in errors
+                {
+                    let file_line = line + l - 1 + usize::from(starts_on_next);
+                    self.problems.push(format!(
+                        "{}:{file_line}: {what}: line {l}, column {column} of the expression: {message}",
+                        self.file
+                    ));
+                }
+                None
+            }
+        }
+    }
+}
+
+fn size_value(s: &Size) -> Result<u64, String> {
+    match s {
+        Size::Bytes(n) if *n >= 0 => Ok(*n as u64),
+        Size::Bytes(n) => Err(format!("{n} is negative")),
+        Size::Text(t) => parse_size(t),
+    }
+}
+
+/// Loads a policy from TOML. `file` names it in error messages.
+pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
+    let parsed: File = toml::from_str(source).map_err(|e| PolicyError {
+        problems: vec![format!("{file}: {}", e.to_string().trim_end())],
+    })?;
+    let mut l = Loader {
+        source,
+        file,
+        problems: Vec::new(),
+    };
+
+    let s = &parsed.settings;
+    let identity = s
+        .identity
+        .as_ref()
+        .and_then(|e| l.expr("settings.identity", e, &["cert", "claims", "request", "body"]));
+    let max_body_bytes = match size_value(&s.max_body) {
+        Ok(0) => {
+            l.problem("settings.max_body: must be larger than 0".into());
+            0
+        }
+        Ok(n) if n > MAX_BODY_LIMIT => {
+            l.problem(format!("settings.max_body: {n} bytes is over the 1GiB the module can buffer"));
+            0
+        }
+        Ok(n) => n,
+        Err(e) => {
+            l.problem(format!("settings.max_body: {e}"));
+            0
+        }
+    };
+    if s.max_json_depth == 0 || s.max_json_depth > 128 {
+        l.problem(format!("settings.max_json_depth: {} is outside 1..=128", s.max_json_depth));
+    }
+    if !(400..=599).contains(&s.deny_status) {
+        l.problem(format!("settings.deny_status: {} is not a 4xx or 5xx status", s.deny_status));
+    }
+    if parsed.certificate.cache_size == 0 {
+        l.problem("certificate.cache_size: must be at least 1".into());
+    }
+
+    let token = parsed.token.as_ref().map(|t| {
+        let leeway = match &t.leeway {
+            DurationDef::Seconds(n) if *n >= 0 => Duration::from_secs(*n as u64),
+            DurationDef::Seconds(n) => {
+                l.problem(format!("token.leeway: {n} is negative"));
+                Duration::ZERO
+            }
+            DurationDef::Text(text) => parse_duration(text).unwrap_or_else(|e| {
+                l.problem(format!("token.leeway: {e}"));
+                Duration::ZERO
+            }),
+        };
+        if leeway > Duration::from_secs(600) {
+            l.problem(format!("token.leeway: {}s is over the 600s allowed", leeway.as_secs()));
+        }
+        let max_bytes = size_value(&t.max_size).unwrap_or_else(|e| {
+            l.problem(format!("token.max_size: {e}"));
+            0
+        });
+        if max_bytes == 0 || max_bytes > 64 << 10 {
+            l.problem(format!("token.max_size: {max_bytes} bytes is outside 1..=64KiB"));
+        }
+        if t.cache_size == 0 {
+            l.problem("token.cache_size: must be at least 1".into());
+        }
+        let audiences = match &t.audience {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(a) => vec![a.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if t.header.trim().is_empty() {
+            l.problem("token.header: must name a header".into());
+        }
+        TokenConfig {
+            settings: crate::token::TokenSettings {
+                issuer: t.issuer.clone(),
+                audiences,
+                leeway_secs: leeway.as_secs(),
+                max_bytes: max_bytes as usize,
+                cache_size: t.cache_size.max(1),
+                max_claims_depth: s.max_json_depth.clamp(1, 128),
+            },
+            required: t.required,
+            header: t.header.trim().to_ascii_lowercase(),
+            jwks_file: t.jwks_file.clone(),
+            discovery: t.discovery,
+        }
+    });
+
+    let mut names = HashSet::new();
+    let mut rules = Vec::new();
+    for (i, r) in parsed.rules.iter().enumerate() {
+        let label = if r.name.is_empty() {
+            format!("rule #{}", i + 1)
+        } else {
+            format!("rule {:?}", r.name)
+        };
+        if !valid_name(&r.name) {
+            l.problem(format!("{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."));
+        } else if !names.insert(r.name.clone()) {
+            l.problem(format!("{label}: the name is used twice"));
+        }
+        if let Some(status) = r.status {
+            if r.effect == Effect::Allow {
+                l.problem(format!("{label}: status is only for deny rules"));
+            } else if !(400..=599).contains(&status) {
+                l.problem(format!("{label}: status {status} is not a 4xx or 5xx status"));
+            }
+        }
+        if let Some(when) = l.expr(&format!("{label} when"), &r.when, &VARIABLES) {
+            rules.push(Rule {
+                name: r.name.clone(),
+                effect: r.effect,
+                when,
+                status: r.status,
+                message: r.message.clone(),
+            });
+        }
+    }
+
+    let mut limit_names = HashSet::new();
+    let mut limits = Vec::new();
+    for (i, d) in parsed.limits.iter().enumerate() {
+        let label = if d.name.is_empty() {
+            format!("limit #{}", i + 1)
+        } else {
+            format!("limit {:?}", d.name)
+        };
+        if !valid_name(&d.name) {
+            l.problem(format!("{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."));
+        } else if !limit_names.insert(d.name.clone()) {
+            l.problem(format!("{label}: the name is used twice"));
+        }
+        let rate = parse_rate(&d.rate).map_err(|e| l.problem(format!("{label}: rate {e}"))).ok();
+        let burst = match d.burst {
+            None => rate.map(|r| r.count).unwrap_or(1),
+            Some(b) if (1..=1_000_000_000).contains(&b) => b as u32,
+            Some(b) => {
+                l.problem(format!("{label}: burst {b} is outside 1..=1000000000"));
+                1
+            }
+        };
+        if d.max_keys == 0 {
+            l.problem(format!("{label}: max_keys must be at least 1"));
+        }
+        let key_src = d
+            .key
+            .clone()
+            .unwrap_or_else(|| Spanned::new(0..0, "identity".to_owned()));
+        let key = l.expr(&format!("{label} key"), &key_src, &VARIABLES);
+        let cost = d.cost.as_ref().map(|c| l.expr(&format!("{label} cost"), c, &VARIABLES));
+        let when = d.when.as_ref().map(|w| l.expr(&format!("{label} when"), w, &VARIABLES));
+        if let (Some(rate), Some(key), Some(cost), Some(when)) = (rate, key, cost.transpose_ok(), when.transpose_ok()) {
+            let fingerprint = format!(
+                "{}|{}|{}|{}|{}|{}|{}",
+                d.name,
+                key.source,
+                rate,
+                burst,
+                cost.as_ref().map(|c| c.source.as_str()).unwrap_or("1"),
+                when.as_ref().map(|w| w.source.as_str()).unwrap_or("true"),
+                d.max_keys
+            );
+            limits.push(LimitConfig {
+                name: d.name.clone(),
+                key,
+                rate,
+                burst,
+                cost,
+                when,
+                max_keys: d.max_keys.max(1),
+                fingerprint,
+            });
+        }
+    }
+
+    if rules.iter().all(|r| r.effect != Effect::Allow) && l.problems.is_empty() {
+        l.problem("the policy has no allow rule, so it denies every request".into());
+    }
+
+    if !l.problems.is_empty() {
+        return Err(PolicyError { problems: l.problems });
+    }
+    Ok(Policy {
+        mode: s.mode,
+        identity,
+        require_identity: s.require_identity,
+        max_body_bytes,
+        max_json_depth: s.max_json_depth,
+        deny_status: s.deny_status,
+        certificate: CertificateSettings {
+            required: parsed.certificate.required,
+            cache_size: parsed.certificate.cache_size,
+        },
+        token,
+        rules,
+        limits,
+    })
+}
+
+/// `Some(None)` (no expression) and `Some(Some(e))` are fine; `None` means the
+/// expression was given and failed to compile.
+trait TransposeOk<T> {
+    fn transpose_ok(self) -> Option<Option<T>>;
+}
+
+impl<T> TransposeOk<T> for Option<Option<T>> {
+    fn transpose_ok(self) -> Option<Option<T>> {
+        match self {
+            None => Some(None),
+            Some(Some(e)) => Some(Some(e)),
+            Some(None) => None,
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}

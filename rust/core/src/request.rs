@@ -1,0 +1,104 @@
+//! The request as the caller hands it in, borrowed for one decision, and the
+//! `request` variable built from it.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use cel::common::types::CelMapKey;
+
+use crate::values::{self, BoxVal};
+
+/// One request. Everything is borrowed for the duration of `Engine::decide`.
+#[derive(Debug, Clone, Default)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub remote_ip: &'a str,
+    /// Header fields in arrival order; names in any case. Repeated fields are joined
+    /// with ", " as HTTP allows.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The verified client certificate, DER. `None`: no certificate was presented.
+    pub client_cert_der: Option<&'a [u8]>,
+    /// The body bytes read so far: all of it, or the first `max_body + 1` bytes when it
+    /// is larger.
+    pub body: &'a [u8],
+    /// The body size: `Content-Length` when known, else the bytes read. The module
+    /// never reads past the limit, so `body_size` may be larger than `body.len()`.
+    pub body_size: u64,
+}
+
+impl<'a> Request<'a> {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+
+    /// The bearer token in header `name`, if it carries one.
+    pub fn bearer(&self, name: &str) -> Option<&'a str> {
+        let v = self.header(name)?.trim();
+        let (scheme, token) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Whether the body claims to be JSON (`application/json` or `…+json`).
+    pub fn is_json(&self) -> bool {
+        self.header("content-type").is_some_and(|ct| {
+            let mime = ct.split(';').next().unwrap_or("").trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || mime.len() > 5 && mime[mime.len() - 5..].eq_ignore_ascii_case("+json")
+        })
+    }
+
+    /// The `request` variable. Strings borrow from the request.
+    pub fn to_value(&self) -> BoxVal<'a> {
+        let mut headers: HashMap<Cow<'a, str>, Cow<'a, str>> = HashMap::with_capacity(self.headers.len());
+        for (name, value) in self.headers {
+            let name: Cow<'a, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(name.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(name)
+            };
+            match headers.get_mut(&name) {
+                Some(existing) => {
+                    let joined = format!("{existing}, {value}");
+                    *existing = Cow::Owned(joined);
+                }
+                None => {
+                    headers.insert(name, Cow::Borrowed(value));
+                }
+            }
+        }
+        let headers = values::map(
+            headers
+                .into_iter()
+                .map(|(k, v)| (CelMapKey::from(cow_key(k)), values::string(v)))
+                .collect(),
+        );
+        values::map(vec![
+            ("method", values::string(self.method)),
+            ("scheme", values::string(self.scheme)),
+            ("host", values::string(self.host)),
+            ("path", values::string(self.path)),
+            ("query", values::string(self.query)),
+            ("remote_ip", values::string(self.remote_ip)),
+            ("size", values::int(self.body_size.min(i64::MAX as u64) as i64)),
+            ("headers", headers),
+        ])
+    }
+}
+
+fn cow_key(k: Cow<'_, str>) -> CelMapKey<'_> {
+    match k {
+        Cow::Borrowed(s) => CelMapKey::from(s),
+        Cow::Owned(s) => CelMapKey::from(s),
+    }
+}

@@ -1,0 +1,350 @@
+//! DESIGN.md "Decision semantics", one test per promise.
+
+mod common;
+use common::*;
+use zt_policy_core::{Effect, Reason};
+
+const BASE: &str = r#"
+[settings]
+require_identity = false
+"#;
+
+fn policy(rules: &str) -> String {
+    format!("{BASE}\n{rules}")
+}
+
+#[test]
+fn default_deny_when_no_allow_rule_matches() {
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "only-models"
+effect = "allow"
+when = 'request.path == "/v1/models"'
+"#,
+    ));
+    let d = Req::new("GET", "/v1/chat/completions").decide(&e);
+    assert!(!d.allowed);
+    assert_eq!((d.status, d.reason), (403, Reason::NoAllowRule));
+    assert!(d.matched.is_empty());
+    let d = Req::new("GET", "/v1/models").decide(&e);
+    assert!(d.allowed, "{d:?}");
+    assert_eq!((d.status, d.reason), (200, Reason::Allowed));
+    assert_eq!(d.rule.as_deref(), Some("only-models"));
+}
+
+#[test]
+fn deny_overrides_allow_whatever_the_order() {
+    let allow = r#"
+[[rule]]
+name = "allow-all"
+effect = "allow"
+when = 'true'
+"#;
+    let deny = r#"
+[[rule]]
+name = "no-admin"
+effect = "deny"
+when = 'request.path.startsWith("/admin")'
+"#;
+    for rules in [format!("{allow}{deny}"), format!("{deny}{allow}")] {
+        let e = engine(&policy(&rules));
+        let d = Req::new("GET", "/admin/x").decide(&e);
+        assert!(!d.allowed);
+        assert_eq!((d.status, d.reason), (403, Reason::DeniedByRule));
+        assert_eq!(d.rule.as_deref(), Some("no-admin"));
+        let mut matched = d.matched.clone();
+        matched.sort();
+        assert_eq!(matched, vec!["allow-all", "no-admin"]);
+        assert!(Req::new("GET", "/v1/models").decide(&e).allowed);
+    }
+}
+
+#[test]
+fn cel_error_in_deny_rule_denies() {
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "allow-all"
+effect = "allow"
+when = 'true'
+
+[[rule]]
+name = "bad-deny"
+effect = "deny"
+when = 'request.headers["x-missing"] == "1"'
+"#,
+    ));
+    let d = Req::new("GET", "/").decide(&e);
+    assert!(!d.allowed);
+    assert_eq!((d.status, d.reason), (403, Reason::DeniedByRule));
+    assert_eq!(d.rule.as_deref(), Some("bad-deny"));
+    assert_eq!(d.errors.len(), 1);
+    assert_eq!(d.errors[0].rule, "bad-deny");
+    assert!(d.message.contains("could not be evaluated"), "{}", d.message);
+}
+
+#[test]
+fn cel_error_in_allow_rule_does_not_allow() {
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "bad-allow"
+effect = "allow"
+when = 'request.headers["x-missing"] == "1"'
+"#,
+    ));
+    let d = Req::new("GET", "/").decide(&e);
+    assert!(!d.allowed);
+    assert_eq!((d.status, d.reason), (403, Reason::NoAllowRule));
+    assert_eq!(d.errors[0].rule, "bad-allow");
+    // The same rule passes when the header is there: the error was the only reason.
+    let d = Req::new("GET", "/").header("X-Missing", "1").decide(&e);
+    assert!(d.allowed, "{d:?}");
+}
+
+#[test]
+fn non_boolean_condition_is_an_error_not_a_match() {
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "stringy"
+effect = "allow"
+when = 'request.path'
+"#,
+    ));
+    let d = Req::new("GET", "/").decide(&e);
+    assert!(!d.allowed);
+    assert!(d.errors[0].error.contains("expected a bool"), "{:?}", d.errors);
+}
+
+#[test]
+fn per_rule_status_and_message() {
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "allow-all"
+effect = "allow"
+when = 'true'
+
+[[rule]]
+name = "cap-max-tokens"
+effect = "deny"
+status = 400
+message = "max_tokens is capped at 4096"
+when = 'has(body.max_tokens) && body.max_tokens > 4096'
+"#,
+    ));
+    let d = Req::new("POST", "/v1/chat/completions")
+        .json(r#"{"max_tokens": 5000}"#)
+        .decide(&e);
+    assert_eq!((d.status, d.reason), (400, Reason::DeniedByRule));
+    assert_eq!(d.message, "max_tokens is capped at 4096");
+    let d = Req::new("POST", "/v1/chat/completions")
+        .json(r#"{"max_tokens": 10}"#)
+        .decide(&e);
+    assert!(d.allowed);
+}
+
+#[test]
+fn missing_identity_is_401() {
+    let e = engine(
+        r#"
+[[rule]]
+name = "allow-all"
+effect = "allow"
+when = 'true'
+"#,
+    );
+    let d = Req::new("GET", "/").decide(&e);
+    assert_eq!((d.status, d.reason, d.allowed), (401, Reason::NoIdentity, false));
+    let d = Req::new("GET", "/").cert("alice").decide(&e);
+    assert!(d.allowed);
+    assert_eq!(d.identity.as_deref(), Some("alice@example.com"));
+}
+
+#[test]
+fn required_certificate_is_401_without_one() {
+    let e = engine(
+        r#"
+[settings]
+require_identity = false
+[certificate]
+required = true
+[[rule]]
+name = "allow-all"
+effect = "allow"
+when = 'true'
+"#,
+    );
+    let d = Req::new("GET", "/").decide(&e);
+    assert_eq!((d.status, d.reason), (401, Reason::NoIdentity));
+    assert!(d.message.contains("client certificate is required"));
+}
+
+#[test]
+fn body_over_limit_is_413_from_the_declared_size() {
+    let e = engine(&policy(
+        r#"
+[settings]
+require_identity = false
+max_body = "1KiB"
+[[rule]]
+name = "allow-all"
+effect = "allow"
+when = 'true'
+"#,
+    ).replacen(BASE, "", 1));
+    // Declared size over the limit, nothing read yet: 413 all the same.
+    let d = Req::new("POST", "/v1/chat/completions").size(1025).decide(&e);
+    assert_eq!((d.status, d.reason), (413, Reason::BodyTooLarge));
+    let d = Req::new("POST", "/v1/chat/completions").size(1024).decide(&e);
+    assert!(d.allowed, "{d:?}");
+    // More bytes than declared (chunked): the bytes count.
+    let mut r = Req::new("POST", "/v1/chat/completions").size(0);
+    r.body = vec![b'x'; 1025];
+    assert_eq!(r.decide(&e).status, 413);
+}
+
+#[test]
+fn audit_mode_computes_and_passes() {
+    let e = engine(
+        r#"
+[settings]
+mode = "audit"
+require_identity = false
+[[rule]]
+name = "models"
+effect = "allow"
+when = 'request.path == "/v1/models"'
+"#,
+    );
+    let d = Req::new("GET", "/secret").decide(&e);
+    assert!(d.allowed && d.audit);
+    assert_eq!((d.effect, d.status, d.reason), (Effect::Deny, 403, Reason::NoAllowRule));
+    let d = Req::new("GET", "/").der(b"garbage").decide(&e);
+    assert!(d.allowed && d.audit);
+    assert_eq!(d.status, 401);
+}
+
+#[test]
+fn identity_precedence_token_sub_then_san_email_then_cn() {
+    let e = engine(&policy(
+        r#"
+[token]
+issuer = "https://idp.example.internal"
+audience = "local-ai"
+[[rule]]
+name = "allow-all"
+effect = "allow"
+when = 'true'
+"#,
+    ));
+    e.set_jwks(&fixture("jwks.json")).unwrap();
+    let token = jwt::sign_rs256(&jwt::claims("svc-42", T0));
+    let d = Req::new("GET", "/").cert("alice").bearer(&token).decide(&e);
+    assert_eq!(d.identity.as_deref(), Some("svc-42"));
+    let d = Req::new("GET", "/").cert("alice").decide(&e);
+    assert_eq!(d.identity.as_deref(), Some("alice@example.com"));
+    let d = Req::new("GET", "/").cert("batch").decide(&e);
+    assert_eq!(d.identity.as_deref(), Some("batch-eval"));
+}
+
+#[test]
+fn identity_expression_is_the_key_rules_and_limits_see() {
+    let e = engine(
+        r#"
+[settings]
+identity = 'cert.spiffe_id'
+[[rule]]
+name = "svc"
+effect = "allow"
+when = 'identity.startsWith("spiffe://example.internal/svc/")'
+"#,
+    );
+    let d = Req::new("GET", "/").cert("batch").decide(&e);
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.identity.as_deref(), Some("spiffe://example.internal/svc/batch-eval"));
+    let d = Req::new("GET", "/").cert("bob").decide(&e);
+    // bob has no SPIFFE ID: the identity is empty, and identity is required.
+    assert_eq!((d.status, d.reason), (401, Reason::NoIdentity));
+}
+
+#[test]
+fn body_is_parsed_only_when_read_and_malformed_json_leaves_it_empty() {
+    let no_body = engine(&policy(
+        r#"
+[[rule]]
+name = "allow-all"
+effect = "allow"
+when = 'true'
+"#,
+    ));
+    assert!(!no_body.needs_body());
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "llama-only"
+effect = "allow"
+when = 'has(body.model) && body.model == "llama"'
+[[rule]]
+name = "empty-body"
+effect = "deny"
+status = 400
+when = 'size(body) == 0'
+"#,
+    ));
+    assert!(e.needs_body());
+    assert!(Req::new("POST", "/").json(r#"{"model":"llama"}"#).decide(&e).allowed);
+    for bad in [r#"{"model":"llama""#, "not json", r#"["model"]"#, ""] {
+        let d = Req::new("POST", "/").json(bad).decide(&e);
+        assert_eq!((d.status, d.rule.as_deref()), (400, Some("empty-body")), "{bad:?}");
+    }
+    // JSON sent as another media type is not parsed.
+    let mut r = Req::new("POST", "/").header("Content-Type", "text/plain");
+    r.body = br#"{"model":"llama"}"#.to_vec();
+    assert_eq!(r.decide(&e).status, 400);
+    // Nesting deeper than max_json_depth (32 by default) is treated as malformed.
+    let deep = format!(r#"{{"model":"llama","x":{}{}}}"#, "[".repeat(40), "]".repeat(40));
+    assert_eq!(Req::new("POST", "/").json(&deep).decide(&e).status, 400);
+}
+
+#[test]
+fn request_headers_are_lower_cased_and_repeats_joined() {
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "hdr"
+effect = "allow"
+when = 'request.headers["x-team"] == "a, b" && request.method == "GET" && request.host == "ai.example.internal"'
+"#,
+    ));
+    let d = Req::new("GET", "/")
+        .header("X-Team", "a")
+        .header("x-team", "b")
+        .decide(&e);
+    assert!(d.allowed, "{d:?}");
+}
+
+#[test]
+fn decisions_name_every_matching_rule() {
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "a"
+effect = "allow"
+when = 'true'
+[[rule]]
+name = "b"
+effect = "allow"
+when = 'request.method == "GET"'
+[[rule]]
+name = "c"
+effect = "allow"
+when = 'false'
+"#,
+    ));
+    let d = Req::new("GET", "/").decide(&e);
+    assert_eq!(d.matched, vec!["a", "b"]);
+    assert_eq!(d.rule.as_deref(), Some("a"));
+}
