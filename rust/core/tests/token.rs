@@ -1,0 +1,220 @@
+//! `claims`: JWT verification against a JWKS, one test per attack.
+
+mod common;
+use common::jwt::{self, b64};
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+use zt_policy_core::token::{TokenError, TokenSettings, Verifier};
+use zt_policy_core::Reason;
+
+fn verifier() -> Verifier {
+    let v = Verifier::new(TokenSettings {
+        issuer: "https://idp.example.internal".into(),
+        audiences: vec!["local-ai".into()],
+        leeway_secs: 30,
+        max_bytes: 8192,
+        cache_size: 100,
+        max_claims_depth: 32,
+    });
+    let summary = v.set_jwks(&fixture("jwks.json")).unwrap();
+    assert_eq!(summary.loaded, 2);
+    v
+}
+
+#[test]
+fn valid_rs256_and_es256_tokens_verify() {
+    let v = verifier();
+    let t = v.verify(&jwt::sign_rs256(&jwt::claims("alice", T0)), T0).unwrap();
+    assert_eq!(t.subject(), Some("alice"));
+    // The EC key has no alg in the JWKS: ES256 is implied by its curve.
+    let t = v.verify(&jwt::sign_es256(&jwt::claims("bob", T0)), T0).unwrap();
+    assert_eq!(t.subject(), Some("bob"));
+}
+
+#[test]
+fn alg_none_is_refused() {
+    let v = verifier();
+    let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = b64(jwt::claims("alice", T0).to_string().as_bytes());
+    for token in [format!("{header}.{payload}."), format!("{header}.{payload}")] {
+        let err = v.verify(&token, T0).err().unwrap();
+        assert!(matches!(err, TokenError::AlgNone | TokenError::Malformed(_)), "{err:?}");
+    }
+    let err = v.verify(&format!("{header}.{payload}."), T0).err().unwrap();
+    assert_eq!(err, TokenError::AlgNone);
+}
+
+#[test]
+fn hs256_signed_with_the_rsa_public_key_is_refused() {
+    let v = verifier();
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some("rsa-1".into());
+    let key = EncodingKey::from_secret(&fixture("rsa-public.pem")).unwrap();
+    let token = encode(&h, &jwt::claims("alice", T0), &key).unwrap();
+    let err = v.verify(&token, T0).err().unwrap();
+    assert!(
+        matches!(&err, TokenError::AlgorithmMismatch { token, key, .. } if token == "HS256" && key == "RS256"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn unknown_kid_is_refused() {
+    let v = verifier();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("rotated-away".into());
+    let token = encode(&h, &jwt::claims("alice", T0), &jwt::rsa_key()).unwrap();
+    assert_eq!(v.verify(&token, T0).err(), Some(TokenError::UnknownKid("rotated-away".into())));
+}
+
+#[test]
+fn expired_and_not_yet_valid_respect_the_leeway() {
+    let v = verifier();
+    let mut c = jwt::claims("alice", T0);
+    c["exp"] = json!(T0 - 31);
+    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::Expired { .. })));
+    c["exp"] = json!(T0 - 29);
+    assert!(v.verify(&jwt::sign_rs256(&c), T0).is_ok(), "within leeway");
+    let mut c = jwt::claims("alice", T0);
+    c["nbf"] = json!(T0 + 31);
+    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::NotYetValid { .. })));
+    c["nbf"] = json!(T0 + 29);
+    assert!(v.verify(&jwt::sign_rs256(&c), T0).is_ok(), "within leeway");
+}
+
+#[test]
+fn wrong_audience_and_wrong_issuer_are_refused() {
+    let v = verifier();
+    let mut c = jwt::claims("alice", T0);
+    c["aud"] = json!(["other-app"]);
+    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::WrongAudience { .. })));
+    c["aud"] = json!(["other-app", "local-ai"]);
+    assert!(v.verify(&jwt::sign_rs256(&c), T0).is_ok(), "one matching audience is enough");
+    let mut c = jwt::claims("alice", T0);
+    c.as_object_mut().unwrap().remove("aud");
+    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::WrongAudience { .. })));
+    let mut c = jwt::claims("alice", T0);
+    c["iss"] = json!("https://evil.example");
+    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::WrongIssuer { .. })));
+}
+
+#[test]
+fn missing_exp_is_refused() {
+    let v = verifier();
+    let mut c = jwt::claims("alice", T0);
+    c.as_object_mut().unwrap().remove("exp");
+    assert_eq!(v.verify(&jwt::sign_rs256(&c), T0).err(), Some(TokenError::MissingExp));
+}
+
+#[test]
+fn tampered_payload_is_refused() {
+    let v = verifier();
+    let token = jwt::sign_rs256(&jwt::claims("alice", T0));
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut c = jwt::claims("alice", T0);
+    c["groups"] = json!(["admins"]);
+    let forged = format!("{}.{}.{}", parts[0], b64(c.to_string().as_bytes()), parts[2]);
+    assert_eq!(v.verify(&forged, T0).err(), Some(TokenError::BadSignature));
+    // The genuine token verified first must not make the forgery a cache hit.
+    assert!(v.verify(&token, T0).is_ok());
+    assert_eq!(v.verify(&forged, T0).err(), Some(TokenError::BadSignature));
+}
+
+#[test]
+fn malformed_base64_and_shapes_are_refused() {
+    let v = verifier();
+    let token = jwt::sign_rs256(&jwt::claims("alice", T0));
+    let parts: Vec<&str> = token.split('.').collect();
+    for bad in [
+        format!("!!!.{}.{}", parts[1], parts[2]),
+        format!("{}.%%%.{}", parts[0], parts[2]),
+        format!("{}.{}.***", parts[0], parts[1]),
+        "only-one-part".to_owned(),
+        format!("{}.{}", parts[0], parts[1]),
+        format!("{token}.extra"),
+        format!("{}.{}.{}", b64(b"not json"), parts[1], parts[2]),
+    ] {
+        let err = v.verify(&bad, T0).err().unwrap_or_else(|| panic!("accepted {bad}"));
+        assert!(
+            matches!(err, TokenError::Malformed(_) | TokenError::BadSignature),
+            "{bad}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn oversized_token_is_refused_before_decoding() {
+    let v = verifier();
+    let mut c = jwt::claims("alice", T0);
+    c["padding"] = json!("x".repeat(9000));
+    let err = v.verify(&jwt::sign_rs256(&c), T0).err().unwrap();
+    assert!(matches!(err, TokenError::TooLarge { max: 8192, .. }), "{err:?}");
+}
+
+#[test]
+fn verified_tokens_are_cached_but_never_past_exp() {
+    let v = verifier();
+    let token = jwt::sign_rs256(&jwt::claims("alice", T0));
+    let a = v.verify(&token, T0).unwrap();
+    let b = v.verify(&token, T0 + 10).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "second verify is a cache hit");
+    assert_eq!(v.cached_tokens(), 1);
+    // exp is T0+300, leeway 30.
+    assert!(matches!(v.verify(&token, T0 + 331), Err(TokenError::Expired { .. })));
+    assert_eq!(v.cached_tokens(), 0, "expired entry is dropped");
+}
+
+#[test]
+fn new_jwks_drops_cached_tokens_of_removed_keys() {
+    let v = verifier();
+    let token = jwt::sign_rs256(&jwt::claims("alice", T0));
+    assert!(v.verify(&token, T0).is_ok());
+    let jwks: serde_json::Value = serde_json::from_slice(&fixture("jwks.json")).unwrap();
+    let only_ec = json!({"keys": [jwks["keys"][1].clone()]});
+    v.set_jwks(only_ec.to_string().as_bytes()).unwrap();
+    assert_eq!(v.verify(&token, T0).err(), Some(TokenError::UnknownKid("rsa-1".into())));
+}
+
+#[test]
+fn jwks_with_only_unusable_keys_is_an_error() {
+    let v = verifier();
+    let err = v
+        .set_jwks(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#)
+        .unwrap_err();
+    assert!(err.to_string().contains("symmetric"), "{err}");
+    assert!(v.set_jwks(b"{").is_err());
+    // The previous good set is still in force.
+    assert_eq!(v.key_count(), 2);
+}
+
+#[test]
+fn invalid_token_through_the_engine_is_401_naming_the_problem() {
+    let e = engine(
+        r#"
+[token]
+issuer = "https://idp.example.internal"
+audience = "local-ai"
+[[rule]]
+name = "ml"
+effect = "allow"
+when = '"ml-users" in claims.groups'
+"#,
+    );
+    e.set_jwks(&fixture("jwks.json")).unwrap();
+    let good = jwt::sign_rs256(&jwt::claims("alice", T0));
+    let d = Req::new("GET", "/").bearer(&good).decide(&e);
+    assert!(d.allowed, "{d:?}");
+    let mut c = jwt::claims("alice", T0);
+    c["exp"] = json!(T0 - 100);
+    let d = Req::new("GET", "/").bearer(&jwt::sign_rs256(&c)).decide(&e);
+    assert_eq!((d.status, d.reason), (401, Reason::InvalidToken));
+    assert!(d.message.contains("expired"), "{}", d.message);
+    // A presented token that fails is never downgraded to "no token".
+    let d = Req::new("GET", "/").cert("alice").bearer("garbage").decide(&e);
+    assert_eq!(d.status, 401);
+    // The clock the engine reads is the injected one: move it past exp.
+    e.clock().advance(std::time::Duration::from_secs(331));
+    let d = Req::new("GET", "/").bearer(&good).decide(&e);
+    assert_eq!((d.status, d.reason), (401, Reason::InvalidToken));
+}
