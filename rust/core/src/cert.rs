@@ -52,7 +52,9 @@ pub struct CertEntry {
 
 impl std::fmt::Debug for CertEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertEntry").field("info", &self.info).finish()
+        f.debug_struct("CertEntry")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -207,7 +209,10 @@ impl CertInfo {
             ("subject", self.subject.to_value()),
             ("issuer", self.issuer.to_value()),
             ("serial", values::string(self.serial.clone())),
-            ("fingerprint_sha256", values::string(self.fingerprint_sha256.clone())),
+            (
+                "fingerprint_sha256",
+                values::string(self.fingerprint_sha256.clone()),
+            ),
             (
                 "san",
                 values::map(vec![

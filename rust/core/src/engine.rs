@@ -14,7 +14,7 @@ use crate::decision::{Decision, LimitReport, Reason, RuleError};
 use crate::limits::{self, LimitState, Outcome};
 use crate::policy::{self, Effect, Mode, Policy, PolicyError};
 use crate::request::Request;
-use crate::token::{JwksError, JwksSummary, Verifier, VerifiedToken};
+use crate::token::{JwksError, JwksSummary, VerifiedToken, Verifier};
 use crate::values::{self, BoxVal};
 
 pub struct Engine {
@@ -166,6 +166,73 @@ impl Engine {
         self.finish(self.evaluate(req, cert, claims))
     }
 
+    /// Evaluates every expression of the policy against one request and returns the
+    /// ones that fail, as (where, error). `cel` has no type checker, so this is how a
+    /// misspelt field (`cert.subject.nme`) is found before it denies a real request.
+    pub fn lint(&self, req: &Request<'_>, given: &GivenIdentity) -> Vec<(String, String)> {
+        let cert = given.cert.clone().map(|c| Arc::new(CertEntry::new(c)));
+        let claims = given
+            .claims
+            .as_ref()
+            .and_then(|j| values::from_json(j, self.policy.max_json_depth).ok());
+        let act = self.activation(req, cert.as_deref(), claims.as_deref());
+        let _ = act.identity.set("sample-identity".into());
+        let mut ctx = Context::with_env(self.env.clone());
+        ctx.set_variable_resolver(&act);
+        let mut found = Vec::new();
+        let mut probe = |place: String, result: Result<(), String>| {
+            if let Err(e) = result {
+                found.push((place, e));
+            }
+        };
+        if let Some(e) = &self.policy.identity {
+            probe("settings.identity".into(), e.eval_string(&ctx).map(drop));
+        }
+        for r in &self.policy.rules {
+            probe(
+                format!("rule {:?} when", r.name),
+                r.when.eval_bool(&ctx).map(drop),
+            );
+        }
+        for l in &self.policy.limits {
+            probe(
+                format!("limit {:?} key", l.name),
+                l.key.eval_string(&ctx).map(drop),
+            );
+            if let Some(c) = &l.cost {
+                probe(
+                    format!("limit {:?} cost", l.name),
+                    c.eval_u64(&ctx).map(drop),
+                );
+            }
+            if let Some(w) = &l.when {
+                probe(
+                    format!("limit {:?} when", l.name),
+                    w.eval_bool(&ctx).map(drop),
+                );
+            }
+        }
+        found
+    }
+
+    fn activation<'a>(
+        &'a self,
+        req: &'a Request<'a>,
+        cert: Option<&'a CertEntry>,
+        claims: Option<&'a (dyn cel::common::value::Val + 'static)>,
+    ) -> Activation<'a> {
+        Activation {
+            cert: cert.map_or(&*self.absent_cert, |c| &*c.value),
+            claims: claims.unwrap_or(&*self.empty_claims),
+            req,
+            request: OnceLock::new(),
+            body: OnceLock::new(),
+            identity: OnceLock::new(),
+            max_body: self.policy.max_body_bytes,
+            max_depth: self.policy.max_json_depth,
+        }
+    }
+
     fn finish(&self, mut d: Decision) -> Decision {
         if self.policy.mode == Mode::Audit && d.reason != Reason::EngineError {
             d.audit = true;
@@ -206,16 +273,7 @@ impl Engine {
             },
             _ => None,
         };
-        let act = Activation {
-            cert: cert.as_ref().map_or(&*self.absent_cert, |c| &*c.value),
-            claims: token.as_ref().map_or(&*self.empty_claims, |t| &*t.value),
-            req,
-            request: OnceLock::new(),
-            body: OnceLock::new(),
-            identity: OnceLock::new(),
-            max_body: self.policy.max_body_bytes,
-            max_depth: self.policy.max_json_depth,
-        };
+        let act = self.activation(req, cert.as_deref(), token.as_ref().map(|t| &*t.value));
         let mut ctx = Context::with_env(self.env.clone());
         ctx.set_variable_resolver(&act);
 
@@ -270,7 +328,9 @@ impl Engine {
                 Ok(true) => {
                     matched.push(rule.name.clone());
                     match rule.effect {
-                        Effect::Deny if deciding_deny.is_none() => deciding_deny = Some((rule, None)),
+                        Effect::Deny if deciding_deny.is_none() => {
+                            deciding_deny = Some((rule, None))
+                        }
                         Effect::Allow if first_allow.is_none() => first_allow = Some(rule),
                         _ => {}
                     }
@@ -299,11 +359,16 @@ impl Engine {
         if let Some((rule, error)) = deciding_deny {
             let status = rule.status.unwrap_or(self.policy.deny_status);
             let message = match (&error, &rule.message) {
-                (Some(e), _) => format!("denied: rule {:?} could not be evaluated ({e})", rule.name),
+                (Some(e), _) => {
+                    format!("denied: rule {:?} could not be evaluated ({e})", rule.name)
+                }
                 (None, Some(m)) => m.clone(),
                 (None, None) => format!("denied by rule {:?}", rule.name),
             };
-            return explained(Decision::deny(status, Reason::DeniedByRule, message), Some(&rule.name));
+            return explained(
+                Decision::deny(status, Reason::DeniedByRule, message),
+                Some(&rule.name),
+            );
         }
         let Some(allow) = first_allow else {
             return explained(
@@ -382,19 +447,17 @@ impl Engine {
                     });
                     return d;
                 }
-                Outcome::CostExceedsBurst { cost, burst } => {
-                    return explained(
-                        Decision::deny(
-                            self.policy.deny_status,
-                            Reason::CostExceedsBurst,
-                            format!(
-                                "request costs {cost}, more than limit {:?} allows at once ({burst})",
-                                cfg.name
-                            ),
+                Outcome::CostExceedsBurst { cost, burst } => return explained(
+                    Decision::deny(
+                        self.policy.deny_status,
+                        Reason::CostExceedsBurst,
+                        format!(
+                            "request costs {cost}, more than limit {:?} allows at once ({burst})",
+                            cfg.name
                         ),
-                        Some(&allow.name),
-                    )
-                }
+                    ),
+                    Some(&allow.name),
+                ),
                 Outcome::TableFull { live_keys } => {
                     let mut d = explained(
                         Decision::deny(
@@ -469,7 +532,9 @@ impl VariableResolver for Activation<'_> {
         Some(match variable {
             "cert" => CowVal::Borrowed(self.cert),
             "claims" => CowVal::Borrowed(self.claims),
-            "request" => CowVal::Borrowed(self.request.get_or_init(|| self.req.to_value()).as_ref()),
+            "request" => {
+                CowVal::Borrowed(self.request.get_or_init(|| self.req.to_value()).as_ref())
+            }
             "body" => CowVal::Borrowed(
                 self.body
                     .get_or_init(|| parse_body(self.req, self.max_body, self.max_depth))

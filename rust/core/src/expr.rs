@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use cel::common::types::{CelBool, CelString};
 use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, IdedExpr, LiteralValue};
+use cel::common::types::{CelBool, CelString};
 use cel::{Context, Env, ExecutionError, Program, Value};
 
 /// The variables a rule may read (DESIGN.md, "What a rule sees").
@@ -29,7 +29,9 @@ pub fn env() -> Arc<Env> {
 const REGEX_CACHE_MAX: usize = 1024;
 
 fn matches(this: &CelString<'_>, pattern: &CelString<'_>) -> Result<CelBool, ExecutionError> {
-    Ok(CelBool::from(compiled(pattern.inner())?.is_match(this.inner())))
+    Ok(CelBool::from(
+        compiled(pattern.inner())?.is_match(this.inner()),
+    ))
 }
 
 /// Patterns are compiled once and kept; literal patterns (the common case) are also
@@ -44,7 +46,9 @@ fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
         regex::RegexBuilder::new(pattern)
             .size_limit(1 << 20)
             .build()
-            .map_err(|e| ExecutionError::function_error("matches", format!("bad pattern {pattern:?}: {e}")))?,
+            .map_err(|e| {
+                ExecutionError::function_error("matches", format!("bad pattern {pattern:?}: {e}"))
+            })?,
     );
     let mut w = cache.write().unwrap_or_else(|p| p.into_inner());
     if w.len() < REGEX_CACHE_MAX {
@@ -178,7 +182,10 @@ impl Expression {
             Value::UInt(u) => Ok(u),
             Value::Float(f) if f >= 0.0 && f.is_finite() && f.fract() == 0.0 => Ok(f as u64),
             Value::Int(i) => Err(format!("expected a non-negative number, got {i}")),
-            other => Err(format!("expected a non-negative integer, got {}", type_name(&other))),
+            other => Err(format!(
+                "expected a non-negative integer, got {}",
+                type_name(&other)
+            )),
         }
     }
 }
@@ -198,6 +205,20 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Identifiers CEL resolves to type values (`type(x) == int`), not variables.
+const TYPE_NAMES: [&str; 10] = [
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+];
+
 /// What an expression reads: its free variables (comprehension macros bind their own,
 /// which are not free) and the literal patterns given to `matches`.
 #[derive(Default)]
@@ -209,7 +230,10 @@ struct Found<'a> {
 fn walk<'a>(e: &'a IdedExpr, bound: &mut Vec<&'a str>, found: &mut Found<'a>) {
     match &e.expr {
         Expr::Ident(name) => {
-            if !name.starts_with('@') && !bound.contains(&name.as_str()) {
+            if !name.starts_with('@')
+                && !bound.contains(&name.as_str())
+                && !TYPE_NAMES.contains(&name.as_str())
+            {
                 found.free.push((name, e.id));
             }
         }
@@ -239,7 +263,12 @@ fn walk<'a>(e: &'a IdedExpr, bound: &mut Vec<&'a str>, found: &mut Found<'a>) {
                 bound.push(v2);
             }
             bound.push(&comp.accu_var);
-            for part in [&comp.accu_init, &comp.loop_cond, &comp.loop_step, &comp.result] {
+            for part in [
+                &comp.accu_init,
+                &comp.loop_cond,
+                &comp.loop_step,
+                &comp.result,
+            ] {
                 walk(part, bound, found);
             }
             bound.truncate(depth);
@@ -297,9 +326,13 @@ mod tests {
 
     #[test]
     fn unknown_variable_is_a_compile_error_with_position() {
-        let err = Expression::compile("request.path == '/' && reqest.host == 'x'", &VARIABLES).unwrap_err();
+        let err = Expression::compile("request.path == '/' && reqest.host == 'x'", &VARIABLES)
+            .unwrap_err();
         assert_eq!(err.len(), 1);
-        assert!(err[0].message.contains("unknown variable 'reqest'"), "{err:?}");
+        assert!(
+            err[0].message.contains("unknown variable 'reqest'"),
+            "{err:?}"
+        );
         assert_eq!((err[0].line, err[0].column), (1, 24));
     }
 
@@ -327,7 +360,11 @@ mod tests {
     #[test]
     fn matches_works_in_both_forms() {
         let ctx = Context::with_env(env());
-        let e = Expression::compile("'/v1/chat'.matches('^/v1/') && matches('abc', 'b')", &VARIABLES).unwrap();
+        let e = Expression::compile(
+            "'/v1/chat'.matches('^/v1/') && matches('abc', 'b')",
+            &VARIABLES,
+        )
+        .unwrap();
         assert_eq!(e.eval_bool(&ctx), Ok(true));
     }
 }

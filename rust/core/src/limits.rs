@@ -87,14 +87,16 @@ impl LimitState {
     pub fn new(config: &LimitConfig, clock: EngineClock) -> Self {
         let quota = Quota::with_period(config.rate.period())
             .expect("rate period is checked to be non-zero at load")
-            .allow_burst(NonZeroU32::new(config.burst).expect("burst is checked to be >= 1 at load"));
+            .allow_burst(
+                NonZeroU32::new(config.burst).expect("burst is checked to be >= 1 at load"),
+            );
         let store = KeyStore(Arc::new(DashMap::new()));
         let limiter = RateLimiter::<String, KeyStore, EngineClock, NoOpMiddleware<Instant>>::new(
             quota,
             store.clone(),
             clock,
         )
-            .with_middleware::<StateInformationMiddleware>();
+        .with_middleware::<StateInformationMiddleware>();
         LimitState {
             limiter,
             store,
@@ -171,7 +173,10 @@ impl LimitState {
     /// every request pay for a scan of the whole table.
     fn sweep_when_full(&self) {
         let now = self.limiter.clock().now();
-        let mut last = self.last_full_sweep.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self
+            .last_full_sweep
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
             *last = Some(now);
             drop(last);
@@ -181,7 +186,9 @@ impl LimitState {
 }
 
 fn reset_secs(snapshot: &StateSnapshot, config: &LimitConfig) -> u64 {
-    let used = config.burst.saturating_sub(snapshot.remaining_burst_capacity());
+    let used = config
+        .burst
+        .saturating_sub(snapshot.remaining_burst_capacity());
     ceil_secs(config.rate.period() * used)
 }
 

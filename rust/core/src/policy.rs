@@ -310,9 +310,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GB" => 1_000_000_000,
         "GiB" => 1 << 30,
-        other => return Err(format!("{text:?}: unknown size unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown size unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{text:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Parses `"30s"`, `"2m"`, `"1h"` or a plain number of seconds.
@@ -328,7 +333,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86400,
-        other => return Err(format!("{text:?}: unknown duration unit {other:?} (use s, m, h, d)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown duration unit {other:?} (use s, m, h, d)"
+            ))
+        }
     };
     Ok(Duration::from_secs(secs))
 }
@@ -366,14 +375,22 @@ struct Loader<'s> {
 
 impl Loader<'_> {
     fn line_of(&self, offset: usize) -> usize {
-        self.source[..offset.min(self.source.len())].matches('\n').count() + 1
+        self.source[..offset.min(self.source.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn problem(&mut self, msg: String) {
         self.problems.push(format!("{}: {msg}", self.file));
     }
 
-    fn expr(&mut self, what: &str, spanned: &Spanned<String>, allowed: &[&str]) -> Option<Expression> {
+    fn expr(
+        &mut self,
+        what: &str,
+        spanned: &Spanned<String>,
+        allowed: &[&str],
+    ) -> Option<Expression> {
         match Expression::compile(spanned.get_ref(), allowed) {
             Ok(e) => Some(e),
             Err(errors) => {
@@ -419,17 +436,22 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
     };
 
     let s = &parsed.settings;
-    let identity = s
-        .identity
-        .as_ref()
-        .and_then(|e| l.expr("settings.identity", e, &["cert", "claims", "request", "body"]));
+    let identity = s.identity.as_ref().and_then(|e| {
+        l.expr(
+            "settings.identity",
+            e,
+            &["cert", "claims", "request", "body"],
+        )
+    });
     let max_body_bytes = match size_value(&s.max_body) {
         Ok(0) => {
             l.problem("settings.max_body: must be larger than 0".into());
             0
         }
         Ok(n) if n > MAX_BODY_LIMIT => {
-            l.problem(format!("settings.max_body: {n} bytes is over the 1GiB the module can buffer"));
+            l.problem(format!(
+                "settings.max_body: {n} bytes is over the 1GiB the module can buffer"
+            ));
             0
         }
         Ok(n) => n,
@@ -439,10 +461,16 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
         }
     };
     if s.max_json_depth == 0 || s.max_json_depth > 128 {
-        l.problem(format!("settings.max_json_depth: {} is outside 1..=128", s.max_json_depth));
+        l.problem(format!(
+            "settings.max_json_depth: {} is outside 1..=128",
+            s.max_json_depth
+        ));
     }
     if !(400..=599).contains(&s.deny_status) {
-        l.problem(format!("settings.deny_status: {} is not a 4xx or 5xx status", s.deny_status));
+        l.problem(format!(
+            "settings.deny_status: {} is not a 4xx or 5xx status",
+            s.deny_status
+        ));
     }
     if parsed.certificate.cache_size == 0 {
         l.problem("certificate.cache_size: must be at least 1".into());
@@ -461,14 +489,19 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
             }),
         };
         if leeway > Duration::from_secs(600) {
-            l.problem(format!("token.leeway: {}s is over the 600s allowed", leeway.as_secs()));
+            l.problem(format!(
+                "token.leeway: {}s is over the 600s allowed",
+                leeway.as_secs()
+            ));
         }
         let max_bytes = size_value(&t.max_size).unwrap_or_else(|e| {
             l.problem(format!("token.max_size: {e}"));
             0
         });
         if max_bytes == 0 || max_bytes > 64 << 10 {
-            l.problem(format!("token.max_size: {max_bytes} bytes is outside 1..=64KiB"));
+            l.problem(format!(
+                "token.max_size: {max_bytes} bytes is outside 1..=64KiB"
+            ));
         }
         if t.cache_size == 0 {
             l.problem("token.cache_size: must be at least 1".into());
@@ -506,7 +539,9 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
             format!("rule {:?}", r.name)
         };
         if !valid_name(&r.name) {
-            l.problem(format!("{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."));
+            l.problem(format!(
+                "{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."
+            ));
         } else if !names.insert(r.name.clone()) {
             l.problem(format!("{label}: the name is used twice"));
         }
@@ -514,7 +549,9 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
             if r.effect == Effect::Allow {
                 l.problem(format!("{label}: status is only for deny rules"));
             } else if !(400..=599).contains(&status) {
-                l.problem(format!("{label}: status {status} is not a 4xx or 5xx status"));
+                l.problem(format!(
+                    "{label}: status {status} is not a 4xx or 5xx status"
+                ));
             }
         }
         if let Some(when) = l.expr(&format!("{label} when"), &r.when, &VARIABLES) {
@@ -537,11 +574,15 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
             format!("limit {:?}", d.name)
         };
         if !valid_name(&d.name) {
-            l.problem(format!("{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."));
+            l.problem(format!(
+                "{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."
+            ));
         } else if !limit_names.insert(d.name.clone()) {
             l.problem(format!("{label}: the name is used twice"));
         }
-        let rate = parse_rate(&d.rate).map_err(|e| l.problem(format!("{label}: rate {e}"))).ok();
+        let rate = parse_rate(&d.rate)
+            .map_err(|e| l.problem(format!("{label}: rate {e}")))
+            .ok();
         let burst = match d.burst {
             None => rate.map(|r| r.count).unwrap_or(1),
             Some(b) if (1..=1_000_000_000).contains(&b) => b as u32,
@@ -558,9 +599,17 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
             .clone()
             .unwrap_or_else(|| Spanned::new(0..0, "identity".to_owned()));
         let key = l.expr(&format!("{label} key"), &key_src, &VARIABLES);
-        let cost = d.cost.as_ref().map(|c| l.expr(&format!("{label} cost"), c, &VARIABLES));
-        let when = d.when.as_ref().map(|w| l.expr(&format!("{label} when"), w, &VARIABLES));
-        if let (Some(rate), Some(key), Some(cost), Some(when)) = (rate, key, cost.transpose_ok(), when.transpose_ok()) {
+        let cost = d
+            .cost
+            .as_ref()
+            .map(|c| l.expr(&format!("{label} cost"), c, &VARIABLES));
+        let when = d
+            .when
+            .as_ref()
+            .map(|w| l.expr(&format!("{label} when"), w, &VARIABLES));
+        if let (Some(rate), Some(key), Some(cost), Some(when)) =
+            (rate, key, cost.transpose_ok(), when.transpose_ok())
+        {
             let fingerprint = format!(
                 "{}|{}|{}|{}|{}|{}|{}",
                 d.name,
@@ -589,7 +638,9 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
     }
 
     if !l.problems.is_empty() {
-        return Err(PolicyError { problems: l.problems });
+        return Err(PolicyError {
+            problems: l.problems,
+        });
     }
     Ok(Policy {
         mode: s.mode,

@@ -60,7 +60,8 @@ impl<'a> Request<'a> {
 
     /// The `request` variable. Strings borrow from the request.
     pub fn to_value(&self) -> BoxVal<'a> {
-        let mut headers: HashMap<Cow<'a, str>, Cow<'a, str>> = HashMap::with_capacity(self.headers.len());
+        let mut headers: HashMap<Cow<'a, str>, Cow<'a, str>> =
+            HashMap::with_capacity(self.headers.len());
         for (name, value) in self.headers {
             let name: Cow<'a, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
                 Cow::Owned(name.to_ascii_lowercase())
@@ -90,7 +91,10 @@ impl<'a> Request<'a> {
             ("path", values::string(self.path)),
             ("query", values::string(self.query)),
             ("remote_ip", values::string(self.remote_ip)),
-            ("size", values::int(self.body_size.min(i64::MAX as u64) as i64)),
+            (
+                "size",
+                values::int(self.body_size.min(i64::MAX as u64) as i64),
+            ),
             ("headers", headers),
         ])
     }

@@ -44,7 +44,11 @@ pub enum TokenError {
     #[error("no JWKS is loaded, so no bearer token can be verified")]
     NoKeys,
     #[error("bearer token header says alg {token}, but key {kid:?} is pinned to {key}")]
-    AlgorithmMismatch { token: String, key: String, kid: String },
+    AlgorithmMismatch {
+        token: String,
+        key: String,
+        kid: String,
+    },
     #[error("bearer token signature does not verify")]
     BadSignature,
     #[error("bearer token has no exp claim")]
@@ -166,7 +170,11 @@ impl Verifier {
     }
 
     pub fn key_count(&self) -> usize {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).all.len()
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .all
+            .len()
     }
 
     /// Verifies `token` at Unix time `now`, from the cache when it was verified before.
@@ -249,7 +257,10 @@ impl Verifier {
                 Some(_) => return Err(TokenError::BadClaim("aud")),
                 None => Vec::new(),
             };
-            if !auds.iter().any(|a| self.settings.audiences.iter().any(|w| w == a)) {
+            if !auds
+                .iter()
+                .any(|a| self.settings.audiences.iter().any(|w| w == a))
+            {
                 return Err(TokenError::WrongAudience {
                     got: if auds.is_empty() {
                         "(none)".to_owned()
@@ -293,9 +304,12 @@ struct Header {
 /// and the key is chosen before jsonwebtoken sees the token.
 fn parse_header(token: &str) -> Result<Header, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(TokenError::Malformed("expected three dot-separated parts".into()));
+        return Err(TokenError::Malformed(
+            "expected three dot-separated parts".into(),
+        ));
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(h)
@@ -310,7 +324,9 @@ fn parse_header(token: &str) -> Result<Header, TokenError> {
         return Err(TokenError::AlgNone);
     }
     if json.get("crit").is_some() {
-        return Err(TokenError::Malformed("header has crit extensions, none are supported".into()));
+        return Err(TokenError::Malformed(
+            "header has crit extensions, none are supported".into(),
+        ));
     }
     let kid = match json.get("kid") {
         None => None,
@@ -341,8 +357,11 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
 }
 
 fn numeric_date(v: &serde_json::Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64))
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| *f >= 0.0 && f.is_finite())
+            .map(|f| f as u64)
+    })
 }
 
 fn alg_name(alg: Algorithm) -> &'static str {
@@ -382,7 +401,8 @@ fn load_key(raw: &serde_json::Value) -> Result<Key, String> {
         _ => return Err("unsupported key type".into()),
     };
     let alg = match jwk.common.key_algorithm {
-        Some(ka) => Algorithm::try_from(ka).map_err(|_| format!("alg {ka:?} is not a signature algorithm"))?,
+        Some(ka) => Algorithm::try_from(ka)
+            .map_err(|_| format!("alg {ka:?} is not a signature algorithm"))?,
         None => implied,
     };
     let family_ok = matches!(
@@ -395,8 +415,10 @@ fn load_key(raw: &serde_json::Value) -> Result<Key, String> {
                 | Algorithm::PS384
                 | Algorithm::PS512,
             AlgorithmParameters::RSA(_)
-        ) | (Algorithm::ES256 | Algorithm::ES384, AlgorithmParameters::EllipticCurve(_))
-            | (Algorithm::EdDSA, AlgorithmParameters::OctetKeyPair(_))
+        ) | (
+            Algorithm::ES256 | Algorithm::ES384,
+            AlgorithmParameters::EllipticCurve(_)
+        ) | (Algorithm::EdDSA, AlgorithmParameters::OctetKeyPair(_))
     );
     if !family_ok || (alg != implied && matches!(implied, Algorithm::ES256 | Algorithm::ES384)) {
         return Err(format!("alg {} does not fit the key type", alg_name(alg)));

@@ -7,7 +7,10 @@ use zt_policy_core::cert::{parse_der, CertCache};
 use zt_policy_core::Reason;
 
 fn openssl(args: &[&str]) -> String {
-    let out = std::process::Command::new("openssl").args(args).output().expect("openssl");
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
@@ -25,14 +28,26 @@ fn every_field_of_a_device_certificate() {
     assert_eq!(c.san_dns, vec!["alice-laptop.example.internal"]);
     assert_eq!(c.san_uri, vec!["spiffe://example.internal/user/alice"]);
     assert_eq!(c.spiffe_id, "spiffe://example.internal/user/alice");
-    assert_eq!(c.fingerprint_sha256, zt_policy_core::cert::hex(&Sha256::digest(&der)));
+    assert_eq!(
+        c.fingerprint_sha256,
+        zt_policy_core::cert::hex(&Sha256::digest(&der))
+    );
     // Cross-check serial and validity against openssl's own reading.
     let pem = repo_root().join("examples/policy/certs/alice.pem");
     let pem = pem.to_str().unwrap();
     let serial = openssl(&["x509", "-in", pem, "-noout", "-serial"]);
-    assert_eq!(c.serial, serial.trim().trim_start_matches("serial=").to_ascii_lowercase());
+    assert_eq!(
+        c.serial,
+        serial
+            .trim()
+            .trim_start_matches("serial=")
+            .to_ascii_lowercase()
+    );
     let end = openssl(&["x509", "-in", pem, "-noout", "-enddate"]);
-    assert!(c.not_after > c.not_before && c.not_after > T0 as i64, "{end}");
+    assert!(
+        c.not_after > c.not_before && c.not_after > T0 as i64,
+        "{end}"
+    );
 }
 
 #[test]
@@ -96,7 +111,11 @@ when = 'true'
     // Every truncation of a real certificate.
     for len in 0..der.len() {
         let d = Req::new("GET", "/").der(&der[..len]).decide(&e);
-        assert_eq!((d.status, d.reason), (401, Reason::InvalidCertificate), "len {len}");
+        assert_eq!(
+            (d.status, d.reason),
+            (401, Reason::InvalidCertificate),
+            "len {len}"
+        );
         assert!(d.message.starts_with("client certificate"), "{}", d.message);
         assert!(!d.allowed);
     }
@@ -118,9 +137,14 @@ when = 'true'
         // and a failure is always a 401.
         assert!(d.allowed || d.status == 401, "mutation {i}: {d:?}");
     }
-    let d = Req::new("GET", "/").der(b"\x30\x82\xff\xff garbage").decide(&e);
+    let d = Req::new("GET", "/")
+        .der(b"\x30\x82\xff\xff garbage")
+        .decide(&e);
     assert_eq!(d.status, 401);
-    assert_eq!(parse_der(b"").unwrap_err().to_string(), "client certificate is empty");
+    assert_eq!(
+        parse_der(b"").unwrap_err().to_string(),
+        "client certificate is empty"
+    );
 }
 
 #[test]
@@ -129,7 +153,10 @@ fn parsed_once_per_distinct_certificate_and_bounded() {
     let a = cert_der("alice");
     let first = cache.get_or_parse(&a).unwrap();
     let second = cache.get_or_parse(&a).unwrap();
-    assert!(std::sync::Arc::ptr_eq(&first, &second), "second lookup must be the cached entry");
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &second),
+        "second lookup must be the cached entry"
+    );
     cache.get_or_parse(&cert_der("bob")).unwrap();
     cache.get_or_parse(&cert_der("carol")).unwrap();
     assert_eq!(cache.len(), 2);

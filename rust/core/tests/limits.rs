@@ -71,12 +71,20 @@ cost = 'has(body.max_tokens) ? body.max_tokens : 100'
     assert_eq!(d.limit.as_ref().unwrap().remaining, 400);
     let d = as_user("alice").json(r#"{"max_tokens": 600}"#).decide(&e);
     assert_eq!(d.status, 429);
-    assert_eq!(d.limit.unwrap().retry_after_secs, Some(12), "200 more tokens at 1000/m");
+    assert_eq!(
+        d.limit.unwrap().retry_after_secs,
+        Some(12),
+        "200 more tokens at 1000/m"
+    );
     let d = as_user("alice").json(r#"{}"#).decide(&e);
     assert!(d.allowed, "default cost 100 fits in the 400 left");
     let d = as_user("bob").json(r#"{"max_tokens": 5000}"#).decide(&e);
     assert_eq!((d.status, d.reason), (403, Reason::CostExceedsBurst));
-    assert!(d.message.contains("costs 5000") && d.message.contains("(1000)"), "{}", d.message);
+    assert!(
+        d.message.contains("costs 5000") && d.message.contains("(1000)"),
+        "{}",
+        d.message
+    );
     let d = as_user("bob").json(r#"{"max_tokens": "many"}"#).decide(&e);
     assert_eq!((d.status, d.reason), (403, Reason::LimitError));
     assert!(d.message.contains("cost"), "{}", d.message);
@@ -162,7 +170,11 @@ max_keys = 20000
     assert!(peak <= 20_000, "live keys peaked at {peak}");
     e.clock().advance(Duration::from_secs(2));
     e.sweep_limits();
-    assert_eq!(e.limit_keys()[0].1, 0, "every bucket is full again and swept");
+    assert_eq!(
+        e.limit_keys()[0].1,
+        0,
+        "every bucket is full again and swept"
+    );
 }
 
 #[test]
@@ -182,7 +194,10 @@ max_keys = 100
     let d = as_user("newcomer").decide(&e);
     assert_eq!((d.status, d.reason), (429, Reason::LimitTableFull));
     assert_eq!(d.limit.unwrap().retry_after_secs, Some(1));
-    assert!(as_user("u7").decide(&e).allowed, "a known identity keeps its bucket");
+    assert!(
+        as_user("u7").decide(&e).allowed,
+        "a known identity keeps its bucket"
+    );
     // Once the old buckets are full again (governor keeps a key one emission interval
     // past its theoretical arrival time), the sweep makes room.
     e.clock().advance(Duration::from_secs(121));
@@ -210,9 +225,20 @@ when = 'request.method == "GET"'
     assert_eq!(as_user("a").decide(&old).status, 429);
     let mut same = Engine::from_toml(&v1, "v1.toml", clock.clone()).unwrap();
     assert_eq!(same.inherit_state(&old), 2);
-    assert_eq!(as_user("a").decide(&same).status, 429, "bucket survived the reload");
+    assert_eq!(
+        as_user("a").decide(&same).status,
+        429,
+        "bucket survived the reload"
+    );
     let v2 = v1.replace("burst = 1\n[[limit]]", "burst = 2\n[[limit]]");
     let mut changed = Engine::from_toml(&v2, "v2.toml", clock).unwrap();
-    assert_eq!(changed.inherit_state(&old), 1, "only the unchanged limit is kept");
-    assert!(as_user("a").decide(&changed).allowed, "changed limit starts fresh");
+    assert_eq!(
+        changed.inherit_state(&old),
+        1,
+        "only the unchanged limit is kept"
+    );
+    assert!(
+        as_user("a").decide(&changed).allowed,
+        "changed limit starts fresh"
+    );
 }

@@ -23,9 +23,14 @@ fn unknown_keys_are_rejected() {
 
 #[test]
 fn cel_syntax_error_names_the_rule_and_position() {
-    let src = format!("{ALLOW}\n[[rule]]\nname = \"broken\"\neffect = \"deny\"\nwhen = 'request.path == '\n");
+    let src = format!(
+        "{ALLOW}\n[[rule]]\nname = \"broken\"\neffect = \"deny\"\nwhen = 'request.path == '\n"
+    );
     let p = problems(&src);
-    assert!(p.starts_with("p.toml:9: rule \"broken\" when: line 1, column"), "{p}");
+    assert!(
+        p.starts_with("p.toml:9: rule \"broken\" when: line 1, column"),
+        "{p}"
+    );
 }
 
 #[test]
@@ -42,11 +47,18 @@ fn multi_line_expression_errors_point_at_the_file_line() {
 
 #[test]
 fn references_to_variables_that_do_not_exist_are_errors() {
-    let p = problems("[[rule]]\nname = \"typo\"\neffect = \"allow\"\nwhen = 'claim.sub == \"x\"'\n");
-    assert!(p.contains("rule \"typo\"") && p.contains("unknown variable 'claim'"), "{p}");
+    let p =
+        problems("[[rule]]\nname = \"typo\"\neffect = \"allow\"\nwhen = 'claim.sub == \"x\"'\n");
+    assert!(
+        p.contains("rule \"typo\"") && p.contains("unknown variable 'claim'"),
+        "{p}"
+    );
     // The identity expression cannot read itself.
     let p = problems(&format!("[settings]\nidentity = 'identity'\n{ALLOW}"));
-    assert!(p.contains("settings.identity") && p.contains("unknown variable 'identity'"), "{p}");
+    assert!(
+        p.contains("settings.identity") && p.contains("unknown variable 'identity'"),
+        "{p}"
+    );
 }
 
 #[test]
@@ -91,8 +103,14 @@ fn a_policy_without_allow_rules_is_rejected() {
 
 #[test]
 fn rate_and_size_grammar() {
-    assert_eq!(parse_rate("600/m").unwrap().period(), std::time::Duration::from_millis(100));
-    assert_eq!(parse_rate("5/10s").unwrap().period(), std::time::Duration::from_secs(2));
+    assert_eq!(
+        parse_rate("600/m").unwrap().period(),
+        std::time::Duration::from_millis(100)
+    );
+    assert_eq!(
+        parse_rate("5/10s").unwrap().period(),
+        std::time::Duration::from_secs(2)
+    );
     assert_eq!(parse_rate("1000/h").unwrap().to_string(), "1000/h");
     assert!(parse_rate("10").is_err());
     assert_eq!(parse_size("512KiB"), Ok(512 * 1024));

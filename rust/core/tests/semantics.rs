@@ -81,7 +81,11 @@ when = 'request.headers["x-missing"] == "1"'
     assert_eq!(d.rule.as_deref(), Some("bad-deny"));
     assert_eq!(d.errors.len(), 1);
     assert_eq!(d.errors[0].rule, "bad-deny");
-    assert!(d.message.contains("could not be evaluated"), "{}", d.message);
+    assert!(
+        d.message.contains("could not be evaluated"),
+        "{}",
+        d.message
+    );
 }
 
 #[test]
@@ -115,7 +119,11 @@ when = 'request.path'
     ));
     let d = Req::new("GET", "/").decide(&e);
     assert!(!d.allowed);
-    assert!(d.errors[0].error.contains("expected a bool"), "{:?}", d.errors);
+    assert!(
+        d.errors[0].error.contains("expected a bool"),
+        "{:?}",
+        d.errors
+    );
 }
 
 #[test]
@@ -157,7 +165,10 @@ when = 'true'
 "#,
     );
     let d = Req::new("GET", "/").decide(&e);
-    assert_eq!((d.status, d.reason, d.allowed), (401, Reason::NoIdentity, false));
+    assert_eq!(
+        (d.status, d.reason, d.allowed),
+        (401, Reason::NoIdentity, false)
+    );
     let d = Req::new("GET", "/").cert("alice").decide(&e);
     assert!(d.allowed);
     assert_eq!(d.identity.as_deref(), Some("alice@example.com"));
@@ -184,8 +195,9 @@ when = 'true'
 
 #[test]
 fn body_over_limit_is_413_from_the_declared_size() {
-    let e = engine(&policy(
-        r#"
+    let e = engine(
+        &policy(
+            r#"
 [settings]
 require_identity = false
 max_body = "1KiB"
@@ -194,11 +206,17 @@ name = "allow-all"
 effect = "allow"
 when = 'true'
 "#,
-    ).replacen(BASE, "", 1));
+        )
+        .replacen(BASE, "", 1),
+    );
     // Declared size over the limit, nothing read yet: 413 all the same.
-    let d = Req::new("POST", "/v1/chat/completions").size(1025).decide(&e);
+    let d = Req::new("POST", "/v1/chat/completions")
+        .size(1025)
+        .decide(&e);
     assert_eq!((d.status, d.reason), (413, Reason::BodyTooLarge));
-    let d = Req::new("POST", "/v1/chat/completions").size(1024).decide(&e);
+    let d = Req::new("POST", "/v1/chat/completions")
+        .size(1024)
+        .decide(&e);
     assert!(d.allowed, "{d:?}");
     // More bytes than declared (chunked): the bytes count.
     let mut r = Req::new("POST", "/v1/chat/completions").size(0);
@@ -221,7 +239,10 @@ when = 'request.path == "/v1/models"'
     );
     let d = Req::new("GET", "/secret").decide(&e);
     assert!(d.allowed && d.audit);
-    assert_eq!((d.effect, d.status, d.reason), (Effect::Deny, 403, Reason::NoAllowRule));
+    assert_eq!(
+        (d.effect, d.status, d.reason),
+        (Effect::Deny, 403, Reason::NoAllowRule)
+    );
     let d = Req::new("GET", "/").der(b"garbage").decide(&e);
     assert!(d.allowed && d.audit);
     assert_eq!(d.status, 401);
@@ -264,7 +285,10 @@ when = 'identity.startsWith("spiffe://example.internal/svc/")'
     );
     let d = Req::new("GET", "/").cert("batch").decide(&e);
     assert!(d.allowed, "{d:?}");
-    assert_eq!(d.identity.as_deref(), Some("spiffe://example.internal/svc/batch-eval"));
+    assert_eq!(
+        d.identity.as_deref(),
+        Some("spiffe://example.internal/svc/batch-eval")
+    );
     let d = Req::new("GET", "/").cert("bob").decide(&e);
     // bob has no SPIFFE ID: the identity is empty, and identity is required.
     assert_eq!((d.status, d.reason), (401, Reason::NoIdentity));
@@ -295,17 +319,30 @@ when = 'size(body) == 0'
 "#,
     ));
     assert!(e.needs_body());
-    assert!(Req::new("POST", "/").json(r#"{"model":"llama"}"#).decide(&e).allowed);
+    assert!(
+        Req::new("POST", "/")
+            .json(r#"{"model":"llama"}"#)
+            .decide(&e)
+            .allowed
+    );
     for bad in [r#"{"model":"llama""#, "not json", r#"["model"]"#, ""] {
         let d = Req::new("POST", "/").json(bad).decide(&e);
-        assert_eq!((d.status, d.rule.as_deref()), (400, Some("empty-body")), "{bad:?}");
+        assert_eq!(
+            (d.status, d.rule.as_deref()),
+            (400, Some("empty-body")),
+            "{bad:?}"
+        );
     }
     // JSON sent as another media type is not parsed.
     let mut r = Req::new("POST", "/").header("Content-Type", "text/plain");
     r.body = br#"{"model":"llama"}"#.to_vec();
     assert_eq!(r.decide(&e).status, 400);
     // Nesting deeper than max_json_depth (32 by default) is treated as malformed.
-    let deep = format!(r#"{{"model":"llama","x":{}{}}}"#, "[".repeat(40), "]".repeat(40));
+    let deep = format!(
+        r#"{{"model":"llama","x":{}{}}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
     assert_eq!(Req::new("POST", "/").json(&deep).decide(&e).status, 400);
 }
 

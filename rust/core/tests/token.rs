@@ -25,10 +25,14 @@ fn verifier() -> Verifier {
 #[test]
 fn valid_rs256_and_es256_tokens_verify() {
     let v = verifier();
-    let t = v.verify(&jwt::sign_rs256(&jwt::claims("alice", T0)), T0).unwrap();
+    let t = v
+        .verify(&jwt::sign_rs256(&jwt::claims("alice", T0)), T0)
+        .unwrap();
     assert_eq!(t.subject(), Some("alice"));
     // The EC key has no alg in the JWKS: ES256 is implied by its curve.
-    let t = v.verify(&jwt::sign_es256(&jwt::claims("bob", T0)), T0).unwrap();
+    let t = v
+        .verify(&jwt::sign_es256(&jwt::claims("bob", T0)), T0)
+        .unwrap();
     assert_eq!(t.subject(), Some("bob"));
 }
 
@@ -37,9 +41,15 @@ fn alg_none_is_refused() {
     let v = verifier();
     let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
     let payload = b64(jwt::claims("alice", T0).to_string().as_bytes());
-    for token in [format!("{header}.{payload}."), format!("{header}.{payload}")] {
+    for token in [
+        format!("{header}.{payload}."),
+        format!("{header}.{payload}"),
+    ] {
         let err = v.verify(&token, T0).err().unwrap();
-        assert!(matches!(err, TokenError::AlgNone | TokenError::Malformed(_)), "{err:?}");
+        assert!(
+            matches!(err, TokenError::AlgNone | TokenError::Malformed(_)),
+            "{err:?}"
+        );
     }
     let err = v.verify(&format!("{header}.{payload}."), T0).err().unwrap();
     assert_eq!(err, TokenError::AlgNone);
@@ -65,7 +75,10 @@ fn unknown_kid_is_refused() {
     let mut h = Header::new(Algorithm::RS256);
     h.kid = Some("rotated-away".into());
     let token = encode(&h, &jwt::claims("alice", T0), &jwt::rsa_key()).unwrap();
-    assert_eq!(v.verify(&token, T0).err(), Some(TokenError::UnknownKid("rotated-away".into())));
+    assert_eq!(
+        v.verify(&token, T0).err(),
+        Some(TokenError::UnknownKid("rotated-away".into()))
+    );
 }
 
 #[test]
@@ -73,12 +86,18 @@ fn expired_and_not_yet_valid_respect_the_leeway() {
     let v = verifier();
     let mut c = jwt::claims("alice", T0);
     c["exp"] = json!(T0 - 31);
-    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::Expired { .. })));
+    assert!(matches!(
+        v.verify(&jwt::sign_rs256(&c), T0),
+        Err(TokenError::Expired { .. })
+    ));
     c["exp"] = json!(T0 - 29);
     assert!(v.verify(&jwt::sign_rs256(&c), T0).is_ok(), "within leeway");
     let mut c = jwt::claims("alice", T0);
     c["nbf"] = json!(T0 + 31);
-    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::NotYetValid { .. })));
+    assert!(matches!(
+        v.verify(&jwt::sign_rs256(&c), T0),
+        Err(TokenError::NotYetValid { .. })
+    ));
     c["nbf"] = json!(T0 + 29);
     assert!(v.verify(&jwt::sign_rs256(&c), T0).is_ok(), "within leeway");
 }
@@ -88,15 +107,27 @@ fn wrong_audience_and_wrong_issuer_are_refused() {
     let v = verifier();
     let mut c = jwt::claims("alice", T0);
     c["aud"] = json!(["other-app"]);
-    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::WrongAudience { .. })));
+    assert!(matches!(
+        v.verify(&jwt::sign_rs256(&c), T0),
+        Err(TokenError::WrongAudience { .. })
+    ));
     c["aud"] = json!(["other-app", "local-ai"]);
-    assert!(v.verify(&jwt::sign_rs256(&c), T0).is_ok(), "one matching audience is enough");
+    assert!(
+        v.verify(&jwt::sign_rs256(&c), T0).is_ok(),
+        "one matching audience is enough"
+    );
     let mut c = jwt::claims("alice", T0);
     c.as_object_mut().unwrap().remove("aud");
-    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::WrongAudience { .. })));
+    assert!(matches!(
+        v.verify(&jwt::sign_rs256(&c), T0),
+        Err(TokenError::WrongAudience { .. })
+    ));
     let mut c = jwt::claims("alice", T0);
     c["iss"] = json!("https://evil.example");
-    assert!(matches!(v.verify(&jwt::sign_rs256(&c), T0), Err(TokenError::WrongIssuer { .. })));
+    assert!(matches!(
+        v.verify(&jwt::sign_rs256(&c), T0),
+        Err(TokenError::WrongIssuer { .. })
+    ));
 }
 
 #[test]
@@ -104,7 +135,10 @@ fn missing_exp_is_refused() {
     let v = verifier();
     let mut c = jwt::claims("alice", T0);
     c.as_object_mut().unwrap().remove("exp");
-    assert_eq!(v.verify(&jwt::sign_rs256(&c), T0).err(), Some(TokenError::MissingExp));
+    assert_eq!(
+        v.verify(&jwt::sign_rs256(&c), T0).err(),
+        Some(TokenError::MissingExp)
+    );
 }
 
 #[test]
@@ -114,7 +148,12 @@ fn tampered_payload_is_refused() {
     let parts: Vec<&str> = token.split('.').collect();
     let mut c = jwt::claims("alice", T0);
     c["groups"] = json!(["admins"]);
-    let forged = format!("{}.{}.{}", parts[0], b64(c.to_string().as_bytes()), parts[2]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(c.to_string().as_bytes()),
+        parts[2]
+    );
     assert_eq!(v.verify(&forged, T0).err(), Some(TokenError::BadSignature));
     // The genuine token verified first must not make the forgery a cache hit.
     assert!(v.verify(&token, T0).is_ok());
@@ -135,7 +174,10 @@ fn malformed_base64_and_shapes_are_refused() {
         format!("{token}.extra"),
         format!("{}.{}.{}", b64(b"not json"), parts[1], parts[2]),
     ] {
-        let err = v.verify(&bad, T0).err().unwrap_or_else(|| panic!("accepted {bad}"));
+        let err = v
+            .verify(&bad, T0)
+            .err()
+            .unwrap_or_else(|| panic!("accepted {bad}"));
         assert!(
             matches!(err, TokenError::Malformed(_) | TokenError::BadSignature),
             "{bad}: {err:?}"
@@ -149,7 +191,10 @@ fn oversized_token_is_refused_before_decoding() {
     let mut c = jwt::claims("alice", T0);
     c["padding"] = json!("x".repeat(9000));
     let err = v.verify(&jwt::sign_rs256(&c), T0).err().unwrap();
-    assert!(matches!(err, TokenError::TooLarge { max: 8192, .. }), "{err:?}");
+    assert!(
+        matches!(err, TokenError::TooLarge { max: 8192, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -158,10 +203,16 @@ fn verified_tokens_are_cached_but_never_past_exp() {
     let token = jwt::sign_rs256(&jwt::claims("alice", T0));
     let a = v.verify(&token, T0).unwrap();
     let b = v.verify(&token, T0 + 10).unwrap();
-    assert!(std::sync::Arc::ptr_eq(&a, &b), "second verify is a cache hit");
+    assert!(
+        std::sync::Arc::ptr_eq(&a, &b),
+        "second verify is a cache hit"
+    );
     assert_eq!(v.cached_tokens(), 1);
     // exp is T0+300, leeway 30.
-    assert!(matches!(v.verify(&token, T0 + 331), Err(TokenError::Expired { .. })));
+    assert!(matches!(
+        v.verify(&token, T0 + 331),
+        Err(TokenError::Expired { .. })
+    ));
     assert_eq!(v.cached_tokens(), 0, "expired entry is dropped");
 }
 
@@ -173,7 +224,10 @@ fn new_jwks_drops_cached_tokens_of_removed_keys() {
     let jwks: serde_json::Value = serde_json::from_slice(&fixture("jwks.json")).unwrap();
     let only_ec = json!({"keys": [jwks["keys"][1].clone()]});
     v.set_jwks(only_ec.to_string().as_bytes()).unwrap();
-    assert_eq!(v.verify(&token, T0).err(), Some(TokenError::UnknownKid("rsa-1".into())));
+    assert_eq!(
+        v.verify(&token, T0).err(),
+        Some(TokenError::UnknownKid("rsa-1".into()))
+    );
 }
 
 #[test]
@@ -211,7 +265,10 @@ when = '"ml-users" in claims.groups'
     assert_eq!((d.status, d.reason), (401, Reason::InvalidToken));
     assert!(d.message.contains("expired"), "{}", d.message);
     // A presented token that fails is never downgraded to "no token".
-    let d = Req::new("GET", "/").cert("alice").bearer("garbage").decide(&e);
+    let d = Req::new("GET", "/")
+        .cert("alice")
+        .bearer("garbage")
+        .decide(&e);
     assert_eq!(d.status, 401);
     // The clock the engine reads is the injected one: move it past exp.
     e.clock().advance(std::time::Duration::from_secs(331));

@@ -13,24 +13,27 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// DER of one of the example certificates (examples/policy/certs/NAME.pem).
 pub fn cert_der(name: &str) -> Vec<u8> {
-    let p = repo_root().join("examples/policy/certs").join(format!("{name}.pem"));
+    let p = repo_root()
+        .join("examples/policy/certs")
+        .join(format!("{name}.pem"));
     let pem = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     pem_to_der(&pem)
 }
 
 pub fn pem_to_der(pem: &str) -> Vec<u8> {
     use base64::Engine as _;
-    let b64: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }
 
 pub fn engine(policy: &str) -> Engine {
