@@ -1,1 +1,108 @@
-fn main() {}
+//! One decision with warm caches on the example policy (examples/policy/policy.toml).
+//! The limits' rates are raised so every iteration takes the full allow path
+//! (rules, then both token buckets) instead of settling into 429s.
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use zt_policy_core::{Engine, EngineClock, Reason, Request};
+
+fn example(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy").join(path)
+}
+
+fn der(name: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let pem = std::fs::read_to_string(example(&format!("certs/{name}.pem"))).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+}
+
+fn engine() -> Engine {
+    let policy = std::fs::read_to_string(example("policy.toml"))
+        .unwrap()
+        .replace("rate = \"120/m\"", "rate = \"1000000000/s\"")
+        .replace("burst = 20", "burst = 1000000")
+        .replace("rate = \"100000/h\"", "rate = \"1000000000/s\"")
+        .replace("burst = 16384", "burst = 100000000");
+    let e = Engine::from_toml(&policy, "policy.toml", EngineClock::system()).unwrap();
+    e.set_jwks(&std::fs::read(example("idp/jwks.json")).unwrap()).unwrap();
+    e
+}
+
+const BODY: &[u8] = br#"{"model":"llama-3.1-8b-instruct","max_tokens":256,"stream":true,"temperature":0.2,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Summarise the zero-trust reference architecture in three sentences."}]}"#;
+
+fn bench(c: &mut Criterion) {
+    let e = engine();
+    let alice = der("alice");
+    let carol = der("carol");
+    let token = std::fs::read_to_string(example("idp/carol.jwt")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let json_headers = [
+        ("content-type", "application/json"),
+        ("user-agent", "OpenAI/Python 1.99.0"),
+        ("accept", "application/json"),
+        ("host", "ai.example.internal"),
+    ];
+    let token_headers = [
+        ("content-type", "application/json"),
+        ("user-agent", "OpenAI/Python 1.99.0"),
+        ("authorization", auth.as_str()),
+    ];
+    let chat = |cert: &'static [u8], headers: &'static [(&'static str, &'static str)]| Request {
+        method: "POST",
+        scheme: "https",
+        host: "ai.example.internal",
+        path: "/v1/chat/completions",
+        query: "",
+        remote_ip: "127.0.0.1",
+        headers,
+        client_cert_der: Some(cert),
+        body: BODY,
+        body_size: BODY.len() as u64,
+    };
+    // Leak the fixtures so requests can borrow them for 'static.
+    let alice: &'static [u8] = Box::leak(alice.into_boxed_slice());
+    let carol: &'static [u8] = Box::leak(carol.into_boxed_slice());
+    let json_headers: &'static [(&str, &str)] = Box::leak(Box::new(json_headers));
+    let token_headers: &'static [(&str, &str)] = Box::leak(Box::new(token_headers.map(|(k, v)| {
+        (k, &*Box::leak(v.to_owned().into_boxed_str()))
+    })));
+
+    let cert_chat = chat(alice, json_headers);
+    let token_chat = chat(carol, token_headers);
+    let models = Request {
+        method: "GET",
+        path: "/v1/models",
+        body: b"",
+        body_size: 0,
+        ..cert_chat.clone()
+    };
+    let metrics = Request {
+        path: "/metrics",
+        ..models.clone()
+    };
+
+    // The numbers mean something only if each request takes the path its name says.
+    assert_eq!(e.decide(&cert_chat).reason, Reason::Allowed);
+    assert_eq!(e.decide(&token_chat).reason, Reason::Allowed);
+    assert_eq!(e.decide(&token_chat).identity.as_deref(), Some("carol@example.com"));
+    assert_eq!(e.decide(&models).reason, Reason::Allowed);
+    assert_eq!(e.decide(&metrics).reason, Reason::NoAllowRule);
+
+    let mut g = c.benchmark_group("decide");
+    g.bench_function("chat_cert_json_body", |b| b.iter(|| e.decide(std::hint::black_box(&cert_chat))));
+    g.bench_function("chat_cert_token_json_body", |b| b.iter(|| e.decide(std::hint::black_box(&token_chat))));
+    g.bench_function("models_cert_no_body", |b| b.iter(|| e.decide(std::hint::black_box(&models))));
+    g.bench_function("metrics_default_deny", |b| b.iter(|| e.decide(std::hint::black_box(&metrics))));
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
 
 use crate::cache::BoundedCache;
-use crate::values::{self, BoxVal};
+use crate::values::Indexed;
 
 /// Everything DESIGN.md promises about a certificate, already extracted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub struct NameInfo {
 /// A parsed certificate and its CEL value, shared between requests.
 pub struct CertEntry {
     pub info: CertInfo,
-    pub value: BoxVal<'static>,
+    pub value: Indexed,
 }
 
 impl std::fmt::Debug for CertEntry {
@@ -178,54 +178,42 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 impl NameInfo {
-    fn to_value(&self) -> BoxVal<'static> {
-        values::map(vec![
-            ("cn", values::string(self.cn.clone())),
-            ("o", values::string_list(&self.o)),
-            ("ou", values::string_list(&self.ou)),
-            ("c", values::string(self.c.clone())),
-            ("st", values::string(self.st.clone())),
-            ("l", values::string(self.l.clone())),
-            ("dn", values::string(self.dn.clone())),
-        ])
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cn": self.cn, "o": self.o, "ou": self.ou, "c": self.c, "st": self.st,
+            "l": self.l, "dn": self.dn,
+        })
     }
 }
 
 impl CertInfo {
     /// The `cert` variable for this certificate.
-    pub fn to_value(&self) -> BoxVal<'static> {
+    pub fn to_value(&self) -> Indexed {
         self.value_with_presence(true)
     }
 
     /// The `cert` variable when no certificate was presented: every field there, empty,
     /// so `cert.subject.cn == "x"` is false rather than an error.
-    pub fn absent_value() -> BoxVal<'static> {
+    pub fn absent_value() -> Indexed {
         CertInfo::default().value_with_presence(false)
     }
 
-    fn value_with_presence(&self, present: bool) -> BoxVal<'static> {
-        values::map(vec![
-            ("present", values::boolean(present)),
-            ("subject", self.subject.to_value()),
-            ("issuer", self.issuer.to_value()),
-            ("serial", values::string(self.serial.clone())),
-            (
-                "fingerprint_sha256",
-                values::string(self.fingerprint_sha256.clone()),
-            ),
-            (
-                "san",
-                values::map(vec![
-                    ("dns", values::string_list(&self.san_dns)),
-                    ("email", values::string_list(&self.san_email)),
-                    ("uri", values::string_list(&self.san_uri)),
-                    ("ip", values::string_list(&self.san_ip)),
-                ]),
-            ),
-            ("spiffe_id", values::string(self.spiffe_id.clone())),
-            ("not_before", values::int(self.not_before)),
-            ("not_after", values::int(self.not_after)),
-        ])
+    fn value_with_presence(&self, present: bool) -> Indexed {
+        let json = serde_json::json!({
+            "present": present,
+            "subject": self.subject.to_json(),
+            "issuer": self.issuer.to_json(),
+            "serial": self.serial,
+            "fingerprint_sha256": self.fingerprint_sha256,
+            "san": {
+                "dns": self.san_dns, "email": self.san_email,
+                "uri": self.san_uri, "ip": self.san_ip,
+            },
+            "spiffe_id": self.spiffe_id,
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+        });
+        Indexed::from_json(&json, 8).expect("a certificate value is 3 levels deep")
     }
 }
 

@@ -15,7 +15,9 @@ use crate::limits::{self, LimitState, Outcome};
 use crate::policy::{self, Effect, Mode, Policy, PolicyError};
 use crate::request::Request;
 use crate::token::{JwksError, JwksSummary, VerifiedToken, Verifier};
-use crate::values::{self, BoxVal};
+use crate::values::{self, BoxVal, Indexed};
+use cel::common::types::CelString;
+use cel::common::value::Val;
 
 pub struct Engine {
     policy: Policy,
@@ -24,8 +26,8 @@ pub struct Engine {
     certs: CertCache,
     verifier: Option<Verifier>,
     limits: Vec<Arc<LimitState>>,
-    absent_cert: BoxVal<'static>,
-    empty_claims: BoxVal<'static>,
+    absent_cert: Indexed,
+    empty_claims: Indexed,
     needs_body: bool,
 }
 
@@ -63,7 +65,7 @@ impl Engine {
             verifier,
             limits,
             absent_cert: CertInfo::absent_value(),
-            empty_claims: values::empty_map(),
+            empty_claims: Indexed::from_json(&serde_json::json!({}), 1).expect("empty map"),
             needs_body,
         }
     }
@@ -147,7 +149,7 @@ impl Engine {
         let cert = given.cert.clone().map(|c| Arc::new(CertEntry::new(c)));
         let claims = match &given.claims {
             None => None,
-            Some(json) => match values::from_json(json, self.policy.max_json_depth) {
+            Some(json) => match Indexed::from_json(json, self.policy.max_json_depth) {
                 Ok(value) => Some(Arc::new(VerifiedToken {
                     claims: json.clone(),
                     value,
@@ -174,8 +176,8 @@ impl Engine {
         let claims = given
             .claims
             .as_ref()
-            .and_then(|j| values::from_json(j, self.policy.max_json_depth).ok());
-        let act = self.activation(req, cert.as_deref(), claims.as_deref());
+            .and_then(|j| Indexed::from_json(j, self.policy.max_json_depth).ok());
+        let act = self.activation(req, cert.as_deref(), claims.as_ref());
         let _ = act.identity.set("sample-identity".into());
         let mut ctx = Context::with_env(self.env.clone());
         ctx.set_variable_resolver(&act);
@@ -219,11 +221,11 @@ impl Engine {
         &'a self,
         req: &'a Request<'a>,
         cert: Option<&'a CertEntry>,
-        claims: Option<&'a (dyn cel::common::value::Val + 'static)>,
+        claims: Option<&'a Indexed>,
     ) -> Activation<'a> {
         Activation {
-            cert: cert.map_or(&*self.absent_cert, |c| &*c.value),
-            claims: claims.unwrap_or(&*self.empty_claims),
+            cert: cert.map_or(&self.absent_cert, |c| &c.value),
+            claims: claims.unwrap_or(&self.empty_claims),
             req,
             request: OnceLock::new(),
             body: OnceLock::new(),
@@ -273,7 +275,7 @@ impl Engine {
             },
             _ => None,
         };
-        let act = self.activation(req, cert.as_deref(), token.as_ref().map(|t| &*t.value));
+        let act = self.activation(req, cert.as_deref(), token.as_ref().map(|t| &t.value));
         let mut ctx = Context::with_env(self.env.clone());
         ctx.set_variable_resolver(&act);
 
@@ -349,12 +351,10 @@ impl Engine {
                 }
             }
         }
-        let explained = |mut d: Decision, rule: Option<&str>| {
-            d.identity = identity.clone();
-            d.rule = rule.map(str::to_owned);
-            d.matched = matched.clone();
-            d.errors = errors.clone();
-            d
+        let explain = Explain {
+            identity,
+            matched,
+            errors,
         };
         if let Some((rule, error)) = deciding_deny {
             let status = rule.status.unwrap_or(self.policy.deny_status);
@@ -365,13 +365,13 @@ impl Engine {
                 (None, Some(m)) => m.clone(),
                 (None, None) => format!("denied by rule {:?}", rule.name),
             };
-            return explained(
+            return explain.into(
                 Decision::deny(status, Reason::DeniedByRule, message),
                 Some(&rule.name),
             );
         }
         let Some(allow) = first_allow else {
-            return explained(
+            return explain.into(
                 Decision::deny(
                     self.policy.deny_status,
                     Reason::NoAllowRule,
@@ -382,10 +382,11 @@ impl Engine {
         };
 
         // 4. Limits, only for requests the rules allow.
-        let mut tightest: Option<LimitReport> = None;
+        // (limit, remaining, reset) of the limit with the fewest cells left.
+        let mut tightest: Option<(&policy::LimitConfig, u32, u64)> = None;
         for (cfg, state) in self.policy.limits.iter().zip(&self.limits) {
-            let limit_error = |what: &str, e: String| {
-                explained(
+            let limit_error = |explain: Explain, what: &str, e: String| {
+                explain.into(
                     Decision::deny(
                         self.policy.deny_status,
                         Reason::LimitError,
@@ -398,96 +399,80 @@ impl Engine {
                 match when.eval_bool(&ctx) {
                     Ok(true) => {}
                     Ok(false) => continue,
-                    Err(e) => return limit_error("when", e),
+                    Err(e) => return limit_error(explain, "when", e),
                 }
             }
             let key = match cfg.key.eval_string(&ctx) {
                 Ok(k) if !k.is_empty() => k,
-                Ok(_) => return limit_error("key", "it is empty".into()),
-                Err(e) => return limit_error("key", e),
+                Ok(_) => return limit_error(explain, "key", "it is empty".into()),
+                Err(e) => return limit_error(explain, "key", e),
             };
             let cost = match &cfg.cost {
                 None => 1,
                 Some(c) => match c.eval_u64(&ctx) {
                     Ok(n) => n,
-                    Err(e) => return limit_error("cost", e),
+                    Err(e) => return limit_error(explain, "cost", e),
                 },
             };
-            match state.check(cfg, &key, cost) {
+            let (status, reason, message, retry_after) = match state.check(cfg, key, cost) {
                 Outcome::Allowed {
                     remaining,
                     reset_secs,
                 } => {
-                    if tightest.as_ref().is_none_or(|t| remaining < t.remaining) {
-                        tightest = Some(LimitReport {
-                            name: cfg.name.clone(),
-                            remaining,
-                            retry_after_secs: None,
-                            headers: limits::headers(cfg, remaining, reset_secs),
-                        });
+                    if tightest.is_none_or(|(_, r, _)| remaining < r) {
+                        tightest = Some((cfg, remaining, reset_secs));
                     }
+                    continue;
                 }
-                Outcome::Limited { retry_after_secs } => {
-                    let mut d = explained(
-                        Decision::deny(
-                            429,
-                            Reason::RateLimited,
-                            format!(
-                                "rate limit {:?} exceeded; retry in {retry_after_secs}s",
-                                cfg.name
-                            ),
-                        ),
-                        Some(&allow.name),
-                    );
-                    d.limit = Some(LimitReport {
-                        name: cfg.name.clone(),
-                        remaining: 0,
-                        retry_after_secs: Some(retry_after_secs),
-                        headers: limits::headers(cfg, 0, retry_after_secs),
-                    });
-                    return d;
-                }
-                Outcome::CostExceedsBurst { cost, burst } => return explained(
-                    Decision::deny(
-                        self.policy.deny_status,
-                        Reason::CostExceedsBurst,
-                        format!(
-                            "request costs {cost}, more than limit {:?} allows at once ({burst})",
-                            cfg.name
-                        ),
+                Outcome::Limited { retry_after_secs } => (
+                    429,
+                    Reason::RateLimited,
+                    format!(
+                        "rate limit {:?} exceeded; retry in {retry_after_secs}s",
+                        cfg.name
                     ),
-                    Some(&allow.name),
+                    retry_after_secs,
                 ),
-                Outcome::TableFull { live_keys } => {
-                    let mut d = explained(
+                Outcome::CostExceedsBurst { cost, burst } => {
+                    return explain.into(
                         Decision::deny(
-                            429,
-                            Reason::LimitTableFull,
+                            self.policy.deny_status,
+                            Reason::CostExceedsBurst,
                             format!(
-                                "limit {:?} already tracks {live_keys} identities (its max_keys); retry later",
+                                "request costs {cost}, more than limit {:?} allows at once ({burst})",
                                 cfg.name
                             ),
                         ),
                         Some(&allow.name),
-                    );
-                    d.limit = Some(LimitReport {
-                        name: cfg.name.clone(),
-                        remaining: 0,
-                        retry_after_secs: Some(1),
-                        headers: limits::headers(cfg, 0, 1),
-                    });
-                    return d;
+                    )
                 }
-            }
+                Outcome::TableFull { live_keys } => (
+                    429,
+                    Reason::LimitTableFull,
+                    format!(
+                        "limit {:?} already tracks {live_keys} identities (its max_keys); retry later",
+                        cfg.name
+                    ),
+                    1,
+                ),
+            };
+            let mut d = explain.into(Decision::deny(status, reason, message), Some(&allow.name));
+            d.limit = Some(LimitReport {
+                name: cfg.name.clone(),
+                remaining: 0,
+                retry_after_secs: Some(retry_after),
+                headers: limits::headers(cfg, 0, retry_after),
+            });
+            return d;
         }
 
-        let mut d = explained(
+        let mut d = explain.into(
             Decision {
                 allowed: true,
                 effect: Effect::Allow,
                 status: 200,
                 reason: Reason::Allowed,
-                message: format!("allowed by rule {:?}", allow.name),
+                message: String::new(),
                 rule: None,
                 matched: Vec::new(),
                 errors: Vec::new(),
@@ -497,7 +482,30 @@ impl Engine {
             },
             Some(&allow.name),
         );
-        d.limit = tightest;
+        d.message = format!("allowed by rule {:?}", allow.name);
+        d.limit = tightest.map(|(cfg, remaining, reset)| LimitReport {
+            name: cfg.name.clone(),
+            remaining,
+            retry_after_secs: None,
+            headers: limits::headers(cfg, remaining, reset),
+        });
+        d
+    }
+}
+
+/// What every decision past the identity step carries to explain itself.
+struct Explain {
+    identity: Option<String>,
+    matched: Vec<String>,
+    errors: Vec<RuleError>,
+}
+
+impl Explain {
+    fn into(self, mut d: Decision, rule: Option<&str>) -> Decision {
+        d.identity = self.identity;
+        d.rule = rule.map(str::to_owned);
+        d.matched = self.matched;
+        d.errors = self.errors;
         d
     }
 }
@@ -517,8 +525,8 @@ fn default_identity(cert: Option<&CertEntry>, token: Option<&VerifiedToken>) -> 
 
 /// The variables of one request, resolved when an expression first reads them.
 struct Activation<'a> {
-    cert: &'a (dyn cel::common::value::Val + 'static),
-    claims: &'a (dyn cel::common::value::Val + 'static),
+    cert: &'a Indexed,
+    claims: &'a Indexed,
     req: &'a Request<'a>,
     request: OnceLock<BoxVal<'a>>,
     body: OnceLock<BoxVal<'static>>,
@@ -527,22 +535,55 @@ struct Activation<'a> {
     max_depth: usize,
 }
 
+impl<'a> Activation<'a> {
+    fn body(&self) -> &(dyn Val + 'static) {
+        self.body
+            .get_or_init(|| parse_body(self.req, self.max_body, self.max_depth))
+            .as_ref()
+    }
+
+    fn request(&self) -> &(dyn Val + 'a) {
+        self.request.get_or_init(|| self.req.to_value()).as_ref()
+    }
+}
+
+/// Walks `path` below `root` through map lookups.
+fn walk<'b>(root: &'b (dyn Val + 'b), path: &str) -> Option<CowVal<'b, 'b>> {
+    let mut current = root;
+    for segment in path.split('.') {
+        let key = CelString::from(segment);
+        match current.as_indexer()?.get(&key).ok()? {
+            CowVal::Borrowed(v) => current = v,
+            CowVal::Owned(_) => return None,
+        }
+    }
+    Some(CowVal::Borrowed(current))
+}
+
 impl VariableResolver for Activation<'_> {
+    /// Answers a variable or a whole field path (`cert.subject.cn`; see
+    /// `expr::flatten`) in one call. A path that is not all there answers `None`, and
+    /// cel's own walk then reports the missing key or answers `has()`.
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        Some(match variable {
-            "cert" => CowVal::Borrowed(self.cert),
-            "claims" => CowVal::Borrowed(self.claims),
-            "request" => {
-                CowVal::Borrowed(self.request.get_or_init(|| self.req.to_value()).as_ref())
-            }
-            "body" => CowVal::Borrowed(
-                self.body
-                    .get_or_init(|| parse_body(self.req, self.max_body, self.max_depth))
-                    .as_ref(),
-            ),
-            "identity" => CowVal::Owned(values::string(self.identity.get()?.as_str())),
-            _ => return None,
-        })
+        let (root, path) = match variable.split_once('.') {
+            Some((root, path)) => (root, Some(path)),
+            None => (variable, None),
+        };
+        match (root, path) {
+            ("cert", None) => Some(CowVal::Borrowed(self.cert.root())),
+            ("cert", Some(p)) => self.cert.get(p).map(|v| CowVal::Borrowed(v)),
+            ("claims", None) => Some(CowVal::Borrowed(self.claims.root())),
+            ("claims", Some(p)) => self.claims.get(p).map(|v| CowVal::Borrowed(v)),
+            ("body", None) => Some(CowVal::Borrowed(self.body())),
+            ("body", Some(p)) => walk(self.body(), p),
+            ("request", None) => Some(CowVal::Borrowed(self.request())),
+            ("request", Some(p)) => match self.req.field(p) {
+                Some(v) => Some(CowVal::Owned(v)),
+                None => walk(self.request(), p),
+            },
+            ("identity", None) => Some(CowVal::Owned(values::string(self.identity.get()?.as_str()))),
+            _ => None,
+        }
     }
 }
 
@@ -552,10 +593,9 @@ fn parse_body(req: &Request<'_>, max_body: u64, max_depth: usize) -> BoxVal<'sta
     if req.body.is_empty() || req.body.len() as u64 > max_body || !req.is_json() {
         return values::empty_map();
     }
-    match serde_json::from_slice::<serde_json::Value>(req.body) {
-        Ok(v @ serde_json::Value::Object(_)) => {
-            values::from_json(&v, max_depth).unwrap_or_else(|_| values::empty_map())
-        }
-        _ => values::empty_map(),
+    // Only an object is a usable body; `[…]` or a bare scalar counts as malformed.
+    if req.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return values::empty_map();
     }
+    values::parse_json(req.body, max_depth).unwrap_or_else(|_| values::empty_map())
 }

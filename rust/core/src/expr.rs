@@ -61,6 +61,8 @@ fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
 pub struct Expression {
     pub source: String,
     program: Program,
+    /// The program with field paths on the request variables flattened (see `flatten`).
+    fast: IdedExpr,
     reads: [bool; 5],
 }
 
@@ -142,9 +144,12 @@ impl Expression {
         for (i, name) in VARIABLES.iter().enumerate() {
             reads[i] = found.free.iter().any(|(v, _)| v == name);
         }
+        let mut fast = program.expression().clone();
+        flatten(&mut fast, &mut Vec::new());
         Ok(Expression {
             source: source.to_owned(),
             program,
+            fast,
             reads,
         })
     }
@@ -157,7 +162,12 @@ impl Expression {
     }
 
     pub fn eval(&self, ctx: &Context<'_, '_>) -> Result<Value, String> {
-        self.program.execute(ctx).map_err(|e| e.to_string())
+        match Value::resolve(&self.fast, ctx) {
+            Ok(v) => Ok(v),
+            // The flattened form reports a missing field as an undeclared name; the
+            // program as written says which key is missing. Errors are the slow path.
+            Err(_) => self.program.execute(ctx).map_err(|e| e.to_string()),
+        }
     }
 
     pub fn eval_bool(&self, ctx: &Context<'_, '_>) -> Result<bool, String> {
@@ -205,6 +215,85 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Rewrites each field path rooted at a request variable (`cert.subject.cn`) into one
+/// identifier naming the whole path. cel resolves a dotted select chain by joining its
+/// segments into a fresh string and trying every prefix as a variable and as a type;
+/// a single identifier goes straight to the resolver, which looks the path up itself.
+/// `has(x.f)` keeps its test on the last field; variables bound by comprehension
+/// macros are left alone.
+fn flatten(e: &mut IdedExpr, bound: &mut Vec<String>) {
+    if let Some(path) = dotted_path(e, bound) {
+        e.expr = Expr::Ident(path);
+        return;
+    }
+    match &mut e.expr {
+        Expr::Select(sel) => flatten(&mut sel.operand, bound),
+        Expr::Call(call) => {
+            if let Some(target) = &mut call.target {
+                flatten(target, bound);
+            }
+            for arg in &mut call.args {
+                flatten(arg, bound);
+            }
+        }
+        Expr::Comprehension(comp) => {
+            flatten(&mut comp.iter_range, bound);
+            let depth = bound.len();
+            bound.push(comp.iter_var.clone());
+            if let Some(v2) = &comp.iter_var2 {
+                bound.push(v2.clone());
+            }
+            bound.push(comp.accu_var.clone());
+            flatten(&mut comp.accu_init, bound);
+            flatten(&mut comp.loop_cond, bound);
+            flatten(&mut comp.loop_step, bound);
+            flatten(&mut comp.result, bound);
+            bound.truncate(depth);
+        }
+        Expr::List(list) => list.elements.iter_mut().for_each(|x| flatten(x, bound)),
+        Expr::Map(map) => map.entries.iter_mut().for_each(|x| flatten_entry(x, bound)),
+        Expr::Struct(st) => st.entries.iter_mut().for_each(|x| flatten_entry(x, bound)),
+        _ => {}
+    }
+}
+
+fn flatten_entry(entry: &mut IdedEntryExpr, bound: &mut Vec<String>) {
+    match &mut entry.expr {
+        EntryExpr::StructField(f) => flatten(&mut f.value, bound),
+        EntryExpr::MapEntry(me) => {
+            flatten(&mut me.key, bound);
+            flatten(&mut me.value, bound);
+        }
+    }
+}
+
+/// `Some("cert.subject.cn")` for a plain select chain rooted at a request variable.
+fn dotted_path(e: &IdedExpr, bound: &[String]) -> Option<String> {
+    let mut fields = Vec::new();
+    let mut cur = e;
+    loop {
+        match &cur.expr {
+            Expr::Select(sel) if !sel.test => {
+                fields.push(sel.field.as_str());
+                cur = &sel.operand;
+            }
+            Expr::Ident(root)
+                if !fields.is_empty()
+                    && ["cert", "claims", "request", "body"].contains(&root.as_str())
+                    && !bound.iter().any(|b| b == root) =>
+            {
+                let mut path = root.clone();
+                for f in fields.iter().rev() {
+                    path.push('.');
+                    path.push_str(f);
+                }
+                return Some(path);
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// Identifiers CEL resolves to type values (`type(x) == int`), not variables.
 const TYPE_NAMES: [&str; 10] = [
     "int",
@@ -229,13 +318,12 @@ struct Found<'a> {
 
 fn walk<'a>(e: &'a IdedExpr, bound: &mut Vec<&'a str>, found: &mut Found<'a>) {
     match &e.expr {
-        Expr::Ident(name) => {
+        Expr::Ident(name)
             if !name.starts_with('@')
                 && !bound.contains(&name.as_str())
-                && !TYPE_NAMES.contains(&name.as_str())
-            {
-                found.free.push((name, e.id));
-            }
+                && !TYPE_NAMES.contains(&name.as_str()) =>
+        {
+            found.free.push((name, e.id));
         }
         Expr::Select(sel) => walk(&sel.operand, bound, found),
         Expr::Call(call) => {

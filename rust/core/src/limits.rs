@@ -122,7 +122,7 @@ impl LimitState {
     }
 
     /// Takes `cost` cells from `key`'s bucket.
-    pub fn check(&self, config: &LimitConfig, key: &str, cost: u64) -> Outcome {
+    pub fn check(&self, config: &LimitConfig, key: String, cost: u64) -> Outcome {
         if cost > u64::from(config.burst) {
             return Outcome::CostExceedsBurst {
                 cost,
@@ -143,14 +143,14 @@ impl LimitState {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.sweep();
         }
-        if self.store.0.len() >= config.max_keys && !self.store.0.contains_key(key) {
+        if self.store.0.len() >= config.max_keys && !self.store.0.contains_key(&key) {
             self.sweep_when_full();
             let live = self.store.0.len();
             if live >= config.max_keys {
                 return Outcome::TableFull { live_keys: live };
             }
         }
-        let result = self.limiter.check_key_n(&key.to_owned(), n);
+        let result = self.limiter.check_key_n(&key, n);
         match result {
             Ok(Ok(snapshot)) => Outcome::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),

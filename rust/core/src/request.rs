@@ -58,6 +58,21 @@ impl<'a> Request<'a> {
         })
     }
 
+    /// One scalar field of `request` by name, without building the whole map; `None`
+    /// for `headers` and anything that is not a scalar field.
+    pub fn field(&self, name: &str) -> Option<BoxVal<'a>> {
+        Some(match name {
+            "method" => values::string(self.method),
+            "path" => values::string(self.path),
+            "host" => values::string(self.host),
+            "scheme" => values::string(self.scheme),
+            "query" => values::string(self.query),
+            "remote_ip" => values::string(self.remote_ip),
+            "size" => values::int(self.body_size.min(i64::MAX as u64) as i64),
+            _ => return None,
+        })
+    }
+
     /// The `request` variable. Strings borrow from the request.
     pub fn to_value(&self) -> BoxVal<'a> {
         let mut headers: HashMap<Cow<'a, str>, Cow<'a, str>> =
@@ -81,7 +96,7 @@ impl<'a> Request<'a> {
         let headers = values::map(
             headers
                 .into_iter()
-                .map(|(k, v)| (CelMapKey::from(cow_key(k)), values::string(v)))
+                .map(|(k, v)| (cow_key(k), values::string(v)))
                 .collect(),
         );
         values::map(vec![

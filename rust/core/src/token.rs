@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 
 use crate::cache::BoundedCache;
-use crate::values::{self, BoxVal};
+use crate::values::Indexed;
 
 /// What the policy's `[token]` table says about accepted tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub enum JwksError {
 /// A token that verified: its claims as a CEL value and what the cache needs.
 pub struct VerifiedToken {
     pub claims: serde_json::Value,
-    pub value: BoxVal<'static>,
+    pub value: Indexed,
     pub exp: u64,
     pub nbf: Option<u64>,
 }
@@ -271,7 +271,7 @@ impl Verifier {
                 });
             }
         }
-        let value = values::from_json(&claims, self.settings.max_claims_depth)
+        let value = Indexed::from_json(&claims, self.settings.max_claims_depth)
             .map_err(|_| TokenError::Malformed("claims are nested too deeply".into()))?;
         Ok(VerifiedToken {
             claims,
