@@ -2,6 +2,7 @@
 //! first-in first-out: entries are cheap to rebuild, and FIFO needs no bookkeeping
 //! on a hit, which keeps the warm path to one lock and one hash lookup.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -11,8 +12,10 @@ pub struct BoundedCache<K, V> {
     inner: Mutex<Inner<K, V>>,
 }
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 struct Inner<K, V> {
-    map: HashMap<K, V>,
+    map: FastMap<K, V>,
     order: VecDeque<K>,
 }
 
@@ -21,13 +24,16 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
         BoundedCache {
             capacity: capacity.max(1),
             inner: Mutex::new(Inner {
-                map: HashMap::new(),
+                map: FastMap::default(),
                 order: VecDeque::new(),
             }),
         }
     }
 
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         self.lock().map.get(key).cloned()
     }
 

@@ -81,10 +81,6 @@ pub enum CertError {
 /// Parses a DER certificate. Never panics on hostile input: every failure is an error
 /// naming the problem.
 pub fn parse_der(der: &[u8]) -> Result<CertInfo, CertError> {
-    parse_with_digest(der, &Sha256::digest(der).into())
-}
-
-fn parse_with_digest(der: &[u8], digest: &[u8; 32]) -> Result<CertInfo, CertError> {
     if der.is_empty() {
         return Err(CertError::Empty);
     }
@@ -96,7 +92,7 @@ fn parse_with_digest(der: &[u8], digest: &[u8; 32]) -> Result<CertInfo, CertErro
         subject: name_info(cert.subject()),
         issuer: name_info(cert.issuer()),
         serial: hex(cert.raw_serial()),
-        fingerprint_sha256: hex(digest),
+        fingerprint_sha256: hex(&Sha256::digest(der)),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
         ..CertInfo::default()
@@ -217,9 +213,12 @@ impl CertInfo {
     }
 }
 
-/// Parse-once cache of certificates, keyed by the SHA-256 of the DER.
+/// Parse-once cache of certificates, keyed by the DER itself: a lookup hashes it with
+/// a fast hash and compares the bytes, which is exact and costs a fraction of the
+/// SHA-256 (that is computed once, when the certificate is first parsed, for
+/// `cert.fingerprint_sha256`).
 pub struct CertCache {
-    entries: BoundedCache<[u8; 32], Arc<CertEntry>>,
+    entries: BoundedCache<Box<[u8]>, Arc<CertEntry>>,
 }
 
 impl CertCache {
@@ -232,12 +231,11 @@ impl CertCache {
     /// The parsed certificate, from the cache when this DER was seen before.
     /// Failures are not cached: they are cheap to repeat and must not evict good entries.
     pub fn get_or_parse(&self, der: &[u8]) -> Result<Arc<CertEntry>, CertError> {
-        let key: [u8; 32] = Sha256::digest(der).into();
-        if let Some(hit) = self.entries.get(&key) {
+        if let Some(hit) = self.entries.get(der) {
             return Ok(hit);
         }
-        let entry = Arc::new(CertEntry::new(parse_with_digest(der, &key)?));
-        self.entries.insert(key, entry.clone());
+        let entry = Arc::new(CertEntry::new(parse_der(der)?));
+        self.entries.insert(der.into(), entry.clone());
         Ok(entry)
     }
 

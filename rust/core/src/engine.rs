@@ -11,7 +11,7 @@ use cel::{Context, Env};
 use crate::cert::{CertCache, CertEntry, CertInfo};
 use crate::clock::EngineClock;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
-use crate::limits::{self, LimitState, Outcome};
+use crate::limits::{LimitState, Outcome};
 use crate::policy::{self, Effect, Mode, Policy, PolicyError};
 use crate::request::Request;
 use crate::token::{JwksError, JwksSummary, VerifiedToken, Verifier};
@@ -383,7 +383,7 @@ impl Engine {
 
         // 4. Limits, only for requests the rules allow.
         // (limit, remaining, reset) of the limit with the fewest cells left.
-        let mut tightest: Option<(&policy::LimitConfig, u32, u64)> = None;
+        let mut tightest: Option<(&policy::LimitConfig, &LimitState, u32, u64)> = None;
         for (cfg, state) in self.policy.limits.iter().zip(&self.limits) {
             let limit_error = |explain: Explain, what: &str, e: String| {
                 explain.into(
@@ -402,7 +402,12 @@ impl Engine {
                     Err(e) => return limit_error(explain, "when", e),
                 }
             }
-            let key = match cfg.key.eval_string(&ctx) {
+            // The default key is the identity itself: no need to run CEL for it.
+            let key = match if cfg.key.source == "identity" {
+                act.identity.get().cloned().ok_or_else(|| "no identity".to_owned())
+            } else {
+                cfg.key.eval_string(&ctx)
+            } {
                 Ok(k) if !k.is_empty() => k,
                 Ok(_) => return limit_error(explain, "key", "it is empty".into()),
                 Err(e) => return limit_error(explain, "key", e),
@@ -419,8 +424,8 @@ impl Engine {
                     remaining,
                     reset_secs,
                 } => {
-                    if tightest.is_none_or(|(_, r, _)| remaining < r) {
-                        tightest = Some((cfg, remaining, reset_secs));
+                    if tightest.is_none_or(|(_, _, r, _)| remaining < r) {
+                        tightest = Some((cfg, state, remaining, reset_secs));
                     }
                     continue;
                 }
@@ -461,7 +466,7 @@ impl Engine {
                 name: cfg.name.clone(),
                 remaining: 0,
                 retry_after_secs: Some(retry_after),
-                headers: limits::headers(cfg, 0, retry_after),
+                headers: state.headers(cfg, 0, retry_after),
             });
             return d;
         }
@@ -483,11 +488,11 @@ impl Engine {
             Some(&allow.name),
         );
         d.message = format!("allowed by rule {:?}", allow.name);
-        d.limit = tightest.map(|(cfg, remaining, reset)| LimitReport {
+        d.limit = tightest.map(|(cfg, state, remaining, reset)| LimitReport {
             name: cfg.name.clone(),
             remaining,
             retry_after_secs: None,
-            headers: limits::headers(cfg, remaining, reset),
+            headers: state.headers(cfg, remaining, reset),
         });
         d
     }

@@ -65,6 +65,12 @@ pub struct LimitState {
     checks: AtomicU64,
     last_full_sweep: std::sync::Mutex<Option<Instant>>,
     fingerprint: String,
+    policy_header: String,
+}
+
+/// `RateLimit-Policy` never changes for a limit, so it is formatted once.
+fn policy_header(config: &LimitConfig) -> String {
+    format!("\"{}\";q={};w={}", config.name, config.burst, window_secs(config))
 }
 
 /// The values of the IETF `RateLimit` and `RateLimit-Policy` header fields
@@ -103,6 +109,7 @@ impl LimitState {
             checks: AtomicU64::new(0),
             last_full_sweep: std::sync::Mutex::new(None),
             fingerprint: config.fingerprint.clone(),
+            policy_header: policy_header(config),
         }
     }
 
@@ -201,14 +208,11 @@ pub fn window_secs(config: &LimitConfig) -> u64 {
     ceil_secs(config.rate.period() * config.burst).max(1)
 }
 
-pub fn headers(config: &LimitConfig, remaining: u32, reset_secs: u64) -> RateLimitHeaders {
-    RateLimitHeaders {
-        ratelimit: format!("\"{}\";r={};t={}", config.name, remaining, reset_secs),
-        ratelimit_policy: format!(
-            "\"{}\";q={};w={}",
-            config.name,
-            config.burst,
-            window_secs(config)
-        ),
+impl LimitState {
+    pub fn headers(&self, config: &LimitConfig, remaining: u32, reset_secs: u64) -> RateLimitHeaders {
+        RateLimitHeaders {
+            ratelimit: format!("\"{}\";r={};t={}", config.name, remaining, reset_secs),
+            ratelimit_policy: self.policy_header.clone(),
+        }
     }
 }
