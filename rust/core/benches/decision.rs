@@ -8,14 +8,18 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use zt_policy_core::{Engine, EngineClock, Reason, Request};
 
 fn example(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/policy")
+        .join(path)
 }
 
 fn der(name: &str) -> Vec<u8> {
     use base64::Engine as _;
     let pem = std::fs::read_to_string(example(&format!("certs/{name}.pem"))).unwrap();
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }
 
 fn engine() -> Engine {
@@ -26,7 +30,8 @@ fn engine() -> Engine {
         .replace("rate = \"100000/h\"", "rate = \"1000000000/s\"")
         .replace("burst = 16384", "burst = 100000000");
     let e = Engine::from_toml(&policy, "policy.toml", EngineClock::system()).unwrap();
-    e.set_jwks(&std::fs::read(example("idp/jwks.json")).unwrap()).unwrap();
+    e.set_jwks(&std::fs::read(example("idp/jwks.json")).unwrap())
+        .unwrap();
     e
 }
 
@@ -65,9 +70,9 @@ fn bench(c: &mut Criterion) {
     let alice: &'static [u8] = Box::leak(alice.into_boxed_slice());
     let carol: &'static [u8] = Box::leak(carol.into_boxed_slice());
     let json_headers: &'static [(&str, &str)] = Box::leak(Box::new(json_headers));
-    let token_headers: &'static [(&str, &str)] = Box::leak(Box::new(token_headers.map(|(k, v)| {
-        (k, &*Box::leak(v.to_owned().into_boxed_str()))
-    })));
+    let token_headers: &'static [(&str, &str)] = Box::leak(Box::new(
+        token_headers.map(|(k, v)| (k, &*Box::leak(v.to_owned().into_boxed_str()))),
+    ));
 
     let cert_chat = chat(alice, json_headers);
     let token_chat = chat(carol, token_headers);
@@ -86,15 +91,26 @@ fn bench(c: &mut Criterion) {
     // The numbers mean something only if each request takes the path its name says.
     assert_eq!(e.decide(&cert_chat).reason, Reason::Allowed);
     assert_eq!(e.decide(&token_chat).reason, Reason::Allowed);
-    assert_eq!(e.decide(&token_chat).identity.as_deref(), Some("carol@example.com"));
+    assert_eq!(
+        e.decide(&token_chat).identity.as_deref(),
+        Some("carol@example.com")
+    );
     assert_eq!(e.decide(&models).reason, Reason::Allowed);
     assert_eq!(e.decide(&metrics).reason, Reason::NoAllowRule);
 
     let mut g = c.benchmark_group("decide");
-    g.bench_function("chat_cert_json_body", |b| b.iter(|| e.decide(std::hint::black_box(&cert_chat))));
-    g.bench_function("chat_cert_token_json_body", |b| b.iter(|| e.decide(std::hint::black_box(&token_chat))));
-    g.bench_function("models_cert_no_body", |b| b.iter(|| e.decide(std::hint::black_box(&models))));
-    g.bench_function("metrics_default_deny", |b| b.iter(|| e.decide(std::hint::black_box(&metrics))));
+    g.bench_function("chat_cert_json_body", |b| {
+        b.iter(|| e.decide(std::hint::black_box(&cert_chat)))
+    });
+    g.bench_function("chat_cert_token_json_body", |b| {
+        b.iter(|| e.decide(std::hint::black_box(&token_chat)))
+    });
+    g.bench_function("models_cert_no_body", |b| {
+        b.iter(|| e.decide(std::hint::black_box(&models)))
+    });
+    g.bench_function("metrics_default_deny", |b| {
+        b.iter(|| e.decide(std::hint::black_box(&metrics)))
+    });
     g.finish();
 }
 

@@ -52,10 +52,13 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
         }
     }
 
-    pub fn remove(&self, key: &K) {
+    pub fn remove<Q: Hash + Eq + ?Sized>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
         let mut inner = self.lock();
         if inner.map.remove(key).is_some() {
-            inner.order.retain(|k| k != key);
+            inner.order.retain(|k| k.borrow() != key);
         }
     }
 

@@ -8,6 +8,7 @@ use cel::common::value::CowVal;
 use cel::context::VariableResolver;
 use cel::{Context, Env};
 
+use crate::body::LazyBody;
 use crate::cert::{CertCache, CertEntry, CertInfo};
 use crate::clock::EngineClock;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
@@ -217,6 +218,38 @@ impl Engine {
         found
     }
 
+    /// Every rule's condition evaluated both as flattened for speed and as written, for
+    /// tests that the two always agree: (rule, fast result, as-written result).
+    #[doc(hidden)]
+    #[allow(clippy::type_complexity)]
+    pub fn compare_evaluations(
+        &self,
+        req: &Request<'_>,
+        given: &GivenIdentity,
+    ) -> Vec<(String, Result<String, String>, Result<String, String>)> {
+        let cert = given.cert.clone().map(|c| Arc::new(CertEntry::new(c)));
+        let claims = given
+            .claims
+            .as_ref()
+            .and_then(|j| Indexed::from_json(j, self.policy.max_json_depth).ok());
+        let act = self.activation(req, cert.as_deref(), claims.as_ref());
+        let _ = act.identity.set("id".into());
+        let mut ctx = Context::with_env(self.env.clone());
+        ctx.set_variable_resolver(&act);
+        let show = |r: Result<cel::Value, String>| r.map(|v| format!("{v:?}"));
+        self.policy
+            .rules
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    show(r.when.eval(&ctx)),
+                    show(r.when.eval_as_written(&ctx)),
+                )
+            })
+            .collect()
+    }
+
     fn activation<'a>(
         &'a self,
         req: &'a Request<'a>,
@@ -404,7 +437,10 @@ impl Engine {
             }
             // The default key is the identity itself: no need to run CEL for it.
             let key = match if cfg.key.source == "identity" {
-                act.identity.get().cloned().ok_or_else(|| "no identity".to_owned())
+                act.identity
+                    .get()
+                    .cloned()
+                    .ok_or_else(|| "no identity".to_owned())
             } else {
                 cfg.key.eval_string(&ctx)
             } {
@@ -534,21 +570,78 @@ struct Activation<'a> {
     claims: &'a Indexed,
     req: &'a Request<'a>,
     request: OnceLock<BoxVal<'a>>,
-    body: OnceLock<BoxVal<'static>>,
+    body: OnceLock<LazyBody<'a>>,
     identity: OnceLock<String>,
     max_body: u64,
     max_depth: usize,
 }
 
 impl<'a> Activation<'a> {
-    fn body(&self) -> &(dyn Val + 'static) {
+    fn body(&self) -> &LazyBody<'a> {
         self.body
             .get_or_init(|| parse_body(self.req, self.max_body, self.max_depth))
-            .as_ref()
     }
 
     fn request(&self) -> &(dyn Val + 'a) {
         self.request.get_or_init(|| self.req.to_value()).as_ref()
+    }
+
+    /// The value at a variable or field path, borrowed where it can be.
+    fn lookup<'b>(&'b self, root: &str, path: Option<&str>) -> Option<CowVal<'b, 'b>> {
+        match (root, path) {
+            ("cert", None) => Some(CowVal::Borrowed(self.cert.root())),
+            ("cert", Some(p)) => self.cert.get(p).map(|v| CowVal::Borrowed(v)),
+            ("claims", None) => Some(CowVal::Borrowed(self.claims.root())),
+            ("claims", Some(p)) => self.claims.get(p).map(|v| CowVal::Borrowed(v)),
+            ("body", None) => Some(CowVal::Borrowed(self.body().whole())),
+            ("body", Some(p)) => {
+                let (first, rest) = match p.split_once('.') {
+                    Some((first, rest)) => (first, Some(rest)),
+                    None => (p, None),
+                };
+                let top = self.body().get(first)?;
+                match rest {
+                    None => Some(CowVal::Borrowed(top)),
+                    Some(rest) => walk(top, rest),
+                }
+            }
+            ("request", None) => Some(CowVal::Borrowed(self.request())),
+            ("request", Some(p)) => match self.req.field(p) {
+                Some(v) => Some(CowVal::Owned(v)),
+                None => walk(self.request(), p),
+            },
+            ("identity", None) => {
+                Some(CowVal::Owned(values::string(self.identity.get()?.as_str())))
+            }
+            _ => None,
+        }
+    }
+
+    /// `has(parent.field)`: `None` when cel itself would fail (the parent is missing
+    /// or not a map), so the program as written reports the error.
+    fn has(&self, parent: &str, field: &str) -> Option<bool> {
+        if parent == "body" {
+            return Some(self.body().has(field));
+        }
+        let (root, path) = split_path(parent);
+        let value = self.lookup(root, path)?;
+        let key = CelString::from(field);
+        let result = match &value {
+            CowVal::Borrowed(v) => v.as_indexer()?.get(&key).map(|_| ()),
+            CowVal::Owned(v) => v.as_indexer()?.get(&key).map(|_| ()),
+        };
+        match result {
+            Ok(()) => Some(true),
+            Err(cel::ExecutionError::NoSuchKey(_)) => Some(false),
+            Err(_) => None,
+        }
+    }
+}
+
+fn split_path(variable: &str) -> (&str, Option<&str>) {
+    match variable.split_once('.') {
+        Some((root, path)) => (root, Some(path)),
+        None => (variable, None),
     }
 }
 
@@ -566,41 +659,29 @@ fn walk<'b>(root: &'b (dyn Val + 'b), path: &str) -> Option<CowVal<'b, 'b>> {
 }
 
 impl VariableResolver for Activation<'_> {
-    /// Answers a variable or a whole field path (`cert.subject.cn`; see
-    /// `expr::flatten`) in one call. A path that is not all there answers `None`, and
-    /// cel's own walk then reports the missing key or answers `has()`.
+    /// Answers a variable, a whole field path (`cert.subject.cn`) or a presence test
+    /// (`has(body.model)`; see `expr::flatten`) in one call. What it cannot answer
+    /// exactly it leaves to cel (`None`), which then reports the missing key.
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        let (root, path) = match variable.split_once('.') {
-            Some((root, path)) => (root, Some(path)),
-            None => (variable, None),
-        };
-        match (root, path) {
-            ("cert", None) => Some(CowVal::Borrowed(self.cert.root())),
-            ("cert", Some(p)) => self.cert.get(p).map(|v| CowVal::Borrowed(v)),
-            ("claims", None) => Some(CowVal::Borrowed(self.claims.root())),
-            ("claims", Some(p)) => self.claims.get(p).map(|v| CowVal::Borrowed(v)),
-            ("body", None) => Some(CowVal::Borrowed(self.body())),
-            ("body", Some(p)) => walk(self.body(), p),
-            ("request", None) => Some(CowVal::Borrowed(self.request())),
-            ("request", Some(p)) => match self.req.field(p) {
-                Some(v) => Some(CowVal::Owned(v)),
-                None => walk(self.request(), p),
-            },
-            ("identity", None) => Some(CowVal::Owned(values::string(self.identity.get()?.as_str()))),
-            _ => None,
+        if let Some(inner) = variable
+            .strip_prefix("has(")
+            .and_then(|v| v.strip_suffix(')'))
+        {
+            let (parent, field) = inner.rsplit_once('.')?;
+            return self
+                .has(parent, field)
+                .map(|b| CowVal::Owned(values::boolean(b)));
         }
+        let (root, path) = split_path(variable);
+        self.lookup(root, path)
     }
 }
 
 /// `body`: the JSON object of a JSON request within the size limit, else an empty map,
 /// so malformed JSON leaves the decision to the rules.
-fn parse_body(req: &Request<'_>, max_body: u64, max_depth: usize) -> BoxVal<'static> {
+fn parse_body<'a>(req: &Request<'a>, max_body: u64, max_depth: usize) -> LazyBody<'a> {
     if req.body.is_empty() || req.body.len() as u64 > max_body || !req.is_json() {
-        return values::empty_map();
+        return LazyBody::empty();
     }
-    // Only an object is a usable body; `[…]` or a bare scalar counts as malformed.
-    if req.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return values::empty_map();
-    }
-    values::parse_json(req.body, max_depth).unwrap_or_else(|_| values::empty_map())
+    LazyBody::parse(req.body, max_depth)
 }

@@ -170,6 +170,12 @@ impl Expression {
         }
     }
 
+    /// The program exactly as written, without the flattened paths: what `eval` must
+    /// always agree with (the tests compare the two).
+    pub fn eval_as_written(&self, ctx: &Context<'_, '_>) -> Result<Value, String> {
+        self.program.execute(ctx).map_err(|e| e.to_string())
+    }
+
     pub fn eval_bool(&self, ctx: &Context<'_, '_>) -> Result<bool, String> {
         match self.eval(ctx)? {
             Value::Bool(b) => Ok(b),
@@ -219,12 +225,24 @@ fn type_name(v: &Value) -> &'static str {
 /// identifier naming the whole path. cel resolves a dotted select chain by joining its
 /// segments into a fresh string and trying every prefix as a variable and as a type;
 /// a single identifier goes straight to the resolver, which looks the path up itself.
-/// `has(x.f)` keeps its test on the last field; variables bound by comprehension
-/// macros are left alone.
+/// `has(x.f)` becomes the identifier `has(x.f)`, which the resolver answers without
+/// converting `x`. Variables bound by comprehension macros are left alone.
 fn flatten(e: &mut IdedExpr, bound: &mut Vec<String>) {
     if let Some(path) = dotted_path(e, bound) {
         e.expr = Expr::Ident(path);
         return;
+    }
+    if let Expr::Select(sel) = &e.expr {
+        if sel.test {
+            let parent = match &sel.operand.expr {
+                Expr::Ident(root) if is_root(root, bound) => Some(root.clone()),
+                _ => dotted_path(&sel.operand, bound),
+            };
+            if let Some(parent) = parent {
+                e.expr = Expr::Ident(format!("has({parent}.{})", sel.field));
+                return;
+            }
+        }
     }
     match &mut e.expr {
         Expr::Select(sel) => flatten(&mut sel.operand, bound),
@@ -267,6 +285,11 @@ fn flatten_entry(entry: &mut IdedEntryExpr, bound: &mut Vec<String>) {
     }
 }
 
+/// A request variable that no comprehension has rebound.
+fn is_root(name: &str, bound: &[String]) -> bool {
+    ["cert", "claims", "request", "body"].contains(&name) && !bound.iter().any(|b| b == name)
+}
+
 /// `Some("cert.subject.cn")` for a plain select chain rooted at a request variable.
 fn dotted_path(e: &IdedExpr, bound: &[String]) -> Option<String> {
     let mut fields = Vec::new();
@@ -277,11 +300,7 @@ fn dotted_path(e: &IdedExpr, bound: &[String]) -> Option<String> {
                 fields.push(sel.field.as_str());
                 cur = &sel.operand;
             }
-            Expr::Ident(root)
-                if !fields.is_empty()
-                    && ["cert", "claims", "request", "body"].contains(&root.as_str())
-                    && !bound.iter().any(|b| b == root) =>
-            {
+            Expr::Ident(root) if !fields.is_empty() && is_root(root, bound) => {
                 let mut path = root.clone();
                 for f in fields.iter().rev() {
                     path.push('.');

@@ -3,6 +3,7 @@
 //! No I/O and no clock reads outside [`clock::EngineClock`]: the caller hands in the
 //! policy text, the JWKS and each request, and gets a [`Decision`] back.
 
+pub mod body;
 pub mod cache;
 pub mod cert;
 pub mod clock;

@@ -70,7 +70,12 @@ pub struct LimitState {
 
 /// `RateLimit-Policy` never changes for a limit, so it is formatted once.
 fn policy_header(config: &LimitConfig) -> String {
-    format!("\"{}\";q={};w={}", config.name, config.burst, window_secs(config))
+    format!(
+        "\"{}\";q={};w={}",
+        config.name,
+        config.burst,
+        window_secs(config)
+    )
 }
 
 /// The values of the IETF `RateLimit` and `RateLimit-Policy` header fields
@@ -209,7 +214,12 @@ pub fn window_secs(config: &LimitConfig) -> u64 {
 }
 
 impl LimitState {
-    pub fn headers(&self, config: &LimitConfig, remaining: u32, reset_secs: u64) -> RateLimitHeaders {
+    pub fn headers(
+        &self,
+        config: &LimitConfig,
+        remaining: u32,
+        reset_secs: u64,
+    ) -> RateLimitHeaders {
         RateLimitHeaders {
             ratelimit: format!("\"{}\";r={};t={}", config.name, remaining, reset_secs),
             ratelimit_policy: self.policy_header.clone(),

@@ -285,7 +285,8 @@ fn default_token_header() -> String {
     "authorization".into()
 }
 fn default_token_cache() -> usize {
-    10_000
+    // Tokens are kept whole (at most max_size each): 4096 × 8KiB bounds it at 32MiB.
+    4096
 }
 fn default_max_keys() -> usize {
     100_000

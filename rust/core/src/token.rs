@@ -1,7 +1,9 @@
 //! Bearer tokens (`claims`): JWTs verified against a JWKS the caller hands in.
 //! The algorithm comes from the key (its `alg`, else its key type), never from the
 //! token header; a header that disagrees is refused before any signature check.
-//! Verified tokens are cached until their `exp`, keyed by the SHA-256 of the token.
+//! Verified tokens are cached until their `exp`, keyed by the token text itself (an
+//! exact match: a forged token can never hit a genuine token's entry), so the cache
+//! holds at most `cache_size` tokens of at most `max_bytes` each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -9,7 +11,6 @@ use std::sync::{Arc, RwLock};
 use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use sha2::{Digest, Sha256};
 
 use crate::cache::BoundedCache;
 use crate::values::Indexed;
@@ -112,7 +113,7 @@ pub struct JwksSummary {
 pub struct Verifier {
     settings: TokenSettings,
     keys: RwLock<Arc<KeySet>>,
-    cache: BoundedCache<[u8; 32], Arc<VerifiedToken>>,
+    cache: BoundedCache<Box<str>, Arc<VerifiedToken>>,
 }
 
 impl Verifier {
@@ -185,16 +186,15 @@ impl Verifier {
                 max: self.settings.max_bytes,
             });
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.cache.get(&digest) {
+        if let Some(hit) = self.cache.get(token) {
             if let Err(e) = self.check_times(hit.exp, hit.nbf, now) {
-                self.cache.remove(&digest);
+                self.cache.remove(token);
                 return Err(e);
             }
             return Ok(hit);
         }
         let verified = Arc::new(self.verify_uncached(token, now)?);
-        self.cache.insert(digest, verified.clone());
+        self.cache.insert(token.into(), verified.clone());
         Ok(verified)
     }
 

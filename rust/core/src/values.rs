@@ -112,7 +112,9 @@ pub struct Indexed {
 
 impl std::fmt::Debug for Indexed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Indexed").field("paths", &self.paths.len()).finish()
+        f.debug_struct("Indexed")
+            .field("paths", &self.paths.len())
+            .finish()
     }
 }
 
@@ -165,8 +167,13 @@ fn index_paths(
 /// `serde_json::Value` first; nesting deeper than `max_depth` is an error.
 pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<BoxVal<'static>, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = serde::de::DeserializeSeed::deserialize(JsonSeed { depth_left: max_depth }, &mut de)
-        .map_err(|e| e.to_string())?;
+    let v = serde::de::DeserializeSeed::deserialize(
+        JsonSeed {
+            depth_left: max_depth,
+        },
+        &mut de,
+    )
+    .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(v)
 }
