@@ -590,9 +590,9 @@ impl<'a> Activation<'a> {
     fn lookup<'b>(&'b self, root: &str, path: Option<&str>) -> Option<CowVal<'b, 'b>> {
         match (root, path) {
             ("cert", None) => Some(CowVal::Borrowed(self.cert.root())),
-            ("cert", Some(p)) => self.cert.get(p).map(|v| CowVal::Borrowed(v)),
+            ("cert", Some(p)) => self.cert.get(p).map(CowVal::Borrowed),
             ("claims", None) => Some(CowVal::Borrowed(self.claims.root())),
-            ("claims", Some(p)) => self.claims.get(p).map(|v| CowVal::Borrowed(v)),
+            ("claims", Some(p)) => self.claims.get(p).map(CowVal::Borrowed),
             ("body", None) => Some(CowVal::Borrowed(self.body().whole())),
             ("body", Some(p)) => {
                 let (first, rest) = match p.split_once('.') {

@@ -88,18 +88,6 @@ fn convert(value: &serde_json::Value, depth_left: usize) -> Result<BoxVal<'stati
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_depth_is_bounded() {
-        let shallow: serde_json::Value = serde_json::from_str(r#"{"a":[{"b":1}]}"#).unwrap();
-        assert!(from_json(&shallow, 3).is_ok());
-        assert_eq!(from_json(&shallow, 2).err(), Some(TooDeep));
-    }
-}
-
 type PathMap = HashMap<String, BoxVal<'static>, foldhash::fast::RandomState>;
 
 /// A value with every field path below it indexed (`subject.cn` → the CN), so a rule's
@@ -243,5 +231,17 @@ impl JsonSeed {
         self.depth_left
             .checked_sub(1)
             .ok_or_else(|| E::custom("JSON is nested too deeply"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_is_bounded() {
+        let shallow: serde_json::Value = serde_json::from_str(r#"{"a":[{"b":1}]}"#).unwrap();
+        assert!(from_json(&shallow, 3).is_ok());
+        assert_eq!(from_json(&shallow, 2).err(), Some(TooDeep));
     }
 }
