@@ -20,6 +20,8 @@ pub enum Reason {
     LimitTableFull,
     LimitError,
     EngineError,
+    /// The request could not be read (e.g. a header that is not UTF-8).
+    BadRequest,
 }
 
 impl Reason {
@@ -37,6 +39,7 @@ impl Reason {
             Reason::LimitTableFull => "limit_table_full",
             Reason::LimitError => "limit_error",
             Reason::EngineError => "engine_error",
+            Reason::BadRequest => "bad_request",
         }
     }
 }
@@ -105,5 +108,10 @@ impl Decision {
     /// The answer when the engine itself failed: never a pass.
     pub fn engine_error(message: impl Into<String>) -> Self {
         Decision::deny(500, Reason::EngineError, message)
+    }
+
+    /// The answer to a request that cannot be read: never a pass, not even in audit mode.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Decision::deny(400, Reason::BadRequest, message)
     }
 }

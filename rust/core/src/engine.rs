@@ -270,6 +270,7 @@ impl Engine {
 
     fn finish(&self, mut d: Decision) -> Decision {
         if self.policy.mode == Mode::Audit && d.reason != Reason::EngineError {
+            // (bad_request decisions are made by the caller, outside `finish`.)
             d.audit = true;
             d.allowed = true;
         }

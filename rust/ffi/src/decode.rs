@@ -1,0 +1,171 @@
+//! Reading requests handed in across the ABI. Lengths are checked against what is
+//! there before anything is read; a header or field that is not UTF-8 makes the
+//! request a 400, never a pass.
+
+use zt_policy_core::Request;
+
+use crate::{bytes, ztp_request, ztp_str};
+
+/// The encoding itself is broken (truncated, lengths past the end, trailing bytes).
+pub struct Malformed;
+
+pub struct Fields<'a> {
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub remote_ip: &'a str,
+    pub body_size: u64,
+    pub client_cert_der: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    pub fn with_headers<'h>(&self, headers: &'h [(&'a str, &'a str)]) -> Request<'h>
+    where
+        'a: 'h,
+    {
+        Request {
+            method: self.method,
+            scheme: self.scheme,
+            host: self.host,
+            path: self.path,
+            query: self.query,
+            remote_ip: self.remote_ip,
+            headers,
+            client_cert_der: self.client_cert_der,
+            body: self.body,
+            body_size: self.body_size,
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        if n > self.buf.len() {
+            return Err(Malformed);
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, Malformed> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed)?))
+    }
+    fn u64(&mut self) -> Result<u64, Malformed> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Malformed)?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], Malformed> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+fn text<'a>(what: &str, b: &'a [u8]) -> Result<&'a str, String> {
+    std::str::from_utf8(b).map_err(|_| format!("request {what} is not valid UTF-8"))
+}
+
+/// Decodes the flat encoding of `ztp_engine_decide`.
+pub fn request<'a>(
+    buf: &'a [u8],
+    headers: &mut Vec<(&'a str, &'a str)>,
+) -> Result<Result<Fields<'a>, String>, Malformed> {
+    let mut r = Reader { buf };
+    if r.take(1)? != [1] {
+        return Err(Malformed);
+    }
+    let body_size = r.u64()?;
+    let mut raw = [&[][..]; 6];
+    for slot in &mut raw {
+        *slot = r.bytes()?;
+    }
+    let count = r.u32()? as usize;
+    // Every header takes at least 8 bytes: a count past that is a lie.
+    if count > r.buf.len() / 8 {
+        return Err(Malformed);
+    }
+    let mut raw_headers = Vec::with_capacity(count);
+    for _ in 0..count {
+        raw_headers.push((r.bytes()?, r.bytes()?));
+    }
+    if !r.buf.is_empty() {
+        return Err(Malformed);
+    }
+    Ok(build(raw, body_size, raw_headers, headers))
+}
+
+fn build<'a>(
+    raw: [&'a [u8]; 6],
+    body_size: u64,
+    raw_headers: Vec<(&'a [u8], &'a [u8])>,
+    headers: &mut Vec<(&'a str, &'a str)>,
+) -> Result<Fields<'a>, String> {
+    let names = ["method", "scheme", "host", "path", "query", "remote address"];
+    let mut s = [""; 6];
+    for i in 0..6 {
+        s[i] = text(names[i], raw[i])?;
+    }
+    for (n, v) in raw_headers {
+        let name = text("header name", n)?;
+        let value = std::str::from_utf8(v).map_err(|_| format!("request header {name} is not valid UTF-8"))?;
+        headers.push((name, value));
+    }
+    Ok(Fields {
+        method: s[0],
+        scheme: s[1],
+        host: s[2],
+        path: s[3],
+        query: s[4],
+        remote_ip: s[5],
+        body_size,
+        client_cert_der: None,
+        body: &[],
+    })
+}
+
+unsafe fn str_of<'a>(s: ztp_str) -> Result<&'a [u8], Malformed> {
+    bytes(s.ptr, s.len).ok_or(Malformed)
+}
+
+/// Reads a `ztp_request`; `Malformed` stands for a NULL pointer with a length.
+#[allow(clippy::type_complexity)]
+pub unsafe fn fields<'a>(
+    r: &'a ztp_request,
+) -> Result<Result<(Fields<'a>, Vec<(&'a str, &'a str)>), String>, Malformed> {
+    let raw = [
+        str_of(r.method)?,
+        str_of(r.scheme)?,
+        str_of(r.host)?,
+        str_of(r.path)?,
+        str_of(r.query)?,
+        str_of(r.remote_ip)?,
+    ];
+    let header_structs: &[crate::ztp_header] = if r.header_count == 0 {
+        &[]
+    } else if r.headers.is_null() {
+        return Err(Malformed);
+    } else {
+        std::slice::from_raw_parts(r.headers, r.header_count)
+    };
+    let mut raw_headers = Vec::with_capacity(header_structs.len());
+    for h in header_structs {
+        raw_headers.push((str_of(h.name)?, str_of(h.value)?));
+    }
+    let cert = if r.client_cert_der.ptr.is_null() {
+        None
+    } else {
+        Some(str_of(r.client_cert_der)?)
+    };
+    let body = str_of(r.body)?;
+    let mut headers = Vec::with_capacity(raw_headers.len());
+    Ok(build(raw, r.body_size, raw_headers, &mut headers).map(|mut f| {
+        f.client_cert_der = cert;
+        f.body = body;
+        (f, headers)
+    }))
+}

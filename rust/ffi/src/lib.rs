@@ -1,0 +1,423 @@
+//! The C ABI of the zt_policy engine, in the manner of rustls-ffi: opaque handles,
+//! one result enum with stable numbers, a panic boundary around every export,
+//! out-parameters written only on success, null-safe `_free`, one symbol prefix
+//! (`ztp_`). Inputs are (pointer, length) pairs borrowed for the call only.
+//!
+//! A decision crosses back as one encoded buffer the caller provides (see
+//! [`ztp_engine_decide`]), so a request costs a single call across the boundary.
+
+#![allow(non_camel_case_types)]
+#![allow(clippy::missing_safety_doc)]
+
+mod decode;
+mod encode;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use zt_policy_core::{Decision, Engine, EngineClock};
+
+/// The outcome of every fallible call. Numbers are stable.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ztp_result {
+    ZTP_OK = 0,
+    /// A required pointer was NULL.
+    ZTP_NULL_PARAMETER = 1,
+    /// The policy did not load; the message buffer says why, naming rules and lines.
+    ZTP_INVALID_POLICY = 2,
+    /// The JWKS was refused; the message buffer says why. The previous keys stay.
+    ZTP_INVALID_JWKS = 3,
+    /// An encoded request was malformed (truncated, bad lengths).
+    ZTP_INVALID_INPUT = 4,
+    /// The output buffer is too small for the decision; call again with a larger one.
+    ZTP_BUFFER_TOO_SMALL = 5,
+    /// The engine panicked. The call had no effect the caller can see; never pass the
+    /// request.
+    ZTP_PANIC = 6,
+    /// The engine is shared (cloned) and cannot be changed.
+    ZTP_ENGINE_SHARED = 7,
+}
+
+/// Why a decision came out as it did (the `reason` byte of an encoded decision).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ztp_reason {
+    ZTP_REASON_ALLOWED = 0,
+    ZTP_REASON_NO_IDENTITY = 1,
+    ZTP_REASON_INVALID_CERTIFICATE = 2,
+    ZTP_REASON_INVALID_TOKEN = 3,
+    ZTP_REASON_BODY_TOO_LARGE = 4,
+    ZTP_REASON_DENIED_BY_RULE = 5,
+    ZTP_REASON_NO_ALLOW_RULE = 6,
+    ZTP_REASON_RATE_LIMITED = 7,
+    ZTP_REASON_COST_EXCEEDS_BURST = 8,
+    ZTP_REASON_LIMIT_TABLE_FULL = 9,
+    ZTP_REASON_LIMIT_ERROR = 10,
+    ZTP_REASON_ENGINE_ERROR = 11,
+    ZTP_REASON_BAD_REQUEST = 12,
+}
+
+/// A compiled policy with its caches and rate-limit buckets. Thread-safe: any number
+/// of threads may decide with one engine at once. Reference-counted: see
+/// [`ztp_engine_clone`].
+pub struct ztp_engine {
+    _private: [u8; 0],
+}
+
+/// Bytes owned by the library (a message, a description). Read with
+/// [`ztp_buffer_data`], release with [`ztp_buffer_free`].
+pub struct ztp_buffer {
+    _private: [u8; 0],
+}
+
+/// A borrowed byte string. `ptr` may be NULL only when `len` is 0.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ztp_str {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+/// One request header field.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ztp_header {
+    pub name: ztp_str,
+    pub value: ztp_str,
+}
+
+/// A request as fields, for C callers (the Go module passes the flat encoding of
+/// [`ztp_engine_decide`] instead, which measured faster across cgo).
+#[repr(C)]
+pub struct ztp_request {
+    pub method: ztp_str,
+    pub scheme: ztp_str,
+    pub host: ztp_str,
+    pub path: ztp_str,
+    pub query: ztp_str,
+    pub remote_ip: ztp_str,
+    pub headers: *const ztp_header,
+    pub header_count: usize,
+    /// The verified client certificate, DER; `ptr` NULL when none was presented.
+    pub client_cert_der: ztp_str,
+    /// The body bytes read so far (at most the policy's `max_body` + 1).
+    pub body: ztp_str,
+    /// Content-Length when known, else the bytes read.
+    pub body_size: u64,
+}
+
+fn boundary(f: impl FnOnce() -> ztp_result) -> ztp_result {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(ztp_result::ZTP_PANIC)
+}
+
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+    if len == 0 {
+        Some(&[])
+    } else if ptr.is_null() {
+        None
+    } else {
+        Some(std::slice::from_raw_parts(ptr, len))
+    }
+}
+
+unsafe fn engine_ref<'a>(engine: *const ztp_engine) -> Option<&'a Engine> {
+    (engine as *const Engine).as_ref()
+}
+
+fn new_buffer(bytes: Vec<u8>) -> *mut ztp_buffer {
+    Box::into_raw(Box::new(bytes)) as *mut ztp_buffer
+}
+
+/// Compiles a policy (TOML). `name` (may be empty) labels it in error messages, e.g.
+/// its file path. On success writes the new engine to `*engine_out`; on
+/// `ZTP_INVALID_POLICY` writes the message to `*message_out` if that is not NULL.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_new(
+    policy: *const u8,
+    policy_len: usize,
+    name: *const u8,
+    name_len: usize,
+    engine_out: *mut *mut ztp_engine,
+    message_out: *mut *mut ztp_buffer,
+) -> ztp_result {
+    boundary(|| {
+        let (Some(policy), Some(name)) = (bytes(policy, policy_len), bytes(name, name_len)) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        if engine_out.is_null() {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        }
+        let name = String::from_utf8_lossy(name);
+        let name = if name.is_empty() { "policy".into() } else { name };
+        let fail = |msg: String| {
+            if !message_out.is_null() {
+                *message_out = new_buffer(msg.into_bytes());
+            }
+            ztp_result::ZTP_INVALID_POLICY
+        };
+        let Ok(text) = std::str::from_utf8(policy) else {
+            return fail(format!("{name}: the policy is not UTF-8"));
+        };
+        match Engine::from_toml(text, &name, EngineClock::system()) {
+            Ok(engine) => {
+                *engine_out = Arc::into_raw(Arc::new(engine)) as *mut ztp_engine;
+                ztp_result::ZTP_OK
+            }
+            Err(e) => fail(e.to_string()),
+        }
+    })
+}
+
+/// Another reference to the same engine (same caches and buckets). Each reference is
+/// released with [`ztp_engine_free`]. Returns NULL for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_clone(engine: *const ztp_engine) -> *mut ztp_engine {
+    catch_unwind(AssertUnwindSafe(|| {
+        if engine.is_null() {
+            return std::ptr::null_mut();
+        }
+        Arc::increment_strong_count(engine as *const Engine);
+        engine as *mut ztp_engine
+    }))
+    .unwrap_or(std::ptr::null_mut())
+}
+
+/// Releases one reference; the engine is freed with the last one. NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_free(engine: *mut ztp_engine) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if !engine.is_null() {
+            drop(Arc::from_raw(engine as *const Engine));
+        }
+    }));
+}
+
+/// Hands in the JWKS (JSON) that bearer tokens are verified against, replacing the
+/// previous one. On success `*message_out` (if not NULL) says how many keys loaded and
+/// which were skipped; on `ZTP_INVALID_JWKS` why the set was refused.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_set_jwks(
+    engine: *const ztp_engine,
+    jwks: *const u8,
+    jwks_len: usize,
+    message_out: *mut *mut ztp_buffer,
+) -> ztp_result {
+    boundary(|| {
+        let (Some(engine), Some(jwks)) = (engine_ref(engine), bytes(jwks, jwks_len)) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        let (result, msg) = match engine.set_jwks(jwks) {
+            Ok(s) => (
+                ztp_result::ZTP_OK,
+                if s.skipped.is_empty() {
+                    format!("loaded {} keys", s.loaded)
+                } else {
+                    format!("loaded {} keys; skipped {}", s.loaded, s.skipped.join("; "))
+                },
+            ),
+            Err(e) => (ztp_result::ZTP_INVALID_JWKS, e.to_string()),
+        };
+        if !message_out.is_null() {
+            *message_out = new_buffer(msg.into_bytes());
+        }
+        result
+    })
+}
+
+/// Makes `engine` take over the buckets of every limit of `previous` whose definition
+/// is unchanged (a config reload). `engine` must not have been cloned yet. Writes the
+/// number of limits kept to `*kept_out` (if not NULL).
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_inherit(
+    engine: *mut ztp_engine,
+    previous: *const ztp_engine,
+    kept_out: *mut usize,
+) -> ztp_result {
+    boundary(|| {
+        if engine.is_null() || previous.is_null() {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        }
+        // Borrow the Arc without taking over the caller's reference.
+        let mut arc = std::mem::ManuallyDrop::new(Arc::from_raw(engine as *const Engine));
+        let Some(e) = Arc::get_mut(&mut arc) else {
+            return ztp_result::ZTP_ENGINE_SHARED;
+        };
+        let Some(prev) = engine_ref(previous) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        if std::ptr::eq(e as *const Engine, prev as *const Engine) {
+            return ztp_result::ZTP_ENGINE_SHARED;
+        }
+        let kept = e.inherit_state(prev);
+        if !kept_out.is_null() {
+            *kept_out = kept;
+        }
+        ztp_result::ZTP_OK
+    })
+}
+
+/// Describes the engine as JSON for the caller's setup: `needs_body`, `max_body`,
+/// `mode`, `limits`, `rules` and the `token` settings (`header`, `jwks_file`,
+/// `issuer`, `audiences`, `discovery`).
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_describe(
+    engine: *const ztp_engine,
+    json_out: *mut *mut ztp_buffer,
+) -> ztp_result {
+    boundary(|| {
+        let Some(engine) = engine_ref(engine) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        if json_out.is_null() {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        }
+        *json_out = new_buffer(encode::describe(engine).into_bytes());
+        ztp_result::ZTP_OK
+    })
+}
+
+/// Decides one request given in the flat encoding:
+///
+/// ```text
+/// u8  version (1)
+/// u64 body_size (little-endian)
+/// 6 × string: method, scheme, host, path, query, remote_ip
+/// u32 header count, then per header: string name, string value
+/// string = u32 length (little-endian) + bytes
+/// ```
+///
+/// `cert_der` (NULL: none presented) and `body` are passed apart so neither is
+/// copied. On success writes the decision to `out` and its length to `*out_len`:
+///
+/// ```text
+/// u8  version (1)
+/// u8  flags: 1 allowed, 2 audit, 4 effect is deny, 8 a limit is reported,
+///            16 retry-after is set
+/// u16 status
+/// u8  reason (ztp_reason)
+/// u32 remaining cells of the reported limit
+/// u64 retry-after seconds
+/// 8 × string: message, rule, identity, limit name, RateLimit value,
+///     RateLimit-Policy value, matched rules ("\n"-separated),
+///     rule errors ("rule: error", "\n"-separated)
+/// ```
+///
+/// A request that is not UTF-8 where text is expected gets a 400 decision
+/// (`ZTP_REASON_BAD_REQUEST`); a broken encoding gets `ZTP_INVALID_INPUT`.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_decide(
+    engine: *const ztp_engine,
+    request: *const u8,
+    request_len: usize,
+    cert_der: *const u8,
+    cert_len: usize,
+    body: *const u8,
+    body_len: usize,
+    out: *mut u8,
+    out_cap: usize,
+    out_len: *mut usize,
+) -> ztp_result {
+    boundary(|| {
+        let Some(engine) = engine_ref(engine) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        let (Some(request), Some(body)) = (bytes(request, request_len), bytes(body, body_len)) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        let cert = if cert_der.is_null() {
+            None
+        } else {
+            Some(std::slice::from_raw_parts(cert_der, cert_len))
+        };
+        if out.is_null() || out_len.is_null() {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        }
+        let mut headers = Vec::new();
+        let decision = match decode::request(request, &mut headers) {
+            Err(decode::Malformed) => return ztp_result::ZTP_INVALID_INPUT,
+            Ok(Err(bad)) => Decision::bad_request(bad),
+            Ok(Ok(mut fields)) => {
+                fields.client_cert_der = cert;
+                fields.body = body;
+                let req = fields.with_headers(&headers);
+                engine.decide(&req)
+            }
+        };
+        write_decision(&decision, out, out_cap, out_len)
+    })
+}
+
+/// [`ztp_engine_decide`] with the request as a struct of borrowed fields.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_decide_request(
+    engine: *const ztp_engine,
+    request: *const ztp_request,
+    out: *mut u8,
+    out_cap: usize,
+    out_len: *mut usize,
+) -> ztp_result {
+    boundary(|| {
+        let (Some(engine), Some(r)) = (engine_ref(engine), request.as_ref()) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        if out.is_null() || out_len.is_null() {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        }
+        let decision = match decode::fields(r) {
+            Err(decode::Malformed) => return ztp_result::ZTP_NULL_PARAMETER,
+            Ok(Err(bad)) => Decision::bad_request(bad),
+            Ok(Ok((fields, headers))) => engine.decide(&fields.with_headers(&headers)),
+        };
+        write_decision(&decision, out, out_cap, out_len)
+    })
+}
+
+unsafe fn write_decision(d: &Decision, out: *mut u8, out_cap: usize, out_len: *mut usize) -> ztp_result {
+    let encoded = encode::decision(d);
+    if encoded.len() > out_cap {
+        return ztp_result::ZTP_BUFFER_TOO_SMALL;
+    }
+    std::ptr::copy_nonoverlapping(encoded.as_ptr(), out, encoded.len());
+    *out_len = encoded.len();
+    ztp_result::ZTP_OK
+}
+
+/// The bytes of a buffer; `*len_out` gets their length. NULL for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_buffer_data(buffer: *const ztp_buffer, len_out: *mut usize) -> *const u8 {
+    catch_unwind(AssertUnwindSafe(|| {
+        let Some(v) = (buffer as *const Vec<u8>).as_ref() else {
+            return std::ptr::null();
+        };
+        if !len_out.is_null() {
+            *len_out = v.len();
+        }
+        v.as_ptr()
+    }))
+    .unwrap_or(std::ptr::null())
+}
+
+/// Frees a buffer. NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_buffer_free(buffer: *mut ztp_buffer) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if !buffer.is_null() {
+            drop(Box::from_raw(buffer as *mut Vec<u8>));
+        }
+    }));
+}
+
+/// Panics inside the panic boundary and returns what the boundary made of it
+/// (`ZTP_PANIC`): lets callers and tests check that a panic never crosses into them.
+#[no_mangle]
+pub extern "C" fn ztp_selftest_panic() -> ztp_result {
+    boundary(|| panic!("ztp_selftest_panic: deliberate panic to test the boundary"))
+}
+
+/// The library version, NUL-terminated, static.
+#[no_mangle]
+pub extern "C" fn ztp_version() -> *const std::ffi::c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const std::ffi::c_char
+}
+

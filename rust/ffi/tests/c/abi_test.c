@@ -1,0 +1,227 @@
+/* Tests of the C ABI itself, as a C caller sees it: NULL pointers, garbage bytes, a
+ * panic that must come back as ZTP_PANIC, buffers too small, reference counting, and
+ * many create/decide/free cycles (run under valgrind by run.sh to find leaks).
+ * Usage: abi_test CERT.der CYCLES. Closing line: "N passed, N failed". */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "zt_policy.h"
+
+static int passed, failed;
+#define CHECK(cond, what)                                              \
+  do {                                                                 \
+    if (cond) { passed++; }                                            \
+    else { failed++; fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, what); } \
+  } while (0)
+
+static const char *POLICY =
+    "[settings]\nrequire_identity = false\n"
+    "[[rule]]\nname = \"chat\"\neffect = \"allow\"\nwhen = 'request.path == \"/v1/chat/completions\"'\n"
+    "[[rule]]\nname = \"no-admin\"\neffect = \"deny\"\nwhen = 'request.path.startsWith(\"/admin\")'\n"
+    "[[limit]]\nname = \"requests\"\nrate = \"1/h\"\nburst = 2\nkey = 'request.remote_ip'\n";
+
+/* ---- the flat request encoding ---- */
+typedef struct { unsigned char *p; size_t len, cap; } buf;
+static void put(buf *b, const void *d, size_t n) {
+  if (b->len + n > b->cap) { b->cap = (b->len + n) * 2; b->p = realloc(b->p, b->cap); }
+  memcpy(b->p + b->len, d, n); b->len += n;
+}
+static void put_u32(buf *b, uint32_t v) { unsigned char x[4] = {v, v >> 8, v >> 16, v >> 24}; put(b, x, 4); }
+static void put_u64(buf *b, uint64_t v) { for (int i = 0; i < 8; i++) { unsigned char c = v >> (8 * i); put(b, &c, 1); } }
+static void put_s(buf *b, const char *s) { put_u32(b, strlen(s)); put(b, s, strlen(s)); }
+static buf request(const char *method, const char *path, const char *ip, const char *hname, const char *hval) {
+  buf b = {0};
+  unsigned char version = 1;
+  put(&b, &version, 1);
+  put_u64(&b, 0);
+  put_s(&b, method); put_s(&b, "https"); put_s(&b, "ai.example.internal");
+  put_s(&b, path); put_s(&b, ""); put_s(&b, ip);
+  put_u32(&b, hname ? 1 : 0);
+  if (hname) { put_s(&b, hname); put_s(&b, hval); }
+  return b;
+}
+
+/* ---- reading an encoded decision ---- */
+typedef struct { int allowed; uint16_t status; uint8_t reason; char message[512]; char rule[128]; } decision;
+static uint32_t get_u32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+static decision read_decision(const unsigned char *o, size_t len) {
+  decision d = {0};
+  d.allowed = o[1] & 1;
+  d.status = o[2] | o[3] << 8;
+  d.reason = o[4];
+  size_t at = 1 + 1 + 2 + 1 + 4 + 8;
+  uint32_t n = get_u32(o + at); at += 4;
+  memcpy(d.message, o + at, n < 511 ? n : 511); at += n;
+  n = get_u32(o + at); at += 4;
+  memcpy(d.rule, o + at, n < 127 ? n : 127);
+  (void)len;
+  return d;
+}
+
+static ztp_engine *new_engine(const char *policy) {
+  ztp_engine *e = NULL;
+  ztp_buffer *msg = NULL;
+  ztp_result r = ztp_engine_new((const uint8_t *)policy, strlen(policy), (const uint8_t *)"t.toml", 6, &e, &msg);
+  if (r != ZTP_OK) {
+    size_t n = 0;
+    const uint8_t *d = ztp_buffer_data(msg, &n);
+    fprintf(stderr, "policy failed: %.*s\n", (int)n, d);
+    ztp_buffer_free(msg);
+    return NULL;
+  }
+  return e;
+}
+
+static decision decide(const ztp_engine *e, buf req, const uint8_t *cert, size_t cert_len, ztp_result *res) {
+  unsigned char out[4096];
+  size_t out_len = 0;
+  *res = ztp_engine_decide(e, req.p, req.len, cert, cert_len, (const uint8_t *)"", 0, out, sizeof out, &out_len);
+  decision d = {0};
+  if (*res == ZTP_OK) d = read_decision(out, out_len);
+  return d;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) { fprintf(stderr, "usage: abi_test CERT.der CYCLES\n"); return 2; }
+  FILE *f = fopen(argv[1], "rb");
+  if (!f) { perror(argv[1]); return 2; }
+  unsigned char der[8192];
+  size_t der_len = fread(der, 1, sizeof der, f);
+  fclose(f);
+  long cycles = atol(argv[2]);
+
+  CHECK(ztp_version() != NULL && strlen(ztp_version()) > 0, "version");
+
+  /* NULL parameters */
+  ztp_engine *e = NULL;
+  CHECK(ztp_engine_new(NULL, 10, NULL, 0, &e, NULL) == ZTP_NULL_PARAMETER, "new: NULL policy with a length");
+  CHECK(ztp_engine_new((const uint8_t *)"x", 1, NULL, 0, NULL, NULL) == ZTP_NULL_PARAMETER, "new: NULL engine_out");
+  CHECK(e == NULL, "engine_out untouched on failure");
+  ztp_engine_free(NULL);
+  ztp_buffer_free(NULL);
+  CHECK(ztp_engine_clone(NULL) == NULL, "clone(NULL)");
+  CHECK(ztp_buffer_data(NULL, NULL) == NULL, "buffer_data(NULL)");
+
+  /* A broken policy is refused with a message naming the rule and line. */
+  const char *broken = "[[rule]]\nname = \"oops\"\neffect = \"allow\"\nwhen = 'request.path =='\n";
+  ztp_buffer *msg = NULL;
+  CHECK(ztp_engine_new((const uint8_t *)broken, strlen(broken), (const uint8_t *)"b.toml", 6, &e, &msg) == ZTP_INVALID_POLICY, "broken policy refused");
+  size_t n = 0;
+  const uint8_t *text = ztp_buffer_data(msg, &n);
+  CHECK(text && n > 0 && strstr((const char *)text, "b.toml:4: rule \"oops\" when") != NULL, "message names file, line, rule");
+  ztp_buffer_free(msg);
+  CHECK(e == NULL, "no engine for a broken policy");
+  unsigned char garbage[64];
+  for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (unsigned char)(i * 37 + 200);
+  msg = NULL;
+  CHECK(ztp_engine_new(garbage, sizeof garbage, NULL, 0, &e, &msg) == ZTP_INVALID_POLICY, "garbage bytes as policy");
+  ztp_buffer_free(msg);
+
+  e = new_engine(POLICY);
+  CHECK(e != NULL, "engine built");
+  if (!e) goto done;
+
+  /* decide: NULLs, garbage, an invalid certificate, non-UTF-8, a small buffer. */
+  buf ok = request("POST", "/v1/chat/completions", "10.0.0.1", "Content-Type", "application/json");
+  unsigned char out[4096];
+  size_t out_len = 12345;
+  CHECK(ztp_engine_decide(NULL, ok.p, ok.len, NULL, 0, NULL, 0, out, sizeof out, &out_len) == ZTP_NULL_PARAMETER, "decide: NULL engine");
+  CHECK(ztp_engine_decide(e, ok.p, ok.len, NULL, 0, NULL, 0, NULL, 0, &out_len) == ZTP_NULL_PARAMETER, "decide: NULL out");
+  CHECK(ztp_engine_decide(e, NULL, 5, NULL, 0, NULL, 0, out, sizeof out, &out_len) == ZTP_NULL_PARAMETER, "decide: NULL request with a length");
+  CHECK(out_len == 12345, "out_len untouched on failure");
+  CHECK(ztp_engine_decide(e, ok.p, ok.len, NULL, 0, NULL, 0, out, 8, &out_len) == ZTP_BUFFER_TOO_SMALL, "decide: small buffer");
+  CHECK(out_len == 12345, "out_len untouched when the buffer is small");
+  for (size_t cut = 0; cut < ok.len; cut++) {
+    ztp_result r = ztp_engine_decide(e, ok.p, cut, NULL, 0, NULL, 0, out, sizeof out, &out_len);
+    if (r != ZTP_INVALID_INPUT) { CHECK(0, "truncated request must be ZTP_INVALID_INPUT"); break; }
+  }
+  passed++;
+  unsigned int seed = 12345;
+  int allowed_garbage = 0;
+  for (int i = 0; i < 2000; i++) {
+    unsigned char g[96];
+    for (size_t j = 0; j < sizeof g; j++) { seed = seed * 1103515245 + 12345; g[j] = seed >> 16; }
+    g[0] = 1; /* right version byte, garbage after it */
+    ztp_result r = ztp_engine_decide(e, g, sizeof g, NULL, 0, NULL, 0, out, sizeof out, &out_len);
+    if (r == ZTP_OK && (out[1] & 1)) allowed_garbage++;
+    if (r != ZTP_OK && r != ZTP_INVALID_INPUT) allowed_garbage += 1000;
+  }
+  CHECK(allowed_garbage == 0, "garbage requests never pass");
+
+  ztp_result res;
+  decision d = decide(e, ok, der, der_len, &res);
+  CHECK(res == ZTP_OK && d.allowed && d.status == 200 && strcmp(d.rule, "chat") == 0, "allowed with a valid certificate");
+  d = decide(e, ok, (const uint8_t *)"\x30\x82garbage", 9, &res);
+  CHECK(res == ZTP_OK && !d.allowed && d.status == 401 && d.reason == ZTP_REASON_INVALID_CERTIFICATE, "garbage certificate is 401");
+  CHECK(strstr(d.message, "client certificate") != NULL, "401 message names the certificate");
+  buf admin = request("GET", "/admin/x", "10.0.0.2", NULL, NULL);
+  d = decide(e, admin, NULL, 0, &res);
+  CHECK(res == ZTP_OK && d.status == 403 && strcmp(d.rule, "no-admin") == 0, "deny rule names itself");
+  buf bad_utf8 = request("GET", "/v1/chat/completions", "10.0.0.3", "X-Name", "caf\xe9");
+  d = decide(e, bad_utf8, NULL, 0, &res);
+  CHECK(res == ZTP_OK && d.status == 400 && d.reason == ZTP_REASON_BAD_REQUEST, "non-UTF-8 header is 400");
+  buf limited = request("POST", "/v1/chat/completions", "10.9.9.9", NULL, NULL);
+  decide(e, limited, NULL, 0, &res);
+  decide(e, limited, NULL, 0, &res);
+  d = decide(e, limited, NULL, 0, &res);
+  CHECK(res == ZTP_OK && d.status == 429 && d.reason == ZTP_REASON_RATE_LIMITED, "third request is 429");
+
+  /* The struct form. */
+  ztp_header h = {{(const uint8_t *)"accept", 6}, {(const uint8_t *)"*/*", 3}};
+  ztp_request rq = {0};
+  rq.method = (ztp_str){(const uint8_t *)"POST", 4};
+  rq.path = (ztp_str){(const uint8_t *)"/v1/chat/completions", 20};
+  rq.remote_ip = (ztp_str){(const uint8_t *)"10.1.1.1", 8};
+  rq.headers = &h;
+  rq.header_count = 1;
+  CHECK(ztp_engine_decide_request(e, &rq, out, sizeof out, &out_len) == ZTP_OK && (out[1] & 1), "struct form allows");
+  rq.headers = NULL;
+  CHECK(ztp_engine_decide_request(e, &rq, out, sizeof out, &out_len) == ZTP_NULL_PARAMETER, "struct form: NULL headers with a count");
+  CHECK(ztp_engine_decide_request(e, NULL, out, sizeof out, &out_len) == ZTP_NULL_PARAMETER, "struct form: NULL request");
+
+  /* A panic comes back as ZTP_PANIC, and the library keeps working. */
+  CHECK(ztp_selftest_panic() == ZTP_PANIC, "panic is caught at the boundary");
+  d = decide(e, admin, NULL, 0, &res);
+  CHECK(res == ZTP_OK && d.status == 403, "engine still answers after a panic");
+
+  /* JWKS */
+  msg = NULL;
+  CHECK(ztp_engine_set_jwks(e, (const uint8_t *)"{}", 2, &msg) == ZTP_INVALID_JWKS, "policy without [token] takes no JWKS");
+  ztp_buffer_free(msg);
+
+  /* Reference counting and reload inheritance. */
+  ztp_engine *next = new_engine(POLICY);
+  size_t kept = 99;
+  CHECK(ztp_engine_inherit(next, e, &kept) == ZTP_OK && kept == 1, "reload keeps the unchanged limit");
+  d = decide(next, limited, NULL, 0, &res);
+  CHECK(d.status == 429, "the bucket came along");
+  ztp_engine *again = ztp_engine_clone(next);
+  CHECK(again == next, "clone is the same engine");
+  CHECK(ztp_engine_inherit(next, e, &kept) == ZTP_ENGINE_SHARED, "a shared engine cannot inherit");
+  ztp_engine_free(again);
+  ztp_engine_free(e);
+  d = decide(next, limited, NULL, 0, &res);
+  CHECK(res == ZTP_OK && d.status == 429, "buckets outlive the engine they came from");
+  ztp_engine_free(next);
+
+  /* Many create/decide/free cycles: valgrind (run.sh) reports any leak. */
+  int cycle_failures = 0;
+  for (long i = 0; i < cycles; i++) {
+    ztp_engine *c = new_engine(POLICY);
+    if (!c) { cycle_failures++; break; }
+    ztp_engine *c2 = ztp_engine_clone(c);
+    decision x = decide(c2, ok, der, der_len, &res);
+    if (res != ZTP_OK || !x.allowed) cycle_failures++;
+    ztp_buffer *desc = NULL;
+    if (ztp_engine_describe(c, &desc) != ZTP_OK) cycle_failures++;
+    ztp_buffer_free(desc);
+    ztp_engine_free(c2);
+    ztp_engine_free(c);
+  }
+  CHECK(cycle_failures == 0, "create/decide/free cycles");
+
+  free(ok.p); free(admin.p); free(bad_utf8.p); free(limited.p);
+done:
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
