@@ -1,0 +1,72 @@
+package ztpolicy
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("zt_policy", parseCaddyfile)
+	// Decide before anything is proxied.
+	httpcaddyfile.RegisterDirectiveOrder("zt_policy", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var z Handler
+	err := z.UnmarshalCaddyfile(h.Dispenser)
+	return &z, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	zt_policy [<policy_file>] {
+//	    policy_file     <path>
+//	    jwks_file       <path>
+//	    identity_header <name>
+//	    rule_header     <name>
+//	    strip_headers   <name...>
+//	}
+func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		z.PolicyFile = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "policy_file":
+			if !d.AllArgs(&z.PolicyFile) {
+				return d.ArgErr()
+			}
+		case "jwks_file":
+			if !d.AllArgs(&z.JWKSFile) {
+				return d.ArgErr()
+			}
+		case "identity_header":
+			if !d.AllArgs(&z.IdentityHeader) {
+				return d.ArgErr()
+			}
+		case "rule_header":
+			if !d.AllArgs(&z.RuleHeader) {
+				return d.ArgErr()
+			}
+		case "strip_headers":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			z.StripHeaders = append(z.StripHeaders, args...)
+		default:
+			return d.Errf("unrecognized zt_policy option '%s'", d.Val())
+		}
+	}
+	if z.PolicyFile == "" {
+		return d.Err("zt_policy needs a policy file: zt_policy <policy_file>")
+	}
+	return nil
+}
+
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,111 @@
+package ztpolicy
+
+import (
+	"encoding/binary"
+	"errors"
+	"strings"
+)
+
+// requestFields is what the engine reads of a request, besides certificate and body.
+type requestFields struct {
+	method, scheme, host, path, query, remoteIP string
+	headers                                     [][2]string
+	bodySize                                    uint64
+}
+
+// appendRequest appends the flat encoding of ztp_engine_decide to buf:
+// version, body size, six strings, then the headers; strings are u32-length-prefixed.
+func appendRequest(buf []byte, f *requestFields) []byte {
+	buf = append(buf, 1)
+	buf = binary.LittleEndian.AppendUint64(buf, f.bodySize)
+	for _, s := range [...]string{f.method, f.scheme, f.host, f.path, f.query, f.remoteIP} {
+		buf = appendString(buf, s)
+	}
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(f.headers)))
+	for _, h := range f.headers {
+		buf = appendString(buf, h[0])
+		buf = appendString(buf, h[1])
+	}
+	return buf
+}
+
+func appendString(buf []byte, s string) []byte {
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(s)))
+	return append(buf, s...)
+}
+
+// decision is a decoded ztp decision.
+type decision struct {
+	Allowed         bool
+	Audit           bool
+	Deny            bool
+	HasLimit        bool
+	Status          int
+	Reason          string
+	Remaining       uint32
+	RetryAfter      uint64
+	HasRetryAfter   bool
+	Message         string
+	Rule            string
+	Identity        string
+	Limit           string
+	RateLimit       string
+	RateLimitPolicy string
+	Matched         []string
+	Errors          []string
+}
+
+// reasons by ztp_reason number.
+var reasons = [...]string{
+	"allowed", "no_identity", "invalid_certificate", "invalid_token", "body_too_large",
+	"denied_by_rule", "no_allow_rule", "rate_limited", "cost_exceeds_burst",
+	"limit_table_full", "limit_error", "engine_error", "bad_request",
+}
+
+var errDecision = errors.New("malformed decision from the engine")
+
+func decodeDecision(b []byte) (decision, error) {
+	var d decision
+	if len(b) < 17 || b[0] != 1 {
+		return d, errDecision
+	}
+	flags := b[1]
+	d.Allowed = flags&1 != 0
+	d.Audit = flags&2 != 0
+	d.Deny = flags&4 != 0
+	d.HasLimit = flags&8 != 0
+	d.HasRetryAfter = flags&16 != 0
+	d.Status = int(binary.LittleEndian.Uint16(b[2:]))
+	if int(b[4]) >= len(reasons) {
+		return d, errDecision
+	}
+	d.Reason = reasons[b[4]]
+	d.Remaining = binary.LittleEndian.Uint32(b[5:])
+	d.RetryAfter = binary.LittleEndian.Uint64(b[9:])
+	rest := b[17:]
+	var fields [8]string
+	for i := range fields {
+		if len(rest) < 4 {
+			return d, errDecision
+		}
+		n := binary.LittleEndian.Uint32(rest)
+		rest = rest[4:]
+		if uint64(n) > uint64(len(rest)) {
+			return d, errDecision
+		}
+		fields[i] = string(rest[:n])
+		rest = rest[n:]
+	}
+	if len(rest) != 0 {
+		return d, errDecision
+	}
+	d.Message, d.Rule, d.Identity, d.Limit = fields[0], fields[1], fields[2], fields[3]
+	d.RateLimit, d.RateLimitPolicy = fields[4], fields[5]
+	if fields[6] != "" {
+		d.Matched = strings.Split(fields[6], "\n")
+	}
+	if fields[7] != "" {
+		d.Errors = strings.Split(fields[7], "\n")
+	}
+	return d, nil
+}

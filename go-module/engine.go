@@ -1,0 +1,217 @@
+package ztpolicy
+
+// The only file that talks to the Rust engine. Every call is one cgo crossing; the
+// request goes over as one flat buffer plus the certificate and the body, which
+// BenchmarkDecideFlat measured faster than a struct of pinned pointers
+// (BenchmarkDecideStruct).
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../rust/ffi/include
+#cgo !ztp_dynamic LDFLAGS: ${SRCDIR}/../target/release/libzt_policy_ffi.a -ldl -lm -lpthread
+#cgo ztp_dynamic LDFLAGS: -L${SRCDIR}/../target/release -lzt_policy_ffi -Wl,-rpath,${SRCDIR}/../target/release
+#include <stdlib.h>
+#include "zt_policy.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"unsafe"
+)
+
+// engine is one reference to a compiled policy in the Rust library.
+type engine struct {
+	ptr *C.ztp_engine
+}
+
+// errEngine marks failures of the engine itself (as opposed to a decision).
+var errEngine = errors.New("zt_policy engine failure")
+
+func resultError(r C.ztp_result) error {
+	switch r {
+	case C.ZTP_OK:
+		return nil
+	case C.ZTP_NULL_PARAMETER:
+		return fmt.Errorf("%w: a required pointer was NULL", errEngine)
+	case C.ZTP_INVALID_INPUT:
+		return fmt.Errorf("%w: the encoded request was malformed", errEngine)
+	case C.ZTP_BUFFER_TOO_SMALL:
+		return errBufferTooSmall
+	case C.ZTP_PANIC:
+		return fmt.Errorf("%w: the engine panicked", errEngine)
+	case C.ZTP_ENGINE_SHARED:
+		return fmt.Errorf("%w: the engine is shared", errEngine)
+	default:
+		return fmt.Errorf("%w: result %d", errEngine, int(r))
+	}
+}
+
+var errBufferTooSmall = errors.New("decision buffer too small")
+
+func bytesPtr(b []byte) *C.uint8_t {
+	if len(b) == 0 {
+		return nil
+	}
+	return (*C.uint8_t)(unsafe.Pointer(&b[0]))
+}
+
+// takeBuffer copies a library-owned buffer into Go memory and frees it.
+func takeBuffer(b *C.ztp_buffer) string {
+	if b == nil {
+		return ""
+	}
+	defer C.ztp_buffer_free(b)
+	var n C.size_t
+	p := C.ztp_buffer_data(b, &n)
+	if p == nil {
+		return ""
+	}
+	return C.GoStringN((*C.char)(unsafe.Pointer(p)), C.int(n))
+}
+
+// newEngine compiles a policy; name labels it in error messages (its file path).
+func newEngine(policy []byte, name string) (*engine, error) {
+	nameBytes := []byte(name)
+	var out *C.ztp_engine
+	var msg *C.ztp_buffer
+	r := C.ztp_engine_new(bytesPtr(policy), C.size_t(len(policy)), bytesPtr(nameBytes), C.size_t(len(nameBytes)), &out, &msg)
+	text := takeBuffer(msg)
+	runtime.KeepAlive(policy)
+	runtime.KeepAlive(nameBytes)
+	switch r {
+	case C.ZTP_OK:
+		return &engine{ptr: out}, nil
+	case C.ZTP_INVALID_POLICY:
+		return nil, errors.New(text)
+	default:
+		return nil, resultError(r)
+	}
+}
+
+// clone returns another reference to the same engine.
+func (e *engine) clone() *engine {
+	return &engine{ptr: C.ztp_engine_clone(e.ptr)}
+}
+
+// free releases this reference. Safe to call twice.
+func (e *engine) free() {
+	if e != nil && e.ptr != nil {
+		C.ztp_engine_free(e.ptr)
+		e.ptr = nil
+	}
+}
+
+// setJWKS replaces the keys bearer tokens are verified against.
+func (e *engine) setJWKS(jwks []byte) (string, error) {
+	var msg *C.ztp_buffer
+	r := C.ztp_engine_set_jwks(e.ptr, bytesPtr(jwks), C.size_t(len(jwks)), &msg)
+	runtime.KeepAlive(jwks)
+	text := takeBuffer(msg)
+	switch r {
+	case C.ZTP_OK:
+		return text, nil
+	case C.ZTP_INVALID_JWKS:
+		return "", errors.New(text)
+	default:
+		return "", resultError(r)
+	}
+}
+
+// inherit takes over the buckets of prev's unchanged limits; e must not be cloned yet.
+func (e *engine) inherit(prev *engine) (int, error) {
+	var kept C.size_t
+	if err := resultError(C.ztp_engine_inherit(e.ptr, prev.ptr, &kept)); err != nil {
+		return 0, err
+	}
+	return int(kept), nil
+}
+
+// describe returns the engine's JSON self-description.
+func (e *engine) describe() (string, error) {
+	var out *C.ztp_buffer
+	if err := resultError(C.ztp_engine_describe(e.ptr, &out)); err != nil {
+		return "", err
+	}
+	return takeBuffer(out), nil
+}
+
+// decide runs one decision. req is the flat encoding (encodeRequest); cert is nil when
+// no certificate was presented. The encoded decision is written into out.
+func (e *engine) decide(req, cert, body, out []byte) (int, error) {
+	var certPtr *C.uint8_t
+	if cert != nil {
+		certPtr = bytesPtr(cert)
+		if certPtr == nil {
+			// An empty certificate is still "presented": pass a valid pointer.
+			certPtr = (*C.uint8_t)(unsafe.Pointer(&emptyByte))
+		}
+	}
+	var n C.size_t
+	r := C.ztp_engine_decide(e.ptr,
+		bytesPtr(req), C.size_t(len(req)),
+		certPtr, C.size_t(len(cert)),
+		bytesPtr(body), C.size_t(len(body)),
+		bytesPtr(out), C.size_t(len(out)), &n)
+	runtime.KeepAlive(req)
+	runtime.KeepAlive(cert)
+	runtime.KeepAlive(body)
+	runtime.KeepAlive(out)
+	if err := resultError(r); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+var emptyByte byte
+
+// selftestPanic makes the library panic inside its boundary; it must come back as an
+// error, never as a crash of Caddy.
+func selftestPanic() error {
+	return resultError(C.ztp_selftest_panic())
+}
+
+// decideStruct is decide with the request as a C struct of pinned Go pointers; it
+// exists for BenchmarkDecideStruct, which is how the flat encoding was chosen.
+func (e *engine) decideStruct(f *requestFields, cert, body, out []byte) (int, error) {
+	var pin runtime.Pinner
+	defer pin.Unpin()
+	str := func(s string) C.ztp_str {
+		if len(s) == 0 {
+			return C.ztp_str{}
+		}
+		p := unsafe.StringData(s)
+		pin.Pin(p)
+		return C.ztp_str{ptr: (*C.uint8_t)(unsafe.Pointer(p)), len: C.size_t(len(s))}
+	}
+	bs := func(b []byte) C.ztp_str {
+		if len(b) == 0 {
+			return C.ztp_str{}
+		}
+		pin.Pin(&b[0])
+		return C.ztp_str{ptr: (*C.uint8_t)(unsafe.Pointer(&b[0])), len: C.size_t(len(b))}
+	}
+	headers := make([]C.ztp_header, 0, len(f.headers))
+	for _, h := range f.headers {
+		headers = append(headers, C.ztp_header{name: str(h[0]), value: str(h[1])})
+	}
+	req := &C.ztp_request{
+		method: str(f.method), scheme: str(f.scheme), host: str(f.host),
+		path: str(f.path), query: str(f.query), remote_ip: str(f.remoteIP),
+		header_count:    C.size_t(len(headers)),
+		client_cert_der: bs(cert), body: bs(body), body_size: C.uint64_t(f.bodySize),
+	}
+	if len(headers) > 0 {
+		pin.Pin(&headers[0])
+		req.headers = &headers[0]
+	}
+	pin.Pin(req)
+	var n C.size_t
+	r := C.ztp_engine_decide_request(e.ptr, req, bytesPtr(out), C.size_t(len(out)), &n)
+	runtime.KeepAlive(out)
+	if err := resultError(r); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}

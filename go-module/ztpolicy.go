@@ -1,0 +1,453 @@
+// Package ztpolicy is the Caddy module of zt_policy: it decides, for every request to a
+// self-hosted inference API, whether it may pass to reverse_proxy. The decision is made
+// by the Rust engine (rust/ffi) from the verified client certificate, the verified
+// bearer token and the request; this package does the I/O: reading the policy and the
+// body, logging, placeholders, and writing the deny response.
+package ztpolicy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler decides whether a request may pass, by a zt_policy policy (a TOML file of CEL
+// rules and per-identity limits; see the project README). A denied request gets the
+// policy's status (401, 403, 413, 429…) with an OpenAI-style JSON error body; an allowed
+// one goes on with the caller's identity in a request header that clients cannot set.
+type Handler struct {
+	// Path of the policy file (TOML). Relative paths are resolved against Caddy's
+	// working directory. Either this or `policy` is required.
+	PolicyFile string `json:"policy_file,omitempty"`
+
+	// The policy itself (TOML text), instead of a file.
+	Policy string `json:"policy,omitempty"`
+
+	// A JWKS file that bearer tokens are verified against. Overrides the policy's
+	// `[token] jwks_file`, which is resolved against the policy file's folder.
+	JWKSFile string `json:"jwks_file,omitempty"`
+
+	// Request header that carries the caller's identity to the upstream.
+	// Default: `X-Zt-Identity`. A client-supplied copy is always removed first.
+	IdentityHeader string `json:"identity_header,omitempty"`
+
+	// Request header that carries the name of the allowing rule to the upstream.
+	// Default: `X-Zt-Rule`. A client-supplied copy is always removed first.
+	RuleHeader string `json:"rule_header,omitempty"`
+
+	// More request headers to remove from every request before anything reads it:
+	// identity headers that only a trusted hop may set (e.g. `X-Auth-Request-User`).
+	StripHeaders []string `json:"strip_headers,omitempty"`
+
+	eng      *engine
+	info     engineInfo
+	poolKey  string
+	logger   *zap.Logger
+	strip    []string
+	decideFn func(req, cert, body, out []byte) (int, error)
+}
+
+// engineInfo is the engine's self-description (ztp_engine_describe).
+type engineInfo struct {
+	NeedsBody bool     `json:"needs_body"`
+	MaxBody   int64    `json:"max_body"`
+	Mode      string   `json:"mode"`
+	Rules     []string `json:"rules"`
+	Limits    []string `json:"limits"`
+	Token     *struct {
+		Header   string `json:"header"`
+		JWKSFile string `json:"jwks_file"`
+	} `json:"token"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.zt_policy",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision compiles the policy, loads its JWKS and takes over the rate-limit buckets
+// of the previous configuration's engine for every limit whose definition is unchanged.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	policy, name, err := h.policyText()
+	if err != nil {
+		return err
+	}
+	eng, err := newEngine(policy, name)
+	if err != nil {
+		return fmt.Errorf("zt_policy: %v", err)
+	}
+	desc, err := eng.describe()
+	if err == nil {
+		err = json.Unmarshal([]byte(desc), &h.info)
+	}
+	if err != nil {
+		eng.free()
+		return fmt.Errorf("zt_policy: describing the engine: %v", err)
+	}
+	if err := h.loadJWKS(eng, name); err != nil {
+		eng.free()
+		return err
+	}
+
+	h.poolKey = "zt_policy:" + name
+	val, _, err := pool.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) { return &sharedState{}, nil })
+	if err != nil {
+		eng.free()
+		return err
+	}
+	st := val.(*sharedState)
+	st.mu.Lock()
+	if st.latest != nil {
+		if kept, err := eng.inherit(st.latest); err == nil && kept > 0 {
+			h.logger.Info("rate-limit buckets kept across the reload", zap.Int("limits", kept))
+		}
+	}
+	previous := st.latest
+	st.latest = eng.clone()
+	st.mu.Unlock()
+	previous.free()
+
+	h.eng = eng
+	h.decideFn = eng.decide
+	h.strip = append([]string{h.identityHeader(), h.ruleHeader()}, h.StripHeaders...)
+	h.logger.Info("policy loaded", zap.String("policy", name), zap.Int("rules", len(h.info.Rules)),
+		zap.Int("limits", len(h.info.Limits)), zap.String("mode", h.info.Mode))
+	return nil
+}
+
+func (h *Handler) policyText() ([]byte, string, error) {
+	switch {
+	case h.PolicyFile != "" && h.Policy != "":
+		return nil, "", errors.New("zt_policy: give policy_file or policy, not both")
+	case h.PolicyFile != "":
+		abs, err := filepath.Abs(h.PolicyFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("zt_policy: policy_file: %v", err)
+		}
+		b, err := os.ReadFile(abs)
+		if err != nil {
+			return nil, "", fmt.Errorf("zt_policy: reading the policy: %v", err)
+		}
+		return b, abs, nil
+	case h.Policy != "":
+		return []byte(h.Policy), "inline policy", nil
+	default:
+		return nil, "", errors.New("zt_policy: a policy_file (or an inline policy) is required")
+	}
+}
+
+func (h *Handler) loadJWKS(eng *engine, policyName string) error {
+	path := h.JWKSFile
+	if path == "" && h.info.Token != nil && h.info.Token.JWKSFile != "" {
+		path = h.info.Token.JWKSFile
+		if !filepath.IsAbs(path) && h.PolicyFile != "" {
+			path = filepath.Join(filepath.Dir(policyName), path)
+		}
+	}
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("zt_policy: reading the JWKS: %v", err)
+	}
+	msg, err := eng.setJWKS(b)
+	if err != nil {
+		return fmt.Errorf("zt_policy: %s: %v", path, err)
+	}
+	h.logger.Info("JWKS loaded", zap.String("file", path), zap.String("result", msg))
+	return nil
+}
+
+// Validate checks the configuration after provisioning.
+func (h *Handler) Validate() error {
+	for _, name := range h.strip {
+		if name == "" || strings.ContainsAny(name, " :\t\r\n") {
+			return fmt.Errorf("zt_policy: %q is not a header name", name)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this configuration's engine; the buckets stay with the shared state
+// until the last configuration using the policy stops.
+func (h *Handler) Cleanup() error {
+	h.eng.free()
+	if h.poolKey != "" {
+		_, err := pool.Delete(h.poolKey)
+		return err
+	}
+	return nil
+}
+
+func (h *Handler) identityHeader() string {
+	if h.IdentityHeader != "" {
+		return h.IdentityHeader
+	}
+	return "X-Zt-Identity"
+}
+
+func (h *Handler) ruleHeader() string {
+	if h.RuleHeader != "" {
+		return h.RuleHeader
+	}
+	return "X-Zt-Rule"
+}
+
+// ServeHTTP decides the request; only an allowed request reaches next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	for _, name := range h.strip {
+		r.Header.Del(name)
+	}
+	var cert []byte
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		cert = r.TLS.PeerCertificates[0].Raw
+	}
+	body, bodySize, err := h.readBody(r)
+	if err != nil {
+		h.logger.Warn("reading the request body failed", zap.Error(err))
+		return h.writeError(w, http.StatusBadRequest, "bad_request", "the request body could not be read", nil)
+	}
+
+	fields := requestFields{
+		method: r.Method, scheme: scheme(r), host: r.Host, path: r.URL.Path,
+		query: r.URL.RawQuery, remoteIP: clientIP(r), bodySize: bodySize,
+		headers: make([][2]string, 0, len(r.Header)+1),
+	}
+	for name, values := range r.Header {
+		for _, v := range values {
+			fields.headers = append(fields.headers, [2]string{name, v})
+		}
+	}
+	if r.Host != "" {
+		fields.headers = append(fields.headers, [2]string{"Host", r.Host})
+	}
+	bp := requestBuffers.Get().(*[]byte)
+	defer requestBuffers.Put(bp)
+	req := appendRequest((*bp)[:0], &fields)
+	*bp = req
+	d, err := h.decide(req, cert, body)
+	if err != nil {
+		// Fail closed: the engine did not answer, so nothing passes.
+		h.logger.Error("decision failed; request refused", zap.Error(err),
+			zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.String("remote_ip", fields.remoteIP))
+		return h.writeError(w, http.StatusInternalServerError, "engine_error", "the policy engine failed", nil)
+	}
+	h.log(r, &fields, &d)
+	h.setVars(r, &d)
+
+	if d.HasLimit {
+		w.Header().Set("RateLimit", d.RateLimit)
+		w.Header().Set("RateLimit-Policy", d.RateLimitPolicy)
+	}
+	if !d.Allowed {
+		return h.writeDeny(w, &d)
+	}
+	if d.Identity != "" {
+		r.Header.Set(h.identityHeader(), d.Identity)
+	}
+	if d.Rule != "" && !d.Audit {
+		r.Header.Set(h.ruleHeader(), d.Rule)
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// decide calls the engine with a pooled output buffer, growing it when a decision does
+// not fit.
+func (h *Handler) decide(req, cert, body []byte) (decision, error) {
+	out := make([]byte, 4096)
+	for {
+		n, err := h.decideFn(req, cert, body, out)
+		if errors.Is(err, errBufferTooSmall) && len(out) < 1<<20 {
+			out = make([]byte, len(out)*4)
+			continue
+		}
+		if err != nil {
+			return decision{}, err
+		}
+		return decodeDecision(out[:n])
+	}
+}
+
+// readBody reads the body only as far as the decision needs, and never past the
+// policy's limit: a declared size over the limit is decided without reading, and an
+// undeclared (chunked) body is read up to limit+1 bytes. What was read is put back in
+// front of the rest, so the upstream gets the body byte for byte.
+func (h *Handler) readBody(r *http.Request) ([]byte, uint64, error) {
+	max := h.info.MaxBody
+	declared := r.ContentLength
+	if r.Body == nil || r.Body == http.NoBody || declared == 0 {
+		return nil, 0, nil
+	}
+	if declared > max {
+		return nil, uint64(declared), nil
+	}
+	if declared > 0 && !h.info.NeedsBody {
+		return nil, uint64(declared), nil
+	}
+	capacity := declared + 1
+	if declared < 0 {
+		capacity = 4096
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, capacity))
+	_, err := io.Copy(buf, io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return nil, 0, err
+	}
+	read := buf.Bytes()
+	r.Body = replayBody{Reader: io.MultiReader(bytes.NewReader(read), r.Body), Closer: r.Body}
+	size := uint64(len(read))
+	if declared > 0 && uint64(declared) > size {
+		size = uint64(declared)
+	}
+	return read, size, nil
+}
+
+// requestBuffers holds the buffers requests are encoded into for the engine.
+var requestBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+type replayBody struct {
+	io.Reader
+	io.Closer
+}
+
+func scheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// log writes the one structured line every decision gets.
+func (h *Handler) log(r *http.Request, f *requestFields, d *decision) {
+	msg, level := "allowed", zapcore.InfoLevel
+	switch {
+	case d.Audit && d.Deny:
+		msg, level = "audit: would deny", zapcore.WarnLevel
+	case !d.Allowed:
+		msg = "denied"
+	}
+	ce := h.logger.Check(level, msg)
+	if ce == nil {
+		return
+	}
+	fields := []zap.Field{
+		zap.Int("status", d.Status), zap.String("reason", d.Reason), zap.String("rule", d.Rule),
+		zap.String("identity", d.Identity), zap.Strings("matched", d.Matched),
+		zap.String("message", d.Message), zap.String("method", f.method), zap.String("uri", r.RequestURI),
+		zap.String("remote_ip", f.remoteIP),
+	}
+	if d.Limit != "" {
+		fields = append(fields, zap.String("limit", d.Limit), zap.Uint32("remaining", d.Remaining))
+	}
+	if len(d.Errors) > 0 {
+		fields = append(fields, zap.Strings("rule_errors", d.Errors))
+	}
+	ce.Write(fields...)
+}
+
+// setVars makes the decision available to later handlers and to access logs:
+// {http.vars.zt_policy.identity}, .rule, .reason, and user_id in the access log.
+func (h *Handler) setVars(r *http.Request, d *decision) {
+	ctx := r.Context()
+	caddyhttp.SetVar(ctx, "zt_policy.identity", d.Identity)
+	caddyhttp.SetVar(ctx, "zt_policy.rule", d.Rule)
+	caddyhttp.SetVar(ctx, "zt_policy.reason", d.Reason)
+	if repl, ok := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok && d.Identity != "" {
+		repl.Set("http.auth.user.id", d.Identity)
+	}
+	if extra, ok := ctx.Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Set(zap.String("zt_policy_rule", d.Rule))
+		extra.Set(zap.String("zt_policy_reason", d.Reason))
+	}
+}
+
+// errorTypes maps statuses to the OpenAI error types SDKs know.
+func errorType(status int) string {
+	switch {
+	case status == http.StatusUnauthorized:
+		return "authentication_error"
+	case status == http.StatusForbidden:
+		return "permission_error"
+	case status == http.StatusTooManyRequests:
+		return "rate_limit_error"
+	case status >= 500:
+		return "server_error"
+	default:
+		return "invalid_request_error"
+	}
+}
+
+func (h *Handler) writeDeny(w http.ResponseWriter, d *decision) error {
+	msg := d.Message
+	if d.Rule != "" && !strings.Contains(msg, d.Rule) {
+		msg = fmt.Sprintf("%s (rule %q)", msg, d.Rule)
+	}
+	if d.HasRetryAfter {
+		w.Header().Set("Retry-After", strconv.FormatUint(d.RetryAfter, 10))
+	}
+	if d.Status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="zt_policy"`)
+	}
+	return h.writeError(w, d.Status, d.Reason, msg, d)
+}
+
+// writeError writes the OpenAI error shape: {"error":{"message","type","code"}}.
+func (h *Handler) writeError(w http.ResponseWriter, status int, code, message string, d *decision) error {
+	body := map[string]any{"error": map[string]any{
+		"message": message,
+		"type":    errorType(status),
+		"code":    code,
+		"param":   nil,
+	}}
+	if d != nil && d.Rule != "" {
+		body["error"].(map[string]any)["rule"] = d.Rule
+	}
+	b, _ := json.Marshal(body)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, err := w.Write(append(b, '\n'))
+	return err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

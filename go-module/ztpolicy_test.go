@@ -1,0 +1,342 @@
+package ztpolicy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+const examplePolicy = "../examples/policy/policy.toml"
+
+func provision(t testing.TB, h *Handler) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+}
+
+func policyFile(t testing.TB, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "policy.toml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func cert(t testing.TB, name string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile("../examples/policy/certs/" + name + ".pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// countingReader reports how much of a body anything read.
+type countingReader struct {
+	r    io.Reader
+	read int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.read += n
+	return n, err
+}
+
+type call struct {
+	rec     *httptest.ResponseRecorder
+	next    bool
+	upHdr   http.Header
+	upBody  []byte
+	errBody map[string]map[string]any
+}
+
+func serve(t testing.TB, h *Handler, r *http.Request) call {
+	t.Helper()
+	c := call{rec: httptest.NewRecorder()}
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		c.next = true
+		c.upHdr = r.Header.Clone()
+		c.upBody, _ = io.ReadAll(r.Body)
+		w.WriteHeader(200)
+		return nil
+	})
+	if err := h.ServeHTTP(c.rec, r, next); err != nil {
+		t.Fatalf("ServeHTTP: %v", err)
+	}
+	if c.rec.Code != 200 {
+		if err := json.Unmarshal(c.rec.Body.Bytes(), &c.errBody); err != nil {
+			t.Fatalf("deny body is not JSON: %q", c.rec.Body.String())
+		}
+	}
+	return c
+}
+
+func chat(t testing.TB, who string, body string) *http.Request {
+	r := httptest.NewRequest("POST", "https://ai.example.internal/v1/chat/completions", strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	if who != "" {
+		r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert(t, who)}}
+	}
+	return r
+}
+
+func TestAllowedRequestCarriesIdentityUpstreamNotTheSpoofedOne(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy, StripHeaders: []string{"X-Auth-Request-User"}}
+	provision(t, h)
+	body := `{"model":"llama-3.1-8b-instruct","max_tokens":16}`
+	r := chat(t, "alice", body)
+	r.Header.Set("X-Zt-Identity", "admin@example.com")
+	r.Header.Set("X-Zt-Rule", "forged")
+	r.Header.Set("X-Auth-Request-User", "admin")
+	c := serve(t, h, r)
+	if !c.next || c.rec.Code != 200 {
+		t.Fatalf("want allowed, got %d %s", c.rec.Code, c.rec.Body)
+	}
+	if got := c.upHdr.Values("X-Zt-Identity"); len(got) != 1 || got[0] != "alice@example.com" {
+		t.Errorf("identity upstream: %v", got)
+	}
+	if got := c.upHdr.Get("X-Zt-Rule"); got != "ml-users-inference" {
+		t.Errorf("rule upstream: %q", got)
+	}
+	if got := c.upHdr.Get("X-Auth-Request-User"); got != "" {
+		t.Errorf("stripped header reached upstream: %q", got)
+	}
+	if string(c.upBody) != body {
+		t.Errorf("body upstream %q, want %q", c.upBody, body)
+	}
+	if c.rec.Header().Get("RateLimit-Policy") == "" {
+		t.Error("no RateLimit-Policy on an allowed response")
+	}
+}
+
+func TestDeniedRequestGetsOpenAIErrorNamingTheRule(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	c := serve(t, h, chat(t, "alice", `{"model":"gpt-4o"}`))
+	if c.next || c.rec.Code != 403 {
+		t.Fatalf("want 403 and no upstream call, got %d next=%v", c.rec.Code, c.next)
+	}
+	e := c.errBody["error"]
+	if e["type"] != "permission_error" || e["code"] != "denied_by_rule" || e["rule"] != "model-allowed" {
+		t.Errorf("error body %v", e)
+	}
+	if msg, _ := e["message"].(string); !strings.Contains(msg, `"model-allowed"`) {
+		t.Errorf("message does not name the rule: %q", msg)
+	}
+	if ct := c.rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("content type %q", ct)
+	}
+}
+
+func TestNoCertificateIs401WithChallenge(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	c := serve(t, h, chat(t, "", `{}`))
+	if c.rec.Code != 401 || c.next || c.errBody["error"]["type"] != "authentication_error" {
+		t.Fatalf("got %d %v", c.rec.Code, c.errBody)
+	}
+	if c.rec.Header().Get("WWW-Authenticate") == "" {
+		t.Error("no WWW-Authenticate on 401")
+	}
+}
+
+func TestBurstGets429WithRetryAfterAndRateLimitHeaders(t *testing.T) {
+	h := &Handler{PolicyFile: policyFile(t, `
+[[rule]]
+name = "all"
+effect = "allow"
+when = 'true'
+[[limit]]
+name = "per-device"
+rate = "1/m"
+burst = 2
+`)}
+	provision(t, h)
+	for i := 0; i < 2; i++ {
+		if c := serve(t, h, chat(t, "alice", `{}`)); c.rec.Code != 200 {
+			t.Fatalf("request %d: %d", i, c.rec.Code)
+		}
+	}
+	c := serve(t, h, chat(t, "alice", `{}`))
+	if c.rec.Code != 429 || c.next {
+		t.Fatalf("want 429, got %d", c.rec.Code)
+	}
+	if got := c.rec.Header().Get("Retry-After"); got != "30" && got != "60" {
+		t.Errorf("Retry-After %q", got)
+	}
+	if got := c.rec.Header().Get("RateLimit"); !strings.HasPrefix(got, `"per-device";r=0;t=`) {
+		t.Errorf("RateLimit %q", got)
+	}
+	if got := c.rec.Header().Get("RateLimit-Policy"); got != `"per-device";q=2;w=120` {
+		t.Errorf("RateLimit-Policy %q", got)
+	}
+	if c.errBody["error"]["type"] != "rate_limit_error" {
+		t.Errorf("error type %v", c.errBody)
+	}
+}
+
+func TestOversizedDeclaredBodyIs413WithoutReadingIt(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	body := &countingReader{r: bytes.NewReader(make([]byte, 300<<10))}
+	r := chat(t, "alice", "")
+	r.Body = io.NopCloser(body)
+	r.ContentLength = 300 << 10
+	c := serve(t, h, r)
+	if c.rec.Code != 413 || c.next {
+		t.Fatalf("want 413, got %d", c.rec.Code)
+	}
+	if body.read != 0 {
+		t.Errorf("read %d bytes of a body declared over the limit", body.read)
+	}
+}
+
+func TestChunkedBodyIsReadOnlyUpToTheLimit(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	body := &countingReader{r: bytes.NewReader(make([]byte, 1<<20))}
+	r := chat(t, "alice", "")
+	r.Body = io.NopCloser(body)
+	r.ContentLength = -1
+	c := serve(t, h, r)
+	if c.rec.Code != 413 || c.next {
+		t.Fatalf("want 413, got %d", c.rec.Code)
+	}
+	if max := 256<<10 + 1; body.read > max+32<<10 {
+		t.Errorf("read %d bytes, the limit is %d", body.read, max)
+	}
+}
+
+func TestChunkedBodyUnderTheLimitGoesOnByteForByte(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	payload := `{"model":"qwen2.5-7b-instruct","max_tokens":8,"messages":[{"role":"user","content":"` + strings.Repeat("é", 5000) + `"}]}`
+	r := chat(t, "alice", "")
+	r.Body = io.NopCloser(strings.NewReader(payload))
+	r.ContentLength = -1
+	c := serve(t, h, r)
+	if c.rec.Code != 200 {
+		t.Fatalf("got %d %s", c.rec.Code, c.rec.Body)
+	}
+	if string(c.upBody) != payload {
+		t.Errorf("upstream body differs: %d bytes, want %d", len(c.upBody), len(payload))
+	}
+}
+
+func TestEngineFailureIs500AndNeverReachesUpstream(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	h.decideFn = func(req, cert, body, out []byte) (int, error) { return 0, selftestPanic() }
+	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
+	if c.rec.Code != 500 || c.next {
+		t.Fatalf("want 500 without upstream, got %d next=%v", c.rec.Code, c.next)
+	}
+	if c.errBody["error"]["code"] != "engine_error" {
+		t.Errorf("body %v", c.errBody)
+	}
+}
+
+func TestPanicComesBackAsAnError(t *testing.T) {
+	err := selftestPanic()
+	if !errors.Is(err, errEngine) || !strings.Contains(err.Error(), "panicked") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestBrokenPolicyFailsProvisionNamingTheRule(t *testing.T) {
+	h := &Handler{PolicyFile: policyFile(t, "[[rule]]\nname = \"bad-one\"\neffect = \"allow\"\nwhen = 'request.path ==='\n")}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	err := h.Provision(ctx)
+	if err == nil || !strings.Contains(err.Error(), `rule "bad-one" when`) || !strings.Contains(err.Error(), "policy.toml:4") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestReloadKeepsBucketsOfUnchangedLimits(t *testing.T) {
+	path := policyFile(t, "[[rule]]\nname = \"all\"\neffect = \"allow\"\nwhen = 'true'\n[[limit]]\nname = \"l\"\nrate = \"1/h\"\nburst = 1\n")
+	old := &Handler{PolicyFile: path}
+	provision(t, old)
+	serve(t, old, chat(t, "alice", `{}`))
+	if c := serve(t, old, chat(t, "alice", `{}`)); c.rec.Code != 429 {
+		t.Fatalf("setup: %d", c.rec.Code)
+	}
+	// Caddy provisions the new config before it cleans up the old one.
+	next := &Handler{PolicyFile: path}
+	provision(t, next)
+	_ = old.Cleanup()
+	if c := serve(t, next, chat(t, "alice", `{}`)); c.rec.Code != 429 {
+		t.Fatalf("bucket did not survive the reload: %d", c.rec.Code)
+	}
+}
+
+func TestDecodeDecisionRefusesTruncatedInput(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	var f requestFields
+	f.method, f.path = "GET", "/v1/models"
+	out := make([]byte, 4096)
+	n, err := h.eng.decide(appendRequest(nil, &f), cert(t, "alice").Raw, nil, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := decodeDecision(out[:n]); err != nil || !d.Allowed || d.Rule != "list-models" {
+		t.Fatalf("%v %+v", err, d)
+	}
+	for cut := 0; cut < n; cut++ {
+		if _, err := decodeDecision(out[:cut]); err == nil {
+			t.Fatalf("accepted a decision cut at %d of %d", cut, n)
+		}
+	}
+}
+
+func TestCaddyfile(t *testing.T) {
+	var h Handler
+	d := caddyfile.NewTestDispenser(`zt_policy /etc/caddy/policy.toml {
+		jwks_file /etc/caddy/jwks.json
+		identity_header X-User
+		strip_headers X-Auth-Request-User X-Auth-Request-Email
+	}`)
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	if h.PolicyFile != "/etc/caddy/policy.toml" || h.JWKSFile != "/etc/caddy/jwks.json" ||
+		h.IdentityHeader != "X-User" || len(h.StripHeaders) != 2 {
+		t.Errorf("%+v", h)
+	}
+	for _, bad := range []string{"zt_policy", "zt_policy a b", "zt_policy p {\n nope 1\n}", "zt_policy p {\n strip_headers\n}"} {
+		var h Handler
+		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
