@@ -64,7 +64,8 @@ func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	if z.PolicyFile == "" {
-		return d.Err("zt_policy needs a policy file: zt_policy <policy_file>")
+		return d.Err("zt_policy needs a policy file: 'zt_policy <relative/path.toml>', or 'policy_file </absolute/path.toml>' " +
+			"in its block (Caddy reads a first argument that starts with / as a path matcher)")
 	}
 	return nil
 }

@@ -461,7 +461,11 @@ impl Engine {
                     remaining,
                     reset_secs,
                 } => {
-                    if tightest.is_none_or(|(_, _, r, _)| remaining < r) {
+                    // Tightest = the smallest share of its burst left (limits count
+                    // different things: requests, LLM tokens).
+                    if tightest.is_none_or(|(c, _, r, _)| {
+                        u64::from(remaining) * u64::from(c.burst) < u64::from(r) * u64::from(cfg.burst)
+                    }) {
                         tightest = Some((cfg, state, remaining, reset_secs));
                     }
                     continue;

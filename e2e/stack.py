@@ -1,0 +1,307 @@
+"""The reference stack on loopback, without Docker: the custom Caddy (client_auth
+require_and_verify + zt_policy + reverse_proxy over mTLS), Debian's nginx as the mTLS
+sidecar, and the OpenAI-compatible upstream. Used by the end-to-end tests and by
+`make demo`. Certificates are made here with openssl; nothing is shared with the host.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_POLICY = ROOT / "examples" / "policy"
+HOST = "ai.example.internal"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout}s")
+
+
+class Pki:
+    """The device CA of the example policy, an unrelated CA, the mesh CA of the hop to
+    the sidecar, and the certificates of each party: Caddy's edge server, the callers,
+    the sidecar's server, and Caddy's client certificate for the sidecar."""
+
+    def __init__(self, d: Path):
+        self.d = d
+        d.mkdir(parents=True, exist_ok=True)
+        self._ca("ca", "/O=Example Corp/CN=zt-policy Example Device CA")
+        self._ca("other-ca", "/O=Example Corp/CN=Untrusted CA")
+        # The hop to the sidecar has a CA of its own: were nginx to trust the device CA,
+        # any device could skip Caddy and call the sidecar directly.
+        self._ca("mesh-ca", "/O=Example Corp/CN=Example Internal Mesh CA")
+        self._leaf("caddy", "/CN=" + HOST, f"DNS:{HOST},IP:127.0.0.1", "serverAuth", "ca")
+        self._leaf("sidecar", "/CN=vllm-mtls", "DNS:vllm-mtls,IP:127.0.0.1", "serverAuth", "mesh-ca")
+        self._leaf("caddy-upstream", "/O=Example Corp/CN=caddy-upstream", "DNS:caddy-upstream", "clientAuth", "mesh-ca")
+        self.client("alice", "ml-users", "alice@example.com")
+        self.client("bob", "sre", "bob@example.com")
+        self.client("carol", "interns", "carol@example.com")
+        self.client("burst", "ml-users", "burst@example.com")
+        self.client("mallory", "ml-users", "alice@example.com", ca="other-ca")
+
+    def path(self, name):
+        return str(self.d / name)
+
+    def _run(self, *args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    def _ca(self, name, subject):
+        self._run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                  "-days", "30", "-subj", subject, "-keyout", self.path(f"{name}.key"),
+                  "-out", self.path(f"{name}.pem"), "-addext", "basicConstraints=critical,CA:TRUE",
+                  "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+    def _leaf(self, name, subject, san, eku, ca):
+        ext = self.d / f"{name}.ext"
+        ext.write_text(f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                       f"extendedKeyUsage={eku}\nsubjectAltName={san}\n")
+        self._run("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                  "-subj", subject, "-keyout", self.path(f"{name}.key"), "-out", self.path(f"{name}.csr"))
+        self._run("x509", "-req", "-in", self.path(f"{name}.csr"), "-CA", self.path(f"{ca}.pem"),
+                  "-CAkey", self.path(f"{ca}.key"), "-CAcreateserial", "-days", "30",
+                  "-extfile", str(ext), "-out", self.path(f"{name}.pem"))
+
+    def client(self, name, ou, email, ca="ca"):
+        self._leaf(name, f"/O=Example Corp/OU={ou}/CN={name}", f"email:{email}", "clientAuth", ca)
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+
+class Stack:
+    def __init__(self, work: Path, caddy_bin: Path, policy_dir: Path = EXAMPLE_POLICY, verbose=False):
+        self.work = work
+        self.caddy_bin = Path(caddy_bin)
+        self.verbose = verbose
+        self.procs = {}
+        work.mkdir(parents=True, exist_ok=True)
+        self.pki = Pki(work / "pki")
+        shutil.copytree(policy_dir, work / "policy", dirs_exist_ok=True)
+        self.policy = work / "policy" / "policy.toml"
+        self.ports = {k: free_port() for k in ("caddy", "admin", "nginx", "upstream", "control")}
+        self.upstream_log = work / "upstream-requests.jsonl"
+
+    # ---- processes ----
+
+    def _spawn(self, name, args, **kw):
+        log = open(self.work / f"{name}.log", "ab")
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        self.procs[name] = p
+        return p
+
+    def start(self):
+        self.start_upstream()
+        self.start_nginx()
+        self.start_caddy()
+        return self
+
+    def start_upstream(self):
+        p = self._spawn("upstream", [sys.executable, str(ROOT / "e2e" / "upstream.py"),
+                                     "--port", str(self.ports["upstream"]),
+                                     "--control-port", str(self.ports["control"]),
+                                     "--log", str(self.upstream_log)])
+        wait_port(self.ports["upstream"], p, "upstream")
+
+    def nginx_conf(self):
+        """examples/nginx.conf with this stack's paths and ports."""
+        tmp = self.work / "nginx"
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp / sub, 0o777)
+        text = (ROOT / "examples" / "nginx.conf").read_text()
+        text = (text.replace("listen 8443 ssl;", f"listen 127.0.0.1:{self.ports['nginx']} ssl;")
+                .replace("/etc/nginx/pki/server.crt", self.pki.path("sidecar.pem"))
+                .replace("/etc/nginx/pki/server.key", self.pki.path("sidecar.key"))
+                .replace("/etc/nginx/pki/mesh_ca.crt", self.pki.path("mesh-ca.pem"))
+                .replace("http://127.0.0.1:8000", f"http://127.0.0.1:{self.ports['upstream']}")
+                .replace("events {}", "events {}\npid %s;\nerror_log %s info;%s" % (
+                    tmp / "nginx.pid", tmp / "error.log",
+                    # As root, workers would run as nobody, who cannot reach the test's
+                    # private temp folders for request bodies.
+                    "\nuser root root;" if os.geteuid() == 0 else ""))
+                .replace("http {", "http {\n  access_log %s;\n  client_body_temp_path %s;\n  proxy_temp_path %s;\n"
+                         "  fastcgi_temp_path %s;\n  uwsgi_temp_path %s;\n  scgi_temp_path %s;"
+                         % (tmp / "access.log", tmp / "client_body", tmp / "proxy", tmp / "fastcgi",
+                            tmp / "uwsgi", tmp / "scgi"), 1))
+        conf = tmp / "nginx.conf"
+        conf.write_text(text)
+        return conf
+
+    def start_nginx(self):
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        conf = self.nginx_conf()
+        p = self._spawn("nginx", [nginx, "-p", str(self.work / "nginx"), "-c", str(conf), "-g", "daemon off;"])
+        wait_port(self.ports["nginx"], p, "nginx")
+
+    def caddyfile(self, policy=None, extra_site="", log_to_file=True):
+        log = f"""
+	log {{
+		output file {self.work / 'caddy-json.log'}
+		format json
+	}}""" if log_to_file else ""
+        return f"""{{
+	admin 127.0.0.1:{self.ports['admin']}
+	storage file_system {self.work / 'caddy-data'}
+	auto_https disable_redirects
+	skip_install_trust
+	servers {{
+		protocols h1 h2
+	}}{log}
+}}
+
+https://{HOST}:{self.ports['caddy']} {{
+	bind 127.0.0.1
+	tls {self.pki.path('caddy.pem')} {self.pki.path('caddy.key')} {{
+		client_auth {{
+			mode require_and_verify
+			trust_pool file {self.pki.path('ca.pem')}
+		}}
+	}}
+	log {{
+		output file {self.work / 'access.log'}
+		format json
+	}}
+	{extra_site}
+	@openai_api path /v1/* /metrics
+	handle @openai_api {{
+		zt_policy {{
+			policy_file {policy or self.policy}
+			strip_headers X-Auth-Request-User X-Auth-Request-Email
+		}}
+		reverse_proxy https://127.0.0.1:{self.ports['nginx']} {{
+			transport http {{
+				tls_server_name vllm-mtls
+				tls_trust_pool file {self.pki.path('mesh-ca.pem')}
+				tls_client_auth {self.pki.path('caddy-upstream.pem')} {self.pki.path('caddy-upstream.key')}
+			}}
+		}}
+	}}
+	respond 404
+}}
+"""
+
+    def write_caddyfile(self, **kw):
+        path = self.work / "Caddyfile"
+        path.write_text(self.caddyfile(**kw))
+        return path
+
+    def start_caddy(self):
+        path = self.write_caddyfile()
+        env = dict(os.environ, HOME=str(self.work), XDG_DATA_HOME=str(self.work / "xdg"),
+                   XDG_CONFIG_HOME=str(self.work / "xdg"))
+        p = self._spawn("caddy", [str(self.caddy_bin), "run", "--config", str(path), "--adapter", "caddyfile"], env=env)
+        wait_port(self.ports["caddy"], p, "caddy")
+        return p
+
+    def reload(self, **kw):
+        path = self.write_caddyfile(**kw)
+        subprocess.run([str(self.caddy_bin), "reload", "--config", str(path), "--adapter", "caddyfile",
+                        "--address", f"127.0.0.1:{self.ports['admin']}", "--force"],
+                       check=True, capture_output=True, timeout=60)
+
+    def stop(self):
+        for name, p in reversed(list(self.procs.items())):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+    def rss_kib(self, name):
+        for line in Path(f"/proc/{self.procs[name].pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    # ---- clients ----
+
+    def tls_context(self, cert=None, ca="ca", pki_ca=None):
+        ctx = ssl.create_default_context(cafile=pki_ca or self.pki.path(f"{ca}.pem"))
+        if cert:
+            ctx.load_cert_chain(self.pki.path(f"{cert}.pem"), self.pki.path(f"{cert}.key"))
+        return ctx
+
+    def connection(self, cert=None, port=None, server_name=HOST, ca="ca"):
+        """An HTTPS connection to Caddy (or another port) on loopback, with SNI."""
+        ctx = self.tls_context(cert, ca)
+        port = port or self.ports["caddy"]
+
+        class Conn(http.client.HTTPSConnection):
+            def connect(self):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                self.sock = ctx.wrap_socket(sock, server_hostname=server_name)
+
+        return Conn(server_name, port, context=ctx, timeout=30)
+
+    def request(self, method, path, cert="alice", headers=None, body=None, port=None, server_name=HOST, ca="ca"):
+        conn = self.connection(cert, port, server_name, ca)
+        try:
+            data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+            hdrs = {"Content-Type": "application/json"} if isinstance(body, (dict, list)) else {}
+            hdrs.update(headers or {})
+            conn.request(method, path, body=data, headers=hdrs)
+            r = conn.getresponse()
+            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+        finally:
+            conn.close()
+
+    def upstream_requests(self):
+        if not self.upstream_log.exists():
+            return []
+        return [json.loads(line) for line in self.upstream_log.read_text().splitlines() if line]
+
+    def release(self, key):
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{self.ports['control']}/release/{key}", method="POST"), timeout=10)
+
+    def curl(self, cert, method, path, body=None):
+        """The curl command a person would type to make this request."""
+        parts = ["curl", "-sS", "--resolve", f"{HOST}:{self.ports['caddy']}:127.0.0.1",
+                 "--cacert", self.pki.path("ca.pem")]
+        if cert:
+            parts += ["--cert", self.pki.path(f"{cert}.pem"), "--key", self.pki.path(f"{cert}.key")]
+        if method != "GET":
+            parts += ["-X", method]
+        if body is not None:
+            parts += ["-H", "'Content-Type: application/json'", "-d", "'" + json.dumps(body) + "'"]
+        parts.append(f"https://{HOST}:{self.ports['caddy']}{path}")
+        return " ".join(parts)
