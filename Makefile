@@ -1,7 +1,12 @@
-# The two commands of the README's quick start.
-.PHONY: test bench
+# The two commands of the README's quick start, and the benchmark.
+.PHONY: demo test bench
 
-# Every test: engine, CLI, example policy cases.
+# Build the custom Caddy and run the demo stack on loopback (Ctrl-C stops it).
+demo:
+	xcaddy/build.sh
+	python3 e2e/demo.py
+
+# Every test: engine, CLI, example policy cases, C ABI, Go module, end to end.
 test:
 	scripts/test.sh
 

@@ -18,13 +18,21 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"unsafe"
 )
 
-// engine is one reference to a compiled policy in the Rust library.
+// engine is one reference to a compiled policy in the Rust library. The lock keeps a
+// decision from racing the release of the engine: Caddy stops a configuration after
+// its requests finish (its default grace period is eternal), but with a finite grace
+// period a request could outlive it, and it must then fail closed, not touch freed
+// memory.
 type engine struct {
+	mu  sync.RWMutex
 	ptr *C.ztp_engine
 }
+
+var errReleased = fmt.Errorf("%w: the engine was released", errEngine)
 
 // errEngine marks failures of the engine itself (as opposed to a decision).
 var errEngine = errors.New("zt_policy engine failure")
@@ -97,7 +105,12 @@ func (e *engine) clone() *engine {
 
 // free releases this reference. Safe to call twice.
 func (e *engine) free() {
-	if e != nil && e.ptr != nil {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ptr != nil {
 		C.ztp_engine_free(e.ptr)
 		e.ptr = nil
 	}
@@ -149,6 +162,11 @@ func (e *engine) decide(req, cert, body, out []byte) (int, error) {
 		}
 	}
 	var n C.size_t
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.ptr == nil {
+		return 0, errReleased
+	}
 	r := C.ztp_engine_decide(e.ptr,
 		bytesPtr(req), C.size_t(len(req)),
 		certPtr, C.size_t(len(cert)),

@@ -265,6 +265,16 @@ func TestEngineFailureIs500AndNeverReachesUpstream(t *testing.T) {
 	}
 }
 
+func TestRequestAfterReleaseFailsClosed(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	h.eng.free()
+	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
+	if c.rec.Code != 500 || c.next {
+		t.Fatalf("want 500 without upstream, got %d next=%v", c.rec.Code, c.next)
+	}
+}
+
 func TestPanicComesBackAsAnError(t *testing.T) {
 	err := selftestPanic()
 	if !errors.Is(err, errEngine) || !strings.Contains(err.Error(), "panicked") {
