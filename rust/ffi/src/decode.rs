@@ -55,10 +55,14 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn u32(&mut self) -> Result<u32, Malformed> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed)?))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().map_err(|_| Malformed)?,
+        ))
     }
     fn u64(&mut self) -> Result<u64, Malformed> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Malformed)?))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().map_err(|_| Malformed)?,
+        ))
     }
     fn bytes(&mut self) -> Result<&'a [u8], Malformed> {
         let n = self.u32()? as usize;
@@ -105,14 +109,22 @@ fn build<'a>(
     raw_headers: Vec<(&'a [u8], &'a [u8])>,
     headers: &mut Vec<(&'a str, &'a str)>,
 ) -> Result<Fields<'a>, String> {
-    let names = ["method", "scheme", "host", "path", "query", "remote address"];
+    let names = [
+        "method",
+        "scheme",
+        "host",
+        "path",
+        "query",
+        "remote address",
+    ];
     let mut s = [""; 6];
     for i in 0..6 {
         s[i] = text(names[i], raw[i])?;
     }
     for (n, v) in raw_headers {
         let name = text("header name", n)?;
-        let value = std::str::from_utf8(v).map_err(|_| format!("request header {name} is not valid UTF-8"))?;
+        let value = std::str::from_utf8(v)
+            .map_err(|_| format!("request header {name} is not valid UTF-8"))?;
         headers.push((name, value));
     }
     Ok(Fields {
@@ -163,9 +175,11 @@ pub unsafe fn fields<'a>(
     };
     let body = str_of(r.body)?;
     let mut headers = Vec::with_capacity(raw_headers.len());
-    Ok(build(raw, r.body_size, raw_headers, &mut headers).map(|mut f| {
-        f.client_cert_der = cert;
-        f.body = body;
-        (f, headers)
-    }))
+    Ok(
+        build(raw, r.body_size, raw_headers, &mut headers).map(|mut f| {
+            f.client_cert_der = cert;
+            f.body = body;
+            (f, headers)
+        }),
+    )
 }

@@ -64,7 +64,11 @@ pub fn decision(d: &Decision) -> Vec<u8> {
     put_str(&mut out, limit.map_or("", |l| &l.headers.ratelimit));
     put_str(&mut out, limit.map_or("", |l| &l.headers.ratelimit_policy));
     put_str(&mut out, &d.matched.join("\n"));
-    let errors: Vec<String> = d.errors.iter().map(|e| format!("{}: {}", e.rule, e.error)).collect();
+    let errors: Vec<String> = d
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", e.rule, e.error))
+        .collect();
     put_str(&mut out, &errors.join("\n"));
     out
 }

@@ -149,7 +149,11 @@ pub unsafe extern "C" fn ztp_engine_new(
             return ztp_result::ZTP_NULL_PARAMETER;
         }
         let name = String::from_utf8_lossy(name);
-        let name = if name.is_empty() { "policy".into() } else { name };
+        let name = if name.is_empty() {
+            "policy".into()
+        } else {
+            name
+        };
         let fail = |msg: String| {
             if !message_out.is_null() {
                 *message_out = new_buffer(msg.into_bytes());
@@ -322,7 +326,8 @@ pub unsafe extern "C" fn ztp_engine_decide(
         let Some(engine) = engine_ref(engine) else {
             return ztp_result::ZTP_NULL_PARAMETER;
         };
-        let (Some(request), Some(body)) = (bytes(request, request_len), bytes(body, body_len)) else {
+        let (Some(request), Some(body)) = (bytes(request, request_len), bytes(body, body_len))
+        else {
             return ztp_result::ZTP_NULL_PARAMETER;
         };
         let cert = if cert_der.is_null() {
@@ -373,7 +378,12 @@ pub unsafe extern "C" fn ztp_engine_decide_request(
     })
 }
 
-unsafe fn write_decision(d: &Decision, out: *mut u8, out_cap: usize, out_len: *mut usize) -> ztp_result {
+unsafe fn write_decision(
+    d: &Decision,
+    out: *mut u8,
+    out_cap: usize,
+    out_len: *mut usize,
+) -> ztp_result {
     let encoded = encode::decision(d);
     if encoded.len() > out_cap {
         return ztp_result::ZTP_BUFFER_TOO_SMALL;
@@ -385,7 +395,10 @@ unsafe fn write_decision(d: &Decision, out: *mut u8, out_cap: usize, out_len: *m
 
 /// The bytes of a buffer; `*len_out` gets their length. NULL for NULL.
 #[no_mangle]
-pub unsafe extern "C" fn ztp_buffer_data(buffer: *const ztp_buffer, len_out: *mut usize) -> *const u8 {
+pub unsafe extern "C" fn ztp_buffer_data(
+    buffer: *const ztp_buffer,
+    len_out: *mut usize,
+) -> *const u8 {
     catch_unwind(AssertUnwindSafe(|| {
         let Some(v) = (buffer as *const Vec<u8>).as_ref() else {
             return std::ptr::null();
@@ -420,4 +433,3 @@ pub extern "C" fn ztp_selftest_panic() -> ztp_result {
 pub extern "C" fn ztp_version() -> *const std::ffi::c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const std::ffi::c_char
 }
-
