@@ -1,6 +1,7 @@
 package ztpolicy
 
 import (
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -26,6 +27,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    identity_header <name>
 //	    rule_header     <name>
 //	    strip_headers   <name...>
+//	    issuer          <url>
+//	    audience        <aud...>
+//	    jwks_refresh    <duration>
+//	    jwks_min_interval <duration>
+//	    idp_ca_file     <path>
 //	}
 func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -59,6 +65,35 @@ func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			z.StripHeaders = append(z.StripHeaders, args...)
+		case "issuer":
+			if !d.AllArgs(&z.Issuer) {
+				return d.ArgErr()
+			}
+		case "audience":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			z.Audiences = append(z.Audiences, args...)
+		case "jwks_refresh", "jwks_min_interval":
+			opt := d.Val()
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("%s: %q is not a positive duration", opt, v)
+			}
+			if opt == "jwks_refresh" {
+				z.JWKSRefresh = caddy.Duration(dur)
+			} else {
+				z.JWKSMinInterval = caddy.Duration(dur)
+			}
+		case "idp_ca_file":
+			if !d.AllArgs(&z.IdPCAFile) {
+				return d.ArgErr()
+			}
 		default:
 			return d.Errf("unrecognized zt_policy option '%s'", d.Val())
 		}

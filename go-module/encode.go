@@ -45,6 +45,7 @@ type decision struct {
 	Remaining       uint32
 	RetryAfter      uint64
 	HasRetryAfter   bool
+	JWKSMiss        bool
 	Message         string
 	Rule            string
 	Identity        string
@@ -75,6 +76,7 @@ func decodeDecision(b []byte) (decision, error) {
 	d.Deny = flags&4 != 0
 	d.HasLimit = flags&8 != 0
 	d.HasRetryAfter = flags&16 != 0
+	d.JWKSMiss = flags&32 != 0
 	d.Status = int(binary.LittleEndian.Uint16(b[2:]))
 	if int(b[4]) >= len(reasons) {
 		return d, errDecision

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -139,6 +140,16 @@ func (e *engine) inherit(prev *engine) (int, error) {
 		return 0, err
 	}
 	return int(kept), nil
+}
+
+// configureToken sets the issuer and audiences of bearer tokens (before any clone).
+func (e *engine) configureToken(issuer string, audiences []string) error {
+	iss := []byte(issuer)
+	aud := []byte(strings.Join(audiences, "\n"))
+	r := C.ztp_engine_configure_token(e.ptr, bytesPtr(iss), C.size_t(len(iss)), bytesPtr(aud), C.size_t(len(aud)))
+	runtime.KeepAlive(iss)
+	runtime.KeepAlive(aud)
+	return resultError(r)
 }
 
 // describe returns the engine's JSON self-description.

@@ -7,6 +7,7 @@ package ztpolicy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -57,7 +59,26 @@ type Handler struct {
 	// identity headers that only a trusted hop may set (e.g. `X-Auth-Request-User`).
 	StripHeaders []string `json:"strip_headers,omitempty"`
 
+	// OIDC issuer of the bearer tokens. The module fetches its discovery document and
+	// JWKS, refreshes the keys every `jwks_refresh` and at once when a token names an
+	// unknown key id, and keeps the last good keys while the IdP is down. Overrides
+	// the policy's `[token] issuer`.
+	Issuer string `json:"issuer,omitempty"`
+
+	// Accepted token audiences (`aud`). Overrides the policy's `[token] audience`.
+	Audiences []string `json:"audiences,omitempty"`
+
+	// How often the JWKS is refetched from the issuer. Default: 10m.
+	JWKSRefresh caddy.Duration `json:"jwks_refresh,omitempty"`
+
+	// The least time between two fetches prompted by unknown key ids. Default: 10s.
+	JWKSMinInterval caddy.Duration `json:"jwks_min_interval,omitempty"`
+
+	// A PEM file of the CA(s) that sign the issuer's TLS certificate, for private IdPs.
+	IdPCAFile string `json:"idp_ca_file,omitempty"`
+
 	eng      *engine
+	jwks     *jwksSource
 	info     engineInfo
 	poolKey  string
 	logger   *zap.Logger
@@ -73,8 +94,10 @@ type engineInfo struct {
 	Rules     []string `json:"rules"`
 	Limits    []string `json:"limits"`
 	Token     *struct {
-		Header   string `json:"header"`
-		JWKSFile string `json:"jwks_file"`
+		Header    string `json:"header"`
+		JWKSFile  string `json:"jwks_file"`
+		Issuer    string `json:"issuer"`
+		Discovery bool   `json:"discovery"`
 	} `json:"token"`
 }
 
@@ -98,6 +121,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("zt_policy: %v", err)
 	}
+	if h.Issuer != "" {
+		if err := eng.configureToken(h.Issuer, h.Audiences); err != nil {
+			eng.free()
+			return fmt.Errorf("zt_policy: issuer: %v", err)
+		}
+	}
 	desc, err := eng.describe()
 	if err == nil {
 		err = json.Unmarshal([]byte(desc), &h.info)
@@ -109,6 +138,29 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.loadJWKS(eng, name); err != nil {
 		eng.free()
 		return err
+	}
+	issuer := h.Issuer
+	if issuer == "" && h.info.Token != nil && h.info.Token.Discovery && h.JWKSFile == "" && h.info.Token.JWKSFile == "" {
+		issuer = h.info.Token.Issuer
+	}
+	if issuer != "" {
+		interval, minInterval := time.Duration(h.JWKSRefresh), time.Duration(h.JWKSMinInterval)
+		if interval <= 0 {
+			interval = 10 * time.Minute
+		}
+		if minInterval <= 0 {
+			minInterval = 10 * time.Second
+		}
+		src, err := newJWKSSource(issuer, h.IdPCAFile, eng, h.logger, interval, minInterval)
+		if err != nil {
+			eng.free()
+			return err
+		}
+		fetchCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		src.load(fetchCtx)
+		cancel()
+		go src.run(ctx)
+		h.jwks = src
 	}
 
 	h.poolKey = "zt_policy:" + name
@@ -249,6 +301,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	req := appendRequest((*bp)[:0], &fields)
 	*bp = req
 	d, err := h.decide(req, cert, body)
+	if err == nil && d.JWKSMiss && h.jwks != nil && h.jwks.refreshForUnknownKey(r.Context()) {
+		// The IdP may have rotated its keys: decide again with the fresh JWKS.
+		d, err = h.decide(req, cert, body)
+	}
 	if err != nil {
 		// Fail closed: the engine did not answer, so nothing passes.
 		h.logger.Error("decision failed; request refused", zap.Error(err),

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -350,3 +351,5 @@ func TestCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }

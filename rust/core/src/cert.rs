@@ -48,6 +48,8 @@ pub struct NameInfo {
 pub struct CertEntry {
     pub info: CertInfo,
     pub value: Indexed,
+    /// base64url SHA-256 of the DER: what an RFC 8705 `cnf.x5t#S256` names.
+    pub x5t_s256: String,
 }
 
 impl std::fmt::Debug for CertEntry {
@@ -60,8 +62,17 @@ impl std::fmt::Debug for CertEntry {
 
 impl CertEntry {
     pub fn new(info: CertInfo) -> Self {
+        use base64::Engine as _;
         let value = info.to_value();
-        CertEntry { info, value }
+        let digest: Vec<u8> = (0..info.fingerprint_sha256.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&info.fingerprint_sha256[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        let x5t_s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+        CertEntry {
+            info,
+            value,
+            x5t_s256,
+        }
     }
 }
 

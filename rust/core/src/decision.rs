@@ -86,6 +86,10 @@ pub struct Decision {
     pub limit: Option<LimitReport>,
     /// Audit mode: `effect`/`status` are what enforcement would have done.
     pub audit: bool,
+    /// The token names a key the JWKS lacks: a caller that fetches the JWKS should
+    /// refetch it (keys rotate) and decide again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub jwks_miss: bool,
 }
 
 impl Decision {
@@ -102,6 +106,7 @@ impl Decision {
             identity: None,
             limit: None,
             audit: false,
+            jwks_miss: false,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::decision::{Decision, LimitReport, Reason, RuleError};
 use crate::limits::{LimitState, Outcome};
 use crate::policy::{self, Effect, Mode, Policy, PolicyError};
 use crate::request::Request;
-use crate::token::{JwksError, JwksSummary, VerifiedToken, Verifier};
+use crate::token::{JwksError, JwksSummary, TokenError, VerifiedToken, Verifier};
 use crate::values::{self, BoxVal, Indexed};
 use cel::common::types::CelString;
 use cel::common::value::Val;
@@ -151,12 +151,12 @@ impl Engine {
         let claims = match &given.claims {
             None => None,
             Some(json) => match Indexed::from_json(json, self.policy.max_json_depth) {
-                Ok(value) => Some(Arc::new(VerifiedToken {
-                    claims: json.clone(),
+                Ok(value) => Some(Arc::new(VerifiedToken::new(
+                    json.clone(),
                     value,
-                    exp: u64::MAX,
-                    nbf: None,
-                })),
+                    u64::MAX,
+                    None,
+                ))),
                 Err(_) => {
                     return self.finish(Decision::deny(
                         401,
@@ -268,6 +268,48 @@ impl Engine {
         }
     }
 
+    /// RFC 8705: a token bound to a certificate (`cnf.x5t#S256`) is only good with
+    /// that certificate; with `certificate_bound`, every token must be bound.
+    fn check_binding(
+        &self,
+        token: &VerifiedToken,
+        cert: Option<&CertEntry>,
+    ) -> Result<(), TokenError> {
+        let required = self
+            .policy
+            .token
+            .as_ref()
+            .is_some_and(|t| t.certificate_bound);
+        match (&token.cnf_x5t_s256, cert) {
+            (Some(want), Some(c)) if *want == c.x5t_s256 => Ok(()),
+            (Some(_), _) => Err(TokenError::WrongCertificate),
+            (None, _) if required => Err(TokenError::NotBound),
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// Sets the token issuer and audiences the caller configured (the Caddyfile's
+    /// `issuer`), adding token verification to a policy without a `[token]` table.
+    /// Only before the engine is shared.
+    pub fn configure_token(&mut self, issuer: String, audiences: Vec<String>) {
+        let depth = self.policy.max_json_depth;
+        let cfg = self
+            .policy
+            .token
+            .get_or_insert_with(|| policy::TokenConfig::with_defaults(depth));
+        if !audiences.is_empty() || cfg.settings.audiences.is_empty() {
+            cfg.settings.audiences = audiences;
+        }
+        cfg.settings.issuer = issuer;
+        match &mut self.verifier {
+            Some(v) => {
+                let aud = cfg.settings.audiences.clone();
+                v.set_issuer(cfg.settings.issuer.clone(), aud)
+            }
+            None => self.verifier = Some(Verifier::new(cfg.settings.clone())),
+        }
+    }
+
     fn finish(&self, mut d: Decision) -> Decision {
         if self.policy.mode == Mode::Audit && d.reason != Reason::EngineError {
             // (bad_request decisions are made by the caller, outside `finish`.)
@@ -300,7 +342,11 @@ impl Engine {
             (None, Some(verifier), Some(cfg)) => match req.bearer(&cfg.header) {
                 Some(raw) => match verifier.verify(raw, self.clock.unix_now()) {
                     Ok(t) => Some(t),
-                    Err(e) => return Decision::deny(401, Reason::InvalidToken, e.to_string()),
+                    Err(e) => {
+                        let mut d = Decision::deny(401, Reason::InvalidToken, e.to_string());
+                        d.jwks_miss = e.is_key_miss();
+                        return d;
+                    }
                 },
                 None if cfg.required => {
                     return Decision::deny(401, Reason::NoIdentity, "a bearer token is required")
@@ -309,6 +355,11 @@ impl Engine {
             },
             _ => None,
         };
+        if let Some(t) = &token {
+            if let Err(e) = self.check_binding(t, cert.as_deref()) {
+                return Decision::deny(401, Reason::InvalidToken, e.to_string());
+            }
+        }
         let act = self.activation(req, cert.as_deref(), token.as_ref().map(|t| &t.value));
         let mut ctx = Context::with_env(self.env.clone());
         ctx.set_variable_resolver(&act);
@@ -525,6 +576,7 @@ impl Engine {
                 identity: None,
                 limit: None,
                 audit: false,
+                jwks_miss: false,
             },
             Some(&allow.name),
         );

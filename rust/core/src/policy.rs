@@ -58,6 +58,31 @@ pub struct TokenConfig {
     pub jwks_file: Option<String>,
     /// OIDC issuer whose discovery document the Caddy module fetches the JWKS from.
     pub discovery: bool,
+    /// Every token must be bound to the presented client certificate (RFC 8705
+    /// `cnf.x5t#S256`). A token that carries a binding is checked either way.
+    pub certificate_bound: bool,
+}
+
+impl TokenConfig {
+    /// The settings of a policy without a `[token]` table, for an issuer given by the
+    /// caller (the Caddyfile's `issuer`).
+    pub fn with_defaults(max_json_depth: usize) -> TokenConfig {
+        TokenConfig {
+            settings: crate::token::TokenSettings {
+                issuer: String::new(),
+                audiences: Vec::new(),
+                leeway_secs: 30,
+                max_bytes: 8 << 10,
+                cache_size: default_token_cache(),
+                max_claims_depth: max_json_depth,
+            },
+            required: false,
+            header: default_token_header(),
+            jwks_file: None,
+            discovery: true,
+            certificate_bound: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -206,6 +231,8 @@ struct TokenDef {
     discovery: bool,
     #[serde(default = "default_token_cache")]
     cache_size: usize,
+    #[serde(default)]
+    certificate_bound: bool,
 }
 
 #[derive(Deserialize)]
@@ -528,6 +555,7 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
             header: t.header.trim().to_ascii_lowercase(),
             jwks_file: t.jwks_file.clone(),
             discovery: t.discovery,
+            certificate_bound: t.certificate_bound,
         }
     });
 

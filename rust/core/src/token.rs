@@ -64,6 +64,20 @@ pub enum TokenError {
     WrongAudience { got: String, want: Vec<String> },
     #[error("bearer token claim {0} has the wrong type")]
     BadClaim(&'static str),
+    #[error("bearer token is bound to another client certificate (cnf.x5t#S256)")]
+    WrongCertificate,
+    #[error("bearer token is not bound to a client certificate (no cnf.x5t#S256), and the policy requires it")]
+    NotBound,
+}
+
+impl TokenError {
+    /// The token names a key the JWKS lacks: the caller should refetch the JWKS.
+    pub fn is_key_miss(&self) -> bool {
+        matches!(
+            self,
+            TokenError::UnknownKid(_) | TokenError::NoKeys | TokenError::MissingKid(_)
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,9 +96,26 @@ pub struct VerifiedToken {
     pub value: Indexed,
     pub exp: u64,
     pub nbf: Option<u64>,
+    /// RFC 8705 binding: base64url SHA-256 of the client certificate the token is for.
+    pub cnf_x5t_s256: Option<String>,
 }
 
 impl VerifiedToken {
+    pub fn new(claims: serde_json::Value, value: Indexed, exp: u64, nbf: Option<u64>) -> Self {
+        let cnf_x5t_s256 = claims
+            .get("cnf")
+            .and_then(|c| c.get("x5t#S256"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        VerifiedToken {
+            claims,
+            value,
+            exp,
+            nbf,
+            cnf_x5t_s256,
+        }
+    }
+
     pub fn subject(&self) -> Option<&str> {
         self.claims.get("sub").and_then(|v| v.as_str())
     }
@@ -128,6 +159,13 @@ impl Verifier {
 
     pub fn settings(&self) -> &TokenSettings {
         &self.settings
+    }
+
+    /// Changes the accepted issuer and audiences; cached tokens are dropped.
+    pub fn set_issuer(&mut self, issuer: String, audiences: Vec<String>) {
+        self.settings.issuer = issuer;
+        self.settings.audiences = audiences;
+        self.cache.clear();
     }
 
     /// Replaces the key set. Cached tokens are dropped, so a token signed with a
@@ -273,12 +311,7 @@ impl Verifier {
         }
         let value = Indexed::from_json(&claims, self.settings.max_claims_depth)
             .map_err(|_| TokenError::Malformed("claims are nested too deeply".into()))?;
-        Ok(VerifiedToken {
-            claims,
-            value,
-            exp,
-            nbf,
-        })
+        Ok(VerifiedToken::new(claims, value, exp, nbf))
     }
 
     fn check_times(&self, exp: u64, nbf: Option<u64>, now: u64) -> Result<(), TokenError> {

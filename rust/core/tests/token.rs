@@ -275,3 +275,99 @@ when = '"ml-users" in claims.groups'
     let d = Req::new("GET", "/").bearer(&good).decide(&e);
     assert_eq!((d.status, d.reason), (401, Reason::InvalidToken));
 }
+
+fn x5t(der: &[u8]) -> String {
+    use sha2::Digest;
+    b64(&sha2::Sha256::digest(der))
+}
+
+const BOUND_POLICY: &str = r#"
+[token]
+issuer = "https://idp.example.internal"
+audience = "local-ai"
+[[rule]]
+name = "ml"
+effect = "allow"
+when = '"ml-users" in claims.groups'
+"#;
+
+#[test]
+fn certificate_bound_token_works_only_with_its_certificate() {
+    let e = engine(BOUND_POLICY);
+    e.set_jwks(&fixture("jwks.json")).unwrap();
+    let mut c = jwt::claims("svc", T0);
+    c["cnf"] = json!({"x5t#S256": x5t(&cert_der("alice"))});
+    let token = jwt::sign_rs256(&c);
+    let d = Req::new("GET", "/").cert("alice").bearer(&token).decide(&e);
+    assert!(d.allowed, "{d:?}");
+    let d = Req::new("GET", "/").cert("bob").bearer(&token).decide(&e);
+    assert_eq!((d.status, d.reason), (401, Reason::InvalidToken));
+    assert!(
+        d.message.contains("bound to another client certificate"),
+        "{}",
+        d.message
+    );
+    let d = Req::new("GET", "/").bearer(&token).decide(&e);
+    assert_eq!(d.status, 401, "a bound token without any certificate");
+    // Unbound tokens are fine unless the policy requires binding.
+    let plain = jwt::sign_rs256(&jwt::claims("svc", T0));
+    assert!(
+        Req::new("GET", "/")
+            .cert("bob")
+            .bearer(&plain)
+            .decide(&e)
+            .allowed
+    );
+    let strict = engine(&BOUND_POLICY.replace(
+        "audience = \"local-ai\"",
+        "audience = \"local-ai\"\ncertificate_bound = true",
+    ));
+    strict.set_jwks(&fixture("jwks.json")).unwrap();
+    let d = Req::new("GET", "/")
+        .cert("bob")
+        .bearer(&plain)
+        .decide(&strict);
+    assert_eq!(d.status, 401);
+    assert!(d.message.contains("not bound"), "{}", d.message);
+    assert!(
+        Req::new("GET", "/")
+            .cert("alice")
+            .bearer(&token)
+            .decide(&strict)
+            .allowed
+    );
+}
+
+#[test]
+fn unknown_key_decisions_ask_for_a_jwks_refetch() {
+    let e = engine(BOUND_POLICY);
+    e.set_jwks(&fixture("jwks.json")).unwrap();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("next-key".into());
+    let token = encode(&h, &jwt::claims("alice", T0), &jwt::rsa_key()).unwrap();
+    let d = Req::new("GET", "/").bearer(&token).decide(&e);
+    assert!(d.jwks_miss && d.status == 401, "{d:?}");
+    let d = Req::new("GET", "/").bearer("garbage").decide(&e);
+    assert!(!d.jwks_miss, "a malformed token is no reason to refetch");
+}
+
+#[test]
+fn the_caller_can_configure_the_issuer_of_a_policy_without_token_table() {
+    let mut e = engine("[settings]\nrequire_identity = false\n[[rule]]\nname = \"ml\"\neffect = \"allow\"\nwhen = 'has(claims.groups) && \"ml-users\" in claims.groups'\n");
+    e.configure_token(
+        "https://idp.example.internal".into(),
+        vec!["local-ai".into()],
+    );
+    e.set_jwks(&fixture("jwks.json")).unwrap();
+    let good = jwt::sign_rs256(&jwt::claims("alice", T0));
+    assert!(Req::new("GET", "/").bearer(&good).decide(&e).allowed);
+    let mut c = jwt::claims("alice", T0);
+    c["iss"] = json!("https://other.example");
+    assert_eq!(
+        Req::new("GET", "/")
+            .bearer(&jwt::sign_rs256(&c))
+            .decide(&e)
+            .status,
+        401
+    );
+}

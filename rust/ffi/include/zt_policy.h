@@ -131,6 +131,15 @@ ztp_result ztp_engine_set_jwks(const ztp_engine *engine,
 // number of limits kept to `*kept_out` (if not NULL).
 ztp_result ztp_engine_inherit(ztp_engine *engine, const ztp_engine *previous, size_t *kept_out);
 
+// Sets the issuer and the accepted audiences (newline-separated; empty keeps the
+// policy's) of bearer tokens, adding token verification to a policy that has no
+// `[token]` table. `engine` must not have been cloned yet.
+ztp_result ztp_engine_configure_token(ztp_engine *engine,
+                                      const uint8_t *issuer,
+                                      size_t issuer_len,
+                                      const uint8_t *audiences,
+                                      size_t audiences_len);
+
 // Describes the engine as JSON for the caller's setup: `needs_body`, `max_body`,
 // `mode`, `limits`, `rules` and the `token` settings (`header`, `jwks_file`,
 // `issuer`, `audiences`, `discovery`).
@@ -152,7 +161,8 @@ ztp_result ztp_engine_describe(const ztp_engine *engine, ztp_buffer **json_out);
 // ```text
 // u8  version (1)
 // u8  flags: 1 allowed, 2 audit, 4 effect is deny, 8 a limit is reported,
-//            16 retry-after is set
+//            16 retry-after is set, 32 the token names a key the JWKS lacks
+//            (refetch the JWKS and decide again)
 // u16 status
 // u8  reason (ztp_reason)
 // u32 remaining cells of the reported limit

@@ -5,7 +5,7 @@
 //! ```text
 //! u8  version (1)
 //! u8  flags: 1 allowed, 2 audit, 4 effect is deny, 8 a limit is reported,
-//!            16 retry-after is set
+//!            16 retry-after is set, 32 the token names a key the JWKS lacks
 //! u16 status
 //! u8  reason (ztp_reason)
 //! u32 remaining cells of the reported limit
@@ -50,7 +50,8 @@ pub fn decision(d: &Decision) -> Vec<u8> {
         | (u8::from(d.audit) << 1)
         | (u8::from(d.effect == Effect::Deny) << 2)
         | (u8::from(limit.is_some()) << 3)
-        | (u8::from(retry.is_some()) << 4);
+        | (u8::from(retry.is_some()) << 4)
+        | (u8::from(d.jwks_miss) << 5);
     out.push(1);
     out.push(flags);
     out.extend_from_slice(&d.status.to_le_bytes());

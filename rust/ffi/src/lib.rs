@@ -261,6 +261,46 @@ pub unsafe extern "C" fn ztp_engine_inherit(
     })
 }
 
+/// Sets the issuer and the accepted audiences (newline-separated; empty keeps the
+/// policy's) of bearer tokens, adding token verification to a policy that has no
+/// `[token]` table. `engine` must not have been cloned yet.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_configure_token(
+    engine: *mut ztp_engine,
+    issuer: *const u8,
+    issuer_len: usize,
+    audiences: *const u8,
+    audiences_len: usize,
+) -> ztp_result {
+    boundary(|| {
+        let (Some(issuer), Some(audiences)) =
+            (bytes(issuer, issuer_len), bytes(audiences, audiences_len))
+        else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        if engine.is_null() {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        }
+        let (Ok(issuer), Ok(audiences)) =
+            (std::str::from_utf8(issuer), std::str::from_utf8(audiences))
+        else {
+            return ztp_result::ZTP_INVALID_INPUT;
+        };
+        let mut arc = std::mem::ManuallyDrop::new(Arc::from_raw(engine as *const Engine));
+        let Some(e) = Arc::get_mut(&mut arc) else {
+            return ztp_result::ZTP_ENGINE_SHARED;
+        };
+        let audiences = audiences
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        e.configure_token(issuer.to_owned(), audiences);
+        ztp_result::ZTP_OK
+    })
+}
+
 /// Describes the engine as JSON for the caller's setup: `needs_body`, `max_body`,
 /// `mode`, `limits`, `rules` and the `token` settings (`header`, `jwks_file`,
 /// `issuer`, `audiences`, `discovery`).
@@ -297,7 +337,8 @@ pub unsafe extern "C" fn ztp_engine_describe(
 /// ```text
 /// u8  version (1)
 /// u8  flags: 1 allowed, 2 audit, 4 effect is deny, 8 a limit is reported,
-///            16 retry-after is set
+///            16 retry-after is set, 32 the token names a key the JWKS lacks
+///            (refetch the JWKS and decide again)
 /// u16 status
 /// u8  reason (ztp_reason)
 /// u32 remaining cells of the reported limit

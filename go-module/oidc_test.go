@@ -1,0 +1,211 @@
+package ztpolicy
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// testIdP serves OIDC discovery and a JWKS whose keys the test swaps, and counts fetches.
+type testIdP struct {
+	srv        *httptest.Server
+	mu         sync.Mutex
+	keys       map[string]*rsa.PrivateKey
+	issuerName string
+	down       atomic.Bool
+	jwksHits   atomic.Int32
+}
+
+func newTestIdP(t *testing.T) *testIdP {
+	idp := &testIdP{keys: map[string]*rsa.PrivateKey{}}
+	idp.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if idp.down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		switch r.URL.Path {
+		case "/.well-known/openid-configuration":
+			name := idp.issuerName
+			if name == "" {
+				name = idp.srv.URL
+			}
+			_ = json.NewEncoder(w).Encode(map[string]string{"issuer": name, "jwks_uri": idp.srv.URL + "/keys"})
+		case "/keys":
+			idp.jwksHits.Add(1)
+			idp.mu.Lock()
+			var keys []map[string]string
+			for kid, k := range idp.keys {
+				keys = append(keys, map[string]string{"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+					"n": b64(k.N.Bytes()), "e": b64(big.NewInt(int64(k.E)).Bytes())})
+			}
+			idp.mu.Unlock()
+			_ = json.NewEncoder(w).Encode(map[string]any{"keys": keys})
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(idp.srv.Close)
+	return idp
+}
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func (idp *testIdP) addKey(t *testing.T, kid string) {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idp.mu.Lock()
+	idp.keys[kid] = k
+	idp.mu.Unlock()
+}
+
+func (idp *testIdP) removeKey(kid string) {
+	idp.mu.Lock()
+	delete(idp.keys, kid)
+	idp.mu.Unlock()
+}
+
+func (idp *testIdP) token(t *testing.T, kid string, claims map[string]any) string {
+	idp.mu.Lock()
+	k := idp.keys[kid]
+	idp.mu.Unlock()
+	if k == nil {
+		t.Fatalf("no key %s", kid)
+	}
+	base := map[string]any{"iss": idp.srv.URL, "aud": "local-ai", "sub": "svc-batch",
+		"exp": time.Now().Add(5 * time.Minute).Unix(), "groups": []string{"ml-users"}}
+	for key, v := range claims {
+		base[key] = v
+	}
+	h, _ := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT", "kid": kid})
+	p, _ := json.Marshal(base)
+	signing := b64(h) + "." + b64(p)
+	sum := sha256.Sum256([]byte(signing))
+	sig, err := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signing + "." + b64(sig)
+}
+
+const tokenPolicy = `
+[settings]
+require_identity = true
+[[rule]]
+name = "ml"
+effect = "allow"
+when = 'has(claims.groups) && "ml-users" in claims.groups'
+`
+
+func oidcHandler(t *testing.T, idp *testIdP) *Handler {
+	h := &Handler{PolicyFile: policyFile(t, tokenPolicy), Issuer: idp.srv.URL, Audiences: []string{"local-ai"},
+		JWKSRefresh: 0, JWKSMinInterval: caddyDuration(50 * time.Millisecond)}
+	provision(t, h)
+	return h
+}
+
+func withToken(t *testing.T, token string) *http.Request {
+	r := chat(t, "", `{}`)
+	r.Header.Set("Authorization", "Bearer "+token)
+	return r
+}
+
+func TestIssuerIsAllAUserSets(t *testing.T) {
+	idp := newTestIdP(t)
+	idp.addKey(t, "k1")
+	h := oidcHandler(t, idp)
+	c := serve(t, h, withToken(t, idp.token(t, "k1", nil)))
+	if c.rec.Code != 200 || c.upHdr.Get("X-Zt-Identity") != "svc-batch" {
+		t.Fatalf("got %d %s", c.rec.Code, c.rec.Body)
+	}
+	// Another audience is refused.
+	c = serve(t, h, withToken(t, idp.token(t, "k1", map[string]any{"aud": "other"})))
+	if c.rec.Code != 401 {
+		t.Fatalf("wrong audience: %d", c.rec.Code)
+	}
+}
+
+func TestRotatedKeyIsFetchedAtOnceAndRemovedKeyFailsAfterRefresh(t *testing.T) {
+	idp := newTestIdP(t)
+	idp.addKey(t, "k1")
+	h := oidcHandler(t, idp)
+	old := idp.token(t, "k1", nil)
+	if c := serve(t, h, withToken(t, old)); c.rec.Code != 200 {
+		t.Fatalf("setup: %d", c.rec.Code)
+	}
+	// The IdP starts signing with k2: the first token naming it makes the module refetch.
+	idp.addKey(t, "k2")
+	time.Sleep(60 * time.Millisecond) // past jwks_min_interval, which rate-limits refetches
+	if c := serve(t, h, withToken(t, idp.token(t, "k2", nil))); c.rec.Code != 200 {
+		t.Fatalf("token signed with the new key: %d %s", c.rec.Code, c.rec.Body)
+	}
+	// k1 is withdrawn; after the next refresh its tokens fail.
+	idp.removeKey("k1")
+	h.jwks.load(t.Context())
+	if c := serve(t, h, withToken(t, old)); c.rec.Code != 401 {
+		t.Fatalf("token signed with a removed key: %d", c.rec.Code)
+	}
+}
+
+func TestUnknownKeyRefetchesAreRateLimited(t *testing.T) {
+	idp := newTestIdP(t)
+	idp.addKey(t, "k1")
+	h := &Handler{PolicyFile: policyFile(t, tokenPolicy), Issuer: idp.srv.URL, Audiences: []string{"local-ai"},
+		JWKSMinInterval: caddyDuration(time.Hour)}
+	provision(t, h)
+	before := idp.jwksHits.Load()
+	idp.addKey(t, "forged")
+	forged := idp.token(t, "forged", nil)
+	idp.removeKey("forged")
+	for i := 0; i < 20; i++ {
+		if c := serve(t, h, withToken(t, forged)); c.rec.Code != 401 {
+			t.Fatalf("forged key: %d", c.rec.Code)
+		}
+	}
+	if hits := idp.jwksHits.Load() - before; hits != 0 {
+		t.Fatalf("%d JWKS fetches for unknown key ids within the minimum interval", hits)
+	}
+}
+
+func TestIdPDownKeepsTheLastGoodKeys(t *testing.T) {
+	idp := newTestIdP(t)
+	idp.addKey(t, "k1")
+	h := oidcHandler(t, idp)
+	idp.down.Store(true)
+	h.jwks.load(t.Context())
+	if c := serve(t, h, withToken(t, idp.token(t, "k1", nil))); c.rec.Code != 200 {
+		t.Fatalf("IdP down: %d", c.rec.Code)
+	}
+}
+
+func TestDiscoveryNamingAnotherIssuerLoadsNoKeys(t *testing.T) {
+	idp := newTestIdP(t)
+	idp.addKey(t, "k1")
+	idp.issuerName = "https://evil.example"
+	h := oidcHandler(t, idp)
+	c := serve(t, h, withToken(t, idp.token(t, "k1", nil)))
+	if c.rec.Code != 401 || !strings.Contains(c.rec.Body.String(), "JWKS") {
+		t.Fatalf("got %d %s", c.rec.Code, c.rec.Body)
+	}
+}
+
+func TestPlainHTTPIssuerIsOnlyForLoopback(t *testing.T) {
+	if _, err := newJWKSSource("http://idp.example.com", "", nil, nil, time.Minute, time.Second); err == nil {
+		t.Fatal("accepted a plain-http issuer on the network")
+	}
+	if _, err := newJWKSSource("http://127.0.0.1:9/", "", nil, nil, time.Minute, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
