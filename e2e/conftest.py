@@ -18,12 +18,16 @@ def caddy_bin():
 
 
 def _stack(tmp_path_factory, caddy_bin, name):
-    s = Stack(tmp_path_factory.mktemp(name), caddy_bin)
+    return _stack_with(tmp_path_factory, caddy_bin, name)
+
+
+def _stack_with(tmp_path_factory, caddy_bin, name, **kw):
+    s = Stack(tmp_path_factory.mktemp(name), caddy_bin, **kw)
     try:
         s.start()
     except Exception:
         s.stop()
-        for log in ("caddy.log", "nginx.log", "upstream.log"):
+        for log in ("caddy.log", "nginx.log", "upstream.log", "idp.log", "oauth2-proxy.log"):
             p = s.work / log
             if p.exists():
                 print(f"--- {log}\n{p.read_text()[-3000:]}")
@@ -34,5 +38,21 @@ def _stack(tmp_path_factory, caddy_bin, name):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, caddy_bin):
     s = _stack(tmp_path_factory, caddy_bin, "stack")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def ostack(tmp_path_factory, caddy_bin):
+    """The stack with the test IdP: zt_policy verifies its tokens."""
+    s = _stack_with(tmp_path_factory, caddy_bin, "oidc", oidc=True)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def pstack(tmp_path_factory, caddy_bin):
+    """The stack with the test IdP and oauth2-proxy behind forward_auth."""
+    s = _stack_with(tmp_path_factory, caddy_bin, "oauth2proxy", oauth2_proxy=True)
     yield s
     s.stop()

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -54,7 +55,8 @@ class Pki:
         # The hop to the sidecar has a CA of its own: were nginx to trust the device CA,
         # any device could skip Caddy and call the sidecar directly.
         self._ca("mesh-ca", "/O=Example Corp/CN=Example Internal Mesh CA")
-        self._leaf("caddy", "/CN=" + HOST, f"DNS:{HOST},IP:127.0.0.1", "serverAuth", "ca")
+        self._leaf("caddy", "/CN=" + HOST, f"DNS:{HOST},DNS:localhost,IP:127.0.0.1", "serverAuth", "ca")
+        self._leaf("idp", "/CN=idp", "DNS:localhost,IP:127.0.0.1", "serverAuth", "mesh-ca")
         self._leaf("sidecar", "/CN=vllm-mtls", "DNS:vllm-mtls,IP:127.0.0.1", "serverAuth", "mesh-ca")
         self._leaf("caddy-upstream", "/O=Example Corp/CN=caddy-upstream", "DNS:caddy-upstream", "clientAuth", "mesh-ca")
         self.client("alice", "ml-users", "alice@example.com")
@@ -90,8 +92,9 @@ class Pki:
 
 
 class Response:
-    def __init__(self, status, headers, body):
+    def __init__(self, status, headers, body, raw_headers=()):
         self.status, self.headers, self.body = status, headers, body
+        self.raw_headers = list(raw_headers)
 
     def json(self):
         return json.loads(self.body)
@@ -100,17 +103,36 @@ class Response:
         return self.headers.get(name.lower())
 
 
+IDP_CLIENT_SECRET = "local-ai-client-secret"
+SERVICES = {"batch-svc": {"secret": "batch-secret", "groups": ["ml-users"]},
+            "report-svc": {"secret": "report-secret", "groups": ["reporting"]}}
+
+
+def tool(name):
+    for p in (shutil.which(name), str(Path.home() / "go" / "bin" / name)):
+        if p and Path(p).exists():
+            return p
+    raise RuntimeError(f"{name} is not installed (scripts/install-deps.sh installs it)")
+
+
 class Stack:
-    def __init__(self, work: Path, caddy_bin: Path, policy_dir: Path = EXAMPLE_POLICY, verbose=False):
+    """oidc: also run the test IdP and verify bearer tokens from it in zt_policy;
+    oauth2_proxy: also run oauth2-proxy behind Caddy's forward_auth, as the article does."""
+
+    def __init__(self, work: Path, caddy_bin: Path, policy_dir: Path = EXAMPLE_POLICY, verbose=False,
+                 oidc=False, oauth2_proxy=False):
         self.work = work
         self.caddy_bin = Path(caddy_bin)
         self.verbose = verbose
+        self.oidc = oidc or oauth2_proxy
+        self.oauth2_proxy = oauth2_proxy
         self.procs = {}
         work.mkdir(parents=True, exist_ok=True)
         self.pki = Pki(work / "pki")
         shutil.copytree(policy_dir, work / "policy", dirs_exist_ok=True)
         self.policy = work / "policy" / "policy.toml"
-        self.ports = {k: free_port() for k in ("caddy", "admin", "nginx", "upstream", "control")}
+        self.ports = {k: free_port() for k in ("caddy", "admin", "nginx", "upstream", "control", "idp", "o2p")}
+        self.issuer = f"https://127.0.0.1:{self.ports['idp']}/oidc"
         self.upstream_log = work / "upstream-requests.jsonl"
 
     # ---- processes ----
@@ -124,8 +146,57 @@ class Stack:
     def start(self):
         self.start_upstream()
         self.start_nginx()
+        if self.oidc:
+            self.start_idp()
+        if self.oauth2_proxy:
+            self.start_oauth2_proxy()
         self.start_caddy()
         return self
+
+    def start_idp(self):
+        idp_bin = ROOT / "build" / "test-idp"
+        p = self._spawn("idp", [str(idp_bin), "--addr", f"127.0.0.1:{self.ports['idp']}",
+                                "--cert", self.pki.path("idp.pem"), "--key", self.pki.path("idp.key"),
+                                "--client-id", "local-ai", "--client-secret", IDP_CLIENT_SECRET,
+                                "--services", json.dumps(SERVICES)])
+        wait_port(self.ports["idp"], p, "test IdP")
+
+    def start_oauth2_proxy(self):
+        cookie_secret = "0123456789abcdef0123456789abcdef"
+        p = self._spawn("oauth2-proxy", [
+            tool("oauth2-proxy"),
+            f"--http-address=127.0.0.1:{self.ports['o2p']}",
+            "--provider=oidc", f"--oidc-issuer-url={self.issuer}",
+            f"--provider-ca-file={self.pki.path('mesh-ca.pem')}",
+            "--client-id=local-ai", f"--client-secret={IDP_CLIENT_SECRET}",
+            f"--cookie-secret={cookie_secret}", "--cookie-secure=true", "--cookie-samesite=lax",
+            "--email-domain=*", "--upstream=static://200", "--reverse-proxy=true",
+            "--set-xauthrequest=true", "--set-authorization-header=true", "--pass-access-token=false",
+            f"--redirect-url=https://{HOST}:{self.ports['caddy']}/oauth2/callback",
+            f"--whitelist-domain={HOST}:{self.ports['caddy']}",
+            "--skip-jwt-bearer-tokens=true", "--skip-provider-button=true",
+            "--code-challenge-method=S256", "--scope=openid email profile groups",
+        ])
+        wait_port(self.ports["o2p"], p, "oauth2-proxy")
+
+    def idp_control(self, what, body=None):
+        ctx = ssl.create_default_context(cafile=self.pki.path("mesh-ca.pem"))
+        req = urllib.request.Request(f"https://127.0.0.1:{self.ports['idp']}/control/{what}", method="POST",
+                                     data=json.dumps(body or {}).encode())
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            return r.read()
+
+    def service_token(self, client="batch-svc", cert=None):
+        """A token from the client-credentials grant; over mTLS with `cert`, bound to it."""
+        ctx = ssl.create_default_context(cafile=self.pki.path("mesh-ca.pem"))
+        if cert:
+            ctx.load_cert_chain(self.pki.path(f"{cert}.pem"), self.pki.path(f"{cert}.key"))
+        data = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": client,
+                                       "client_secret": SERVICES[client]["secret"]}).encode()
+        req = urllib.request.Request(f"{self.issuer}/token", data=data, method="POST",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            return json.loads(r.read())["access_token"]
 
     def start_upstream(self):
         p = self._spawn("upstream", [sys.executable, str(ROOT / "e2e" / "upstream.py"),
@@ -181,7 +252,7 @@ class Stack:
 	}}{log}
 }}
 
-https://{HOST}:{self.ports['caddy']} {{
+https://{HOST}:{self.ports['caddy']}, https://localhost:{self.ports['caddy']} {{
 	bind 127.0.0.1
 	tls {self.pki.path('caddy.pem')} {self.pki.path('caddy.key')} {{
 		client_auth {{
@@ -193,12 +264,12 @@ https://{HOST}:{self.ports['caddy']} {{
 		output file {self.work / 'access.log'}
 		format json
 	}}
-	{extra_site}
+	{extra_site}{self._oauth2_routes()}
 	@openai_api path /v1/* /metrics
-	handle @openai_api {{
+	handle @openai_api {{{self._forward_auth()}
 		zt_policy {{
 			policy_file {policy or self.policy}
-			strip_headers X-Auth-Request-User X-Auth-Request-Email
+			strip_headers X-Auth-Request-User X-Auth-Request-Email X-Forwarded-User X-Forwarded-Email X-Real-Ip{self._oidc_options()}
 		}}
 		reverse_proxy https://127.0.0.1:{self.ports['nginx']} {{
 			transport http {{
@@ -211,6 +282,34 @@ https://{HOST}:{self.ports['caddy']} {{
 	respond 404
 }}
 """
+
+    def _oauth2_routes(self):
+        if not self.oauth2_proxy:
+            return ""
+        return f"""
+	handle /oauth2/* {{
+		reverse_proxy 127.0.0.1:{self.ports['o2p']}
+	}}"""
+
+    def _forward_auth(self):
+        if not self.oauth2_proxy:
+            return ""
+        return f"""
+		# OIDC session or service token, checked by oauth2-proxy (the article's setup).
+		forward_auth 127.0.0.1:{self.ports['o2p']} {{
+			uri /oauth2/auth
+			copy_headers X-Auth-Request-User X-Auth-Request-Email Authorization
+		}}"""
+
+    def _oidc_options(self):
+        if not self.oidc:
+            return ""
+        return f"""
+			issuer {self.issuer}
+			audience local-ai
+			idp_ca_file {self.pki.path('mesh-ca.pem')}
+			jwks_refresh 1s
+			jwks_min_interval 1s"""
 
     def write_caddyfile(self, **kw):
         path = self.work / "Caddyfile"
@@ -280,7 +379,7 @@ https://{HOST}:{self.ports['caddy']} {{
             hdrs.update(headers or {})
             conn.request(method, path, body=data, headers=hdrs)
             r = conn.getresponse()
-            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read(), r.getheaders())
         finally:
             conn.close()
 

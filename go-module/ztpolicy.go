@@ -135,9 +135,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		eng.free()
 		return fmt.Errorf("zt_policy: describing the engine: %v", err)
 	}
-	if err := h.loadJWKS(eng, name); err != nil {
-		eng.free()
-		return err
+	// With an issuer in the Caddyfile the keys come from the IdP, not from a file.
+	if h.Issuer == "" {
+		if err := h.loadJWKS(eng, name); err != nil {
+			eng.free()
+			return err
+		}
 	}
 	issuer := h.Issuer
 	if issuer == "" && h.info.Token != nil && h.info.Token.Discovery && h.JWKSFile == "" && h.info.Token.JWKSFile == "" {
