@@ -3,7 +3,9 @@
 
 # Build the custom Caddy and run the demo stack on loopback (Ctrl-C stops it).
 demo:
+	scripts/install-deps.sh
 	xcaddy/build.sh
+	cd e2e/idp && go build -o ../../build/test-idp .
 	python3 e2e/demo.py
 
 # Every test: engine, CLI, example policy cases, C ABI, Go module, end to end.

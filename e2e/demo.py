@@ -1,6 +1,7 @@
-"""`make demo`: the reference stack on loopback — the custom Caddy with zt_policy, the
-nginx mTLS sidecar and the OpenAI-compatible upstream — with the example policy, and
-curl commands that show an allow, a deny and a 429. Ctrl-C stops everything.
+"""`make demo`: the reference stack on loopback — the custom Caddy with zt_policy behind
+oauth2-proxy's forward_auth, the OIDC provider, the nginx mTLS sidecar and the
+OpenAI-compatible upstream — with the example policy, and curl commands that show an
+allow, a deny, a 429 and a service token. Ctrl-C stops everything.
 
     python3 e2e/demo.py [--check]   # --check runs the commands, verifies them, exits
 """
@@ -27,26 +28,36 @@ def main():
     a = p.parse_args()
     work = ROOT / "build" / "demo"
     shutil.rmtree(work, ignore_errors=True)
-    s = Stack(work, Path(a.caddy))
+    s = Stack(work, Path(a.caddy), oauth2_proxy=True)
     try:
         s.start()
-        allow = s.curl("alice", "POST", CHAT, {"model": "llama-3.1-8b-instruct", "max_tokens": 16,
-                                                "messages": [{"role": "user", "content": "hello"}]})
-        stream = s.curl("alice", "POST", CHAT, {"model": "llama-3.1-8b-instruct", "stream": True,
-                                                 "messages": [{"role": "user", "content": "hello"}]}) \
-            .replace("curl -sS", "curl -sSN")
-        deny = s.curl("alice", "POST", CHAT, {"model": "gpt-4o", "max_tokens": 16})
-        metrics = s.curl("alice", "GET", "/metrics")
-        one = s.curl("burst", "POST", CHAT, {"model": "llama-3.1-8b-instruct", "max_tokens": 1}) \
+        msgs = [{"role": "user", "content": "hello"}]
+        tokens = f"{s.token_command('TOKEN', 'batch-svc')}; {s.token_command('TOKEN2', 'report-svc')}"
+        allow = s.curl("alice", "POST", CHAT, {"model": "llama-3.1-8b-instruct", "max_tokens": 16, "messages": msgs},
+                       token_var="TOKEN")
+        stream = s.curl("alice", "POST", CHAT, {"model": "llama-3.1-8b-instruct", "stream": True, "messages": msgs},
+                        token_var="TOKEN").replace("curl -sS", "curl -sSN")
+        deny = s.curl("alice", "POST", CHAT, {"model": "gpt-4o", "max_tokens": 16}, token_var="TOKEN")
+        metrics = s.curl("alice", "GET", "/metrics", token_var="TOKEN")
+        one = s.curl("alice", "POST", CHAT, {"model": "llama-3.1-8b-instruct", "max_tokens": 1}, token_var="TOKEN2") \
             .replace("curl -sS", "curl -sS -o /dev/null -w '%{http_code} '")
         burst = f"for i in $(seq 25); do {one}; done; echo"
         nocert = s.curl(None, "GET", "/v1/models")
+        notoken = s.curl("alice", "GET", "/v1/models")
+        svc = s.curl("carol", "POST", CHAT, {"model": "llama-3.1-8b-instruct", "max_tokens": 16, "messages": msgs},
+                     token_var="TOKEN")
         print(f"""
 zt_policy demo: Caddy https://ai.example.internal:{s.ports['caddy']} (client certificates required)
+  [forward_auth -> oauth2-proxy 127.0.0.1:{s.ports['o2p']}] [zt_policy]
   -> nginx mTLS sidecar 127.0.0.1:{s.ports['nginx']} -> OpenAI-compatible upstream 127.0.0.1:{s.ports['upstream']}
-policy: {s.policy}   logs: {work}/caddy-json.log, {work}/access.log
+OIDC provider: {s.issuer}   policy: {s.policy}
+logs: {work}/caddy-json.log, {work}/access.log, {work}/oauth2-proxy.log
 
-allowed (alice, an ml-users device):
+first, service tokens from the IdP (client-credentials grant) into $TOKEN (batch-svc, group
+ml-users) and $TOKEN2 (report-svc); every API call needs an OIDC session or a token:
+  {tokens}
+
+allowed (alice's ml-users device, batch-svc's token):
   {allow}
 streamed:
   {stream}
@@ -54,13 +65,21 @@ denied, 403 naming the rule (a model that is not served):
   {deny}
 denied, 403 (only sre may read /metrics):
   {metrics}
-rate limited: the 21st request in a burst gets 429 with Retry-After and RateLimit headers:
+rate limited: the 21st request in a burst (one identity: report-svc) gets 429 with
+Retry-After and RateLimit headers:
   {burst}
 no client certificate: refused in the TLS handshake:
   {nocert}
+no session and no token: oauth2-proxy refuses (401):
+  {notoken}
+carol's intern device may chat because the token's groups say ml-users (zt_policy verifies
+the token itself against the IdP's JWKS):
+  {svc}
+a person logs in through oauth2-proxy at https://ai.example.internal:{s.ports['caddy']}/oauth2/start
+  (in a browser holding a device certificate from {s.pki.path('ca.pem')})
 """, flush=True)
         if a.check:
-            return check(s, allow, deny, burst, nocert)
+            return check(s, *(f"{tokens}; {c}" for c in (allow, deny, burst, svc)), nocert)
         print("Ctrl-C stops the demo.", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0
@@ -72,7 +91,7 @@ def sh(cmd):
     return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
 
 
-def check(s, allow, deny, burst, nocert):
+def check(s, allow, deny, burst, svc, nocert):
     r = sh(allow)
     assert r.returncode == 0 and json.loads(r.stdout)["choices"][0]["message"]["content"], r
     r = sh(deny)
@@ -81,7 +100,10 @@ def check(s, allow, deny, burst, nocert):
     assert codes[:20] == ["200"] * 20 and "429" in codes, codes
     r = sh(nocert)
     assert r.returncode != 0 and r.stdout == "", r
-    print("demo check: allow 200, deny 403 (model-allowed), burst " + " ".join(codes) + ", no certificate refused")
+    r = sh(svc)
+    assert json.loads(r.stdout)["choices"][0]["message"]["content"], r
+    print("demo check: allow 200, deny 403 (model-allowed), burst " + " ".join(codes)
+          + ", no certificate refused, service token 200")
     return 0
 
 

@@ -388,14 +388,22 @@ https://{HOST}:{self.ports['caddy']}, https://localhost:{self.ports['caddy']} {{
             return []
         return [json.loads(line) for line in self.upstream_log.read_text().splitlines() if line]
 
+    def token_command(self, var, client):
+        """A shell line that gets a client-credentials token from the IdP into $var."""
+        return (f"{var}=$(curl -sS --cacert {self.pki.path('mesh-ca.pem')} -d grant_type=client_credentials "
+                f"-d client_id={client} -d client_secret={SERVICES[client]['secret']} {self.issuer}/token "
+                f"| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
+
     def release(self, key):
         urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{self.ports['control']}/release/{key}", method="POST"), timeout=10)
 
-    def curl(self, cert, method, path, body=None):
+    def curl(self, cert, method, path, body=None, token_var=None):
         """The curl command a person would type to make this request."""
         parts = ["curl", "-sS", "--resolve", f"{HOST}:{self.ports['caddy']}:127.0.0.1",
                  "--cacert", self.pki.path("ca.pem")]
+        if token_var:
+            parts += ["-H", f'"Authorization: Bearer ${token_var}"']
         if cert:
             parts += ["--cert", self.pki.path(f"{cert}.pem"), "--key", self.pki.path(f"{cert}.key")]
         if method != "GET":

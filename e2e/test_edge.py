@@ -184,10 +184,24 @@ def test_caddy_lists_the_module_and_adapts_the_example_caddyfile(caddy_bin):
     out = subprocess.run([str(caddy_bin), "adapt", "--config", str(ROOT / "examples" / "Caddyfile")],
                          capture_output=True, text=True, check=True).stdout
     cfg = json.loads(out)
-    routes = cfg["apps"]["http"]["servers"]["srv0"]["routes"][0]["handle"][0]["routes"]
-    handlers = [h["handler"] for r in routes for h in r.get("handle", [])
-                for h in ([h] if h["handler"] != "subroute" else [x for rr in h["routes"] for x in rr["handle"]])]
-    assert handlers.index("zt_policy") < handlers.index("reverse_proxy")
+
+    def handlers(node):
+        # Every handler name in the adapted config, in order, through subroutes.
+        if isinstance(node, dict):
+            if "handler" in node:
+                yield node["handler"]
+            for v in node.values():
+                yield from handlers(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from handlers(v)
+
+    names = [h for h in handlers(cfg["apps"]["http"]) if h in ("forward_auth", "zt_policy", "reverse_proxy")]
+    # forward_auth is a reverse_proxy underneath; in the API route the order is
+    # forward_auth's proxy, zt_policy, then the proxy to the sidecar.
+    zt = names.index("zt_policy")
+    assert "reverse_proxy" in names[:zt], "forward_auth's check comes first"
+    assert names[zt + 1:] == ["reverse_proxy"], "then the proxy to the sidecar, after zt_policy"
 
 
 def test_caddy_validate_refuses_a_broken_policy_naming_the_rule(stack, tmp_path):

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the build and the tests need and a fresh machine lacks: xcaddy (Go),
-# cbindgen (Rust), nginx (Debian), valgrind for the ABI leak test. Idempotent.
+# Installs what the build and the tests need and a fresh machine lacks: xcaddy and
+# oauth2-proxy (Go), cbindgen (Rust), nginx and valgrind (Debian), the openai SDK
+# (PyPI) for the end-to-end client test. Idempotent.
 set -euo pipefail
 export PATH="$HOME/go/bin:$HOME/.cargo/bin:$PATH"
 
 XCADDY_VERSION=v0.4.5
+OAUTH2_PROXY_VERSION=v7.15.6
 CBINDGEN_VERSION=0.29.4
 
 if ! command -v xcaddy >/dev/null; then
@@ -14,6 +16,20 @@ fi
 if ! command -v cbindgen >/dev/null || [ "$(cbindgen --version | awk '{print $2}')" != "$CBINDGEN_VERSION" ]; then
   echo "installing cbindgen $CBINDGEN_VERSION"
   cargo install --locked --quiet cbindgen --version "$CBINDGEN_VERSION"
+fi
+if ! command -v oauth2-proxy >/dev/null; then
+  echo "installing oauth2-proxy $OAUTH2_PROXY_VERSION"
+  go install "github.com/oauth2-proxy/oauth2-proxy/v7@$OAUTH2_PROXY_VERSION"
+fi
+for mod in pytest yaml; do
+  if ! python3 -c "import $mod" 2>/dev/null; then
+    pkg=$mod; [ "$mod" = yaml ] && pkg=pyyaml
+    python3 -m pip install --quiet --disable-pip-version-check "$pkg"
+  fi
+done
+if ! python3 -c 'import openai' 2>/dev/null; then
+  echo "installing the openai Python SDK"
+  python3 -m pip install --quiet --disable-pip-version-check 'openai>=1.40'
 fi
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)

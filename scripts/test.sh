@@ -16,7 +16,7 @@ done
 
 step "format"
 cargo fmt --all -- --check
-bad=$(gofmt -l go-module)
+bad=$(gofmt -l go-module e2e/idp)
 if [ -n "$bad" ]; then echo "gofmt would change: $bad" >&2; exit 1; fi
 
 step "lint"
@@ -35,8 +35,9 @@ rust/ffi/tests/c/run.sh
 step "Go module tests (go vet, go test)"
 (cd go-module && go vet ./... && go test -count=1 ./...)
 
-step "custom Caddy (xcaddy)"
+step "custom Caddy (xcaddy), and the test IdP"
 xcaddy/build.sh
+(cd e2e/idp && go vet ./... && go build -o ../../build/test-idp .)
 
-step "end to end: Caddy + nginx + upstream on loopback (pytest)"
+step "end to end: Caddy + nginx + upstream + IdP + oauth2-proxy on loopback (pytest)"
 python3 -m pytest -q e2e
