@@ -12,6 +12,10 @@ demo:
 test:
 	scripts/test.sh
 
-# The criterion benchmark of one decision (not part of `make test`).
+# The side-by-side benchmark of the edge, written to bench/RESULTS.md (not part of `make test`).
 bench:
-	cargo bench -p zt-policy-core --bench decision
+	scripts/install-deps.sh
+	xcaddy/build.sh
+	cd e2e/idp && go build -o ../../build/test-idp .
+	cd bench/loadgen && go build -o ../../build/loadgen .
+	python3 bench/run.py

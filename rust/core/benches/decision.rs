@@ -111,6 +111,52 @@ fn bench(c: &mut Criterion) {
     g.bench_function("metrics_default_deny", |b| {
         b.iter(|| e.decide(std::hint::black_box(&metrics)))
     });
+
+    // The cold path: what a certificate or a token costs the first time it is seen.
+    g.bench_function("cold_certificate", |b| {
+        b.iter(|| {
+            zt_policy_core::cert::CertEntry::new(
+                zt_policy_core::cert::parse_der(std::hint::black_box(alice)).unwrap(),
+            )
+        })
+    });
+    let verifier = zt_policy_core::token::Verifier::new(zt_policy_core::token::TokenSettings {
+        issuer: "https://idp.example.internal".into(),
+        audiences: vec!["local-ai".into()],
+        leeway_secs: 30,
+        max_bytes: 8192,
+        cache_size: 1,
+        max_claims_depth: 32,
+    });
+    verifier
+        .set_jwks(&std::fs::read(example("idp/jwks.json")).unwrap())
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Two valid tokens alternating through a cache of one entry: every verify misses.
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(example("idp/signing-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("example-1".into());
+    let mint = |sub: &str| {
+        let claims = serde_json::json!({"iss": "https://idp.example.internal", "aud": "local-ai",
+            "sub": sub, "exp": now + 3600, "groups": ["ml-users"]});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    let pair = [mint("cold-a"), mint("cold-b")];
+    let mut i = 0usize;
+    g.bench_function("cold_token_rs256", |b| {
+        b.iter(|| {
+            i += 1;
+            verifier
+                .verify(std::hint::black_box(&pair[i % 2]), now)
+                .unwrap()
+        })
+    });
     g.finish();
 }
 

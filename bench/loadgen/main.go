@@ -1,0 +1,204 @@
+// loadgen drives one HTTPS endpoint over keep-alive mTLS connections and prints a JSON
+// summary: requests, errors, statuses, requests/s, latency percentiles.
+//
+// Identities: with -sign-key, each request carries a bearer token it signs itself
+// (RS256, kid -kid) for one of -identities subjects, so limits see that many callers;
+// with -token, every request carries that token.
+package main
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	url := flag.String("url", "", "target URL")
+	method := flag.String("method", "POST", "method")
+	body := flag.String("body", "", "request body (JSON)")
+	connect := flag.String("connect", "", "host:port to dial instead of the URL's (SNI stays the URL's host)")
+	ca := flag.String("ca", "", "CA file for the server")
+	cert := flag.String("cert", "", "client certificate")
+	key := flag.String("key", "", "client key")
+	conns := flag.Int("c", 16, "connections (one worker each)")
+	duration := flag.Duration("d", 10*time.Second, "how long to run")
+	requests := flag.Int("n", 0, "stop after this many requests (0: run for -d)")
+	token := flag.String("token", "", "bearer token for every request")
+	signKey := flag.String("sign-key", "", "PEM RSA key to sign per-identity tokens with")
+	kid := flag.String("kid", "", "kid of -sign-key")
+	issuer := flag.String("iss", "", "iss of signed tokens")
+	audience := flag.String("aud", "", "aud of signed tokens")
+	identities := flag.Int("identities", 1, "distinct token subjects, cycled")
+	flag.Parse()
+
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(256)}
+	if *ca != "" {
+		pool := x509.NewCertPool()
+		b, err := os.ReadFile(*ca)
+		check(err)
+		pool.AppendCertsFromPEM(b)
+		tlsCfg.RootCAs = pool
+	}
+	if *cert != "" {
+		pair, err := tls.LoadX509KeyPair(*cert, *key)
+		check(err)
+		tlsCfg.Certificates = []tls.Certificate{pair}
+	}
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	transport := &http.Transport{
+		TLSClientConfig: tlsCfg, MaxIdleConnsPerHost: *conns, MaxConnsPerHost: *conns, ForceAttemptHTTP2: false,
+	}
+	if *connect != "" {
+		transport.Dial = func(network, addr string) (net.Conn, error) { return dialer.Dial(network, *connect) }
+	}
+	client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
+
+	var tokens []string
+	switch {
+	case *signKey != "":
+		k := loadKey(*signKey)
+		for i := 0; i < *identities; i++ {
+			tokens = append(tokens, sign(k, *kid, map[string]any{"iss": *issuer, "aud": *audience,
+				"sub": fmt.Sprintf("bench-%d", i), "groups": []string{"ml-users"},
+				"exp": time.Now().Add(time.Hour).Unix(), "iat": time.Now().Unix()}))
+		}
+	case *token != "":
+		tokens = []string{*token}
+	}
+
+	var next atomic.Int64
+	var errors atomic.Int64
+	statuses := sync.Map{}
+	lat := make([][]time.Duration, *conns)
+	deadline := time.Now().Add(*duration)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < *conns; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if (*requests > 0 && i >= int64(*requests)) || (*requests == 0 && time.Now().After(deadline)) {
+					return
+				}
+				req, _ := http.NewRequest(*method, *url, bytes.NewBufferString(*body))
+				if *body != "" {
+					req.Header.Set("Content-Type", "application/json")
+				}
+				if len(tokens) > 0 {
+					req.Header.Set("Authorization", "Bearer "+tokens[int(i)%len(tokens)])
+				}
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					errors.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				lat[w] = append(lat[w], time.Since(t0))
+				v, _ := statuses.LoadOrStore(resp.StatusCode, new(atomic.Int64))
+				v.(*atomic.Int64).Add(1)
+			}
+		}(w)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	pct := func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return float64(all[int(p*float64(len(all)-1))].Microseconds())
+	}
+	codes := map[string]int64{}
+	statuses.Range(func(k, v any) bool {
+		codes[fmt.Sprint(k)] = v.(*atomic.Int64).Load()
+		return true
+	})
+	out := map[string]any{
+		"requests": len(all), "errors": errors.Load(), "statuses": codes, "seconds": elapsed.Seconds(),
+		"rps": float64(len(all)) / elapsed.Seconds(), "p50_us": pct(0.50), "p90_us": pct(0.90),
+		"p99_us": pct(0.99), "max_us": pct(1.0),
+	}
+	check(json.NewEncoder(os.Stdout).Encode(out))
+}
+
+func check(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+// loadKey reads an RSA or P-256 private key (PKCS#8, PKCS#1 or SEC 1).
+func loadKey(path string) crypto.Signer {
+	b, err := os.ReadFile(path)
+	check(err)
+	block, _ := pem.Decode(b)
+	if block == nil {
+		log.Fatalf("%s: no PEM", path)
+	}
+	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
+		return k.(crypto.Signer)
+	}
+	if k, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
+		return k
+	}
+	k, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+	check(err)
+	return k
+}
+
+// sign makes a JWT: RS256 for an RSA key, ES256 for a P-256 key.
+func sign(k crypto.Signer, kid string, claims map[string]any) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	alg := "RS256"
+	if _, ok := k.(*ecdsa.PrivateKey); ok {
+		alg = "ES256"
+	}
+	h, _ := json.Marshal(map[string]string{"alg": alg, "typ": "JWT", "kid": kid})
+	p, _ := json.Marshal(claims)
+	signing := enc(h) + "." + enc(p)
+	sum := sha256.Sum256([]byte(signing))
+	var sig []byte
+	var err error
+	switch key := k.(type) {
+	case *rsa.PrivateKey:
+		sig, err = rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, sum[:])
+	case *ecdsa.PrivateKey:
+		var r, s interface{ FillBytes([]byte) []byte }
+		rr, ss, e := ecdsa.Sign(rand.Reader, key, sum[:])
+		r, s, err = rr, ss, e
+		sig = make([]byte, 64)
+		r.FillBytes(sig[:32])
+		s.FillBytes(sig[32:])
+	default:
+		log.Fatalf("unsupported key %T", k)
+	}
+	check(err)
+	return signing + "." + enc(sig)
+}
