@@ -63,3 +63,12 @@ func BenchmarkCgoCrossing(b *testing.B) {
 		_, _ = e.decide(nil, nil, nil, out)
 	}
 }
+
+func readFile(p string) ([]byte, error) { return os.ReadFile(p) }
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

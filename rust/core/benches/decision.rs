@@ -25,9 +25,9 @@ fn der(name: &str) -> Vec<u8> {
 fn engine() -> Engine {
     let policy = std::fs::read_to_string(example("policy.toml"))
         .unwrap()
-        .replace("rate = \"120/m\"", "rate = \"1000000000/s\"")
-        .replace("burst = 20", "burst = 1000000")
-        .replace("rate = \"100000/h\"", "rate = \"1000000000/s\"")
+        .replace("rate = \"120/m\"", "rate = \"1000000/s\"")
+        .replace("burst = 20", "burst = 100000000")
+        .replace("rate = \"100000/h\"", "rate = \"1000000/s\"")
         .replace("burst = 16384", "burst = 100000000");
     let e = Engine::from_toml(&policy, "policy.toml", EngineClock::system()).unwrap();
     e.set_jwks(&std::fs::read(example("idp/jwks.json")).unwrap())

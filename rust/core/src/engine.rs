@@ -173,15 +173,30 @@ impl Engine {
     /// ones that fail, as (where, error). `cel` has no type checker, so this is how a
     /// misspelt field (`cert.subject.nme`) is found before it denies a real request.
     pub fn lint(&self, req: &Request<'_>, given: &GivenIdentity) -> Vec<(String, String)> {
+        self.with_given(req, given, "sample-identity", |ctx| self.lint_in(ctx))
+    }
+
+    /// Runs `f` in a context of `req` with the identity given directly.
+    fn with_given<T>(
+        &self,
+        req: &Request<'_>,
+        given: &GivenIdentity,
+        identity: &str,
+        f: impl FnOnce(&Context<'_, '_>) -> T,
+    ) -> T {
         let cert = given.cert.clone().map(|c| Arc::new(CertEntry::new(c)));
         let claims = given
             .claims
             .as_ref()
             .and_then(|j| Indexed::from_json(j, self.policy.max_json_depth).ok());
         let act = self.activation(req, cert.as_deref(), claims.as_ref());
-        let _ = act.identity.set("sample-identity".into());
+        let _ = act.identity.set(identity.to_owned());
         let mut ctx = Context::with_env(self.env.clone());
         ctx.set_variable_resolver(&act);
+        f(&ctx)
+    }
+
+    fn lint_in(&self, ctx: &Context<'_, '_>) -> Vec<(String, String)> {
         let mut found = Vec::new();
         let mut probe = |place: String, result: Result<(), String>| {
             if let Err(e) = result {
@@ -189,29 +204,29 @@ impl Engine {
             }
         };
         if let Some(e) = &self.policy.identity {
-            probe("settings.identity".into(), e.eval_string(&ctx).map(drop));
+            probe("settings.identity".into(), e.eval_string(ctx).map(drop));
         }
         for r in &self.policy.rules {
             probe(
                 format!("rule {:?} when", r.name),
-                r.when.eval_bool(&ctx).map(drop),
+                r.when.eval_bool(ctx).map(drop),
             );
         }
         for l in &self.policy.limits {
             probe(
                 format!("limit {:?} key", l.name),
-                l.key.eval_string(&ctx).map(drop),
+                l.key.eval_string(ctx).map(drop),
             );
             if let Some(c) = &l.cost {
                 probe(
                     format!("limit {:?} cost", l.name),
-                    c.eval_u64(&ctx).map(drop),
+                    c.eval_u64(ctx).map(drop),
                 );
             }
             if let Some(w) = &l.when {
                 probe(
                     format!("limit {:?} when", l.name),
-                    w.eval_bool(&ctx).map(drop),
+                    w.eval_bool(ctx).map(drop),
                 );
             }
         }
@@ -227,27 +242,20 @@ impl Engine {
         req: &Request<'_>,
         given: &GivenIdentity,
     ) -> Vec<(String, Result<String, String>, Result<String, String>)> {
-        let cert = given.cert.clone().map(|c| Arc::new(CertEntry::new(c)));
-        let claims = given
-            .claims
-            .as_ref()
-            .and_then(|j| Indexed::from_json(j, self.policy.max_json_depth).ok());
-        let act = self.activation(req, cert.as_deref(), claims.as_ref());
-        let _ = act.identity.set("id".into());
-        let mut ctx = Context::with_env(self.env.clone());
-        ctx.set_variable_resolver(&act);
-        let show = |r: Result<cel::Value, String>| r.map(|v| format!("{v:?}"));
-        self.policy
-            .rules
-            .iter()
-            .map(|r| {
-                (
-                    r.name.clone(),
-                    show(r.when.eval(&ctx)),
-                    show(r.when.eval_as_written(&ctx)),
-                )
-            })
-            .collect()
+        self.with_given(req, given, "id", |ctx| {
+            let show = |r: Result<cel::Value, String>| r.map(|v| format!("{v:?}"));
+            self.policy
+                .rules
+                .iter()
+                .map(|r| {
+                    (
+                        r.name.clone(),
+                        show(r.when.eval(ctx)),
+                        show(r.when.eval_as_written(ctx)),
+                    )
+                })
+                .collect()
+        })
     }
 
     fn activation<'a>(
