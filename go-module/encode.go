@@ -3,6 +3,7 @@ package ztpolicy
 import (
 	"encoding/binary"
 	"errors"
+	"net/http"
 	"strings"
 )
 
@@ -16,16 +17,42 @@ type requestFields struct {
 // appendRequest appends the flat encoding of ztp_engine_decide to buf:
 // version, body size, six strings, then the headers; strings are u32-length-prefixed.
 func appendRequest(buf []byte, f *requestFields) []byte {
-	buf = append(buf, 1)
-	buf = binary.LittleEndian.AppendUint64(buf, f.bodySize)
-	for _, s := range [...]string{f.method, f.scheme, f.host, f.path, f.query, f.remoteIP} {
-		buf = appendString(buf, s)
-	}
+	buf = appendRequestFields(buf, f)
 	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(f.headers)))
 	for _, h := range f.headers {
 		buf = appendString(buf, h[0])
 		buf = appendString(buf, h[1])
 	}
+	return buf
+}
+
+// appendRequestFields appends everything before the headers.
+func appendRequestFields(buf []byte, f *requestFields) []byte {
+	buf = append(buf, 1)
+	buf = binary.LittleEndian.AppendUint64(buf, f.bodySize)
+	for _, s := range [...]string{f.method, f.scheme, f.host, f.path, f.query, f.remoteIP} {
+		buf = appendString(buf, s)
+	}
+	return buf
+}
+
+// appendRequestHeaders appends the headers of an http.Request (plus Host, which Go
+// keeps apart) without building a list of them first.
+func appendRequestHeaders(buf []byte, h http.Header, host string) []byte {
+	at := len(buf)
+	buf = binary.LittleEndian.AppendUint32(buf, 0)
+	n := uint32(0)
+	for name, values := range h {
+		for _, v := range values {
+			buf = appendString(appendString(buf, name), v)
+			n++
+		}
+	}
+	if host != "" {
+		buf = appendString(appendString(buf, "Host"), host)
+		n++
+	}
+	binary.LittleEndian.PutUint32(buf[at:], n)
 	return buf
 }
 

@@ -289,19 +289,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	fields := requestFields{
 		method: r.Method, scheme: scheme(r), host: r.Host, path: r.URL.Path,
 		query: r.URL.RawQuery, remoteIP: clientIP(r), bodySize: bodySize,
-		headers: make([][2]string, 0, len(r.Header)+1),
-	}
-	for name, values := range r.Header {
-		for _, v := range values {
-			fields.headers = append(fields.headers, [2]string{name, v})
-		}
-	}
-	if r.Host != "" {
-		fields.headers = append(fields.headers, [2]string{"Host", r.Host})
 	}
 	bp := requestBuffers.Get().(*[]byte)
 	defer requestBuffers.Put(bp)
-	req := appendRequest((*bp)[:0], &fields)
+	req := appendRequestHeaders(appendRequestFields((*bp)[:0], &fields), r.Header, r.Host)
 	*bp = req
 	d, err := h.decide(req, cert, body)
 	if err == nil && d.JWKSMiss && h.jwks != nil && h.jwks.refreshForUnknownKey(r.Context()) {
@@ -333,10 +324,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return next.ServeHTTP(w, r)
 }
 
+// decisionBuffers holds the buffers decisions are encoded into by the engine.
+var decisionBuffers = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+
 // decide calls the engine with a pooled output buffer, growing it when a decision does
-// not fit.
+// not fit. The decoded decision copies what it keeps, so the buffer goes back at once.
 func (h *Handler) decide(req, cert, body []byte) (decision, error) {
-	out := make([]byte, 4096)
+	bp := decisionBuffers.Get().(*[]byte)
+	defer decisionBuffers.Put(bp)
+	out := *bp
 	for {
 		n, err := h.decideFn(req, cert, body, out)
 		if errors.Is(err, errBufferTooSmall) && len(out) < 1<<20 {
