@@ -21,15 +21,24 @@ if ! command -v oauth2-proxy >/dev/null; then
   echo "installing oauth2-proxy $OAUTH2_PROXY_VERSION"
   go install "github.com/oauth2-proxy/oauth2-proxy/v7@$OAUTH2_PROXY_VERSION"
 fi
+# pip into whichever python3 runs the tests; Debian's own python3 marks itself
+# externally managed, so fall back to --break-system-packages there.
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check "$@" ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pip
+fi
 for mod in pytest yaml; do
   if ! python3 -c "import $mod" 2>/dev/null; then
     pkg=$mod; [ "$mod" = yaml ] && pkg=pyyaml
-    python3 -m pip install --quiet --disable-pip-version-check "$pkg"
+    pip_install "$pkg"
   fi
 done
 if ! python3 -c 'import openai' 2>/dev/null; then
   echo "installing the openai Python SDK"
-  python3 -m pip install --quiet --disable-pip-version-check 'openai>=1.40'
+  pip_install 'openai>=1.40'
 fi
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
