@@ -217,3 +217,16 @@ def test_caddy_validate_refuses_a_broken_policy_naming_the_rule(stack, tmp_path)
               if line.startswith("{") and json.loads(line)["level"] == "error"]
     assert len(errors) == 1, r.stderr
     assert 'bad.toml:8: rule "typo-rule" when' in errors[0] and "unknown variable 'reqest'" in errors[0]
+
+
+def test_decisions_are_counted_in_caddys_metrics(stack):
+    import urllib.request
+    stack.request("POST", CHAT, "alice", body={"model": "gpt-4o", "max_tokens": 8})
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['admin']}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    lines = [l for l in text.splitlines() if l.startswith("caddy_zt_policy_decisions_total{")]
+    assert any('outcome="denied"' in l and 'reason="denied_by_rule"' in l and 'rule="model-allowed"' in l
+               and float(l.rsplit(" ", 1)[1]) >= 1 for l in lines), lines
+    assert any('outcome="allowed"' in l for l in lines), lines
+    # Labels never carry identities.
+    assert "alice" not in "\n".join(lines)

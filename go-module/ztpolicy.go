@@ -113,6 +113,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // of the previous configuration's engine for every limit whose definition is unchanged.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := registerMetrics(ctx); err != nil {
+		return fmt.Errorf("zt_policy: metrics: %v", err)
+	}
 	policy, name, err := h.policyText()
 	if err != nil {
 		return err
@@ -301,11 +304,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if err != nil {
 		// Fail closed: the engine did not answer, so nothing passes.
+		decisions.WithLabelValues("error", "engine_error", "").Inc()
 		h.logger.Error("decision failed; request refused", zap.Error(err),
 			zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.String("remote_ip", fields.remoteIP))
 		return h.writeError(w, http.StatusInternalServerError, "engine_error", "the policy engine failed", nil)
 	}
 	h.log(r, &fields, &d)
+	countDecision(&d)
 	h.setVars(r, &d)
 
 	if d.HasLimit {

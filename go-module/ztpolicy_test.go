@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 const examplePolicy = "../examples/policy/policy.toml"
@@ -155,6 +156,23 @@ func TestDeniedRequestGetsOpenAIErrorNamingTheRule(t *testing.T) {
 	}
 	if ct := c.rec.Header().Get("Content-Type"); ct != "application/json" {
 		t.Errorf("content type %q", ct)
+	}
+}
+
+func TestDecisionsAreCountedByOutcomeReasonAndRule(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	denied := decisions.WithLabelValues("denied", "denied_by_rule", "model-allowed")
+	allowed := decisions.WithLabelValues("allowed", "allowed", "ml-users-inference")
+	d0, a0 := testutil.ToFloat64(denied), testutil.ToFloat64(allowed)
+	serve(t, h, chat(t, "alice", `{"model":"gpt-4o"}`))
+	serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
+	serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
+	if got := testutil.ToFloat64(denied) - d0; got != 1 {
+		t.Errorf("denied counted %v times", got)
+	}
+	if got := testutil.ToFloat64(allowed) - a0; got != 2 {
+		t.Errorf("allowed counted %v times", got)
 	}
 }
 

@@ -1,0 +1,42 @@
+package ztpolicy
+
+import (
+	"errors"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// decisions counts decisions by outcome, reason and deciding rule — never by identity,
+// whose number is unbounded. Created once, registered on each configuration's registry.
+var decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "caddy",
+	Subsystem: "zt_policy",
+	Name:      "decisions_total",
+	Help:      "zt_policy decisions by outcome (allowed, denied, audit_denied, error), reason and rule.",
+}, []string{"outcome", "reason", "rule"})
+
+func registerMetrics(ctx caddy.Context) error {
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
+		return nil
+	}
+	if err := reg.Register(decisions); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			return err
+		}
+	}
+	return nil
+}
+
+func countDecision(d *decision) {
+	outcome := "allowed"
+	switch {
+	case d.Audit && d.Deny:
+		outcome = "audit_denied"
+	case !d.Allowed:
+		outcome = "denied"
+	}
+	decisions.WithLabelValues(outcome, d.Reason, d.Rule).Inc()
+}
