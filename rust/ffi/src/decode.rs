@@ -9,38 +9,6 @@ use crate::{bytes, ztp_request, ztp_str};
 /// The encoding itself is broken (truncated, lengths past the end, trailing bytes).
 pub struct Malformed;
 
-pub struct Fields<'a> {
-    pub method: &'a str,
-    pub scheme: &'a str,
-    pub host: &'a str,
-    pub path: &'a str,
-    pub query: &'a str,
-    pub remote_ip: &'a str,
-    pub body_size: u64,
-    pub client_cert_der: Option<&'a [u8]>,
-    pub body: &'a [u8],
-}
-
-impl<'a> Fields<'a> {
-    pub fn with_headers<'h>(&self, headers: &'h [(&'a str, &'a str)]) -> Request<'h>
-    where
-        'a: 'h,
-    {
-        Request {
-            method: self.method,
-            scheme: self.scheme,
-            host: self.host,
-            path: self.path,
-            query: self.query,
-            remote_ip: self.remote_ip,
-            headers,
-            client_cert_der: self.client_cert_der,
-            body: self.body,
-            body_size: self.body_size,
-        }
-    }
-}
-
 struct Reader<'a> {
     buf: &'a [u8],
 }
@@ -78,7 +46,7 @@ fn text<'a>(what: &str, b: &'a [u8]) -> Result<&'a str, String> {
 pub fn request<'a>(
     buf: &'a [u8],
     headers: &mut Vec<(&'a str, &'a str)>,
-) -> Result<Result<Fields<'a>, String>, Malformed> {
+) -> Result<Result<Request<'a>, String>, Malformed> {
     let mut r = Reader { buf };
     if r.take(1)? != [1] {
         return Err(Malformed);
@@ -108,7 +76,7 @@ fn build<'a>(
     body_size: u64,
     raw_headers: Vec<(&'a [u8], &'a [u8])>,
     headers: &mut Vec<(&'a str, &'a str)>,
-) -> Result<Fields<'a>, String> {
+) -> Result<Request<'a>, String> {
     let names = [
         "method",
         "scheme",
@@ -127,7 +95,8 @@ fn build<'a>(
             .map_err(|_| format!("request header {name} is not valid UTF-8"))?;
         headers.push((name, value));
     }
-    Ok(Fields {
+    // The headers go in by the caller, once its list of them is final.
+    Ok(Request {
         method: s[0],
         scheme: s[1],
         host: s[2],
@@ -135,6 +104,7 @@ fn build<'a>(
         query: s[4],
         remote_ip: s[5],
         body_size,
+        headers: &[],
         client_cert_der: None,
         body: &[],
     })
@@ -148,7 +118,7 @@ unsafe fn str_of<'a>(s: ztp_str) -> Result<&'a [u8], Malformed> {
 #[allow(clippy::type_complexity)]
 pub unsafe fn fields<'a>(
     r: &'a ztp_request,
-) -> Result<Result<(Fields<'a>, Vec<(&'a str, &'a str)>), String>, Malformed> {
+) -> Result<Result<(Request<'a>, Vec<(&'a str, &'a str)>), String>, Malformed> {
     let raw = [
         str_of(r.method)?,
         str_of(r.scheme)?,

@@ -383,10 +383,10 @@ pub unsafe extern "C" fn ztp_engine_decide(
         let decision = match decode::request(request, &mut headers) {
             Err(decode::Malformed) => return ztp_result::ZTP_INVALID_INPUT,
             Ok(Err(bad)) => Decision::bad_request(bad),
-            Ok(Ok(mut fields)) => {
-                fields.client_cert_der = cert;
-                fields.body = body;
-                let req = fields.with_headers(&headers);
+            Ok(Ok(mut req)) => {
+                req.client_cert_der = cert;
+                req.body = body;
+                req.headers = &headers;
                 engine.decide(&req)
             }
         };
@@ -413,7 +413,10 @@ pub unsafe extern "C" fn ztp_engine_decide_request(
         let decision = match decode::fields(r) {
             Err(decode::Malformed) => return ztp_result::ZTP_NULL_PARAMETER,
             Ok(Err(bad)) => Decision::bad_request(bad),
-            Ok(Ok((fields, headers))) => engine.decide(&fields.with_headers(&headers)),
+            Ok(Ok((mut req, headers))) => {
+                req.headers = &headers;
+                engine.decide(&req)
+            }
         };
         write_decision(&decision, out, out_cap, out_len)
     })
