@@ -153,7 +153,10 @@ impl LimitState {
             .and_then(NonZeroU32::new)
             .expect("0 < cost <= burst <= u32::MAX");
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.sweep();
+            // Only drop stale keys here: shrinking the table every few thousand requests
+            // would rehash it just to grow it again. `sweep` (a full table, or the
+            // caller) also gives the memory back.
+            self.limiter.retain_recent();
         }
         if self.store.0.len() >= config.max_keys && !self.store.0.contains_key(&key) {
             self.sweep_when_full();
