@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "e2e"))
-from stack import HOST, Pki, free_port, tool, wait_port  # noqa: E402
+from stack import HOST, Stack, free_port, wait_port  # noqa: E402
 
 BUILD = ROOT / "build"
 CHAT_BODY = json.dumps({"model": "llama-3.1-8b-instruct", "max_tokens": 64,
@@ -46,10 +46,12 @@ def sh(*args, **kw):
 class Bench:
     def __init__(self, work: Path, seconds: float, conns: int):
         self.work, self.seconds, self.conns = work, seconds, conns
-        self.pki = Pki(work / "pki")
+        # The end-to-end stack's IdP and oauth2-proxy serve setups B and C as they are.
+        self.stack = Stack(work, BUILD / "caddy", oauth2_proxy=True)
+        self.pki = self.stack.pki
         self.procs = []
-        self.ports = {k: free_port() for k in ("upstream", "idp", "o2p")}
-        self.issuer = f"https://127.0.0.1:{self.ports['idp']}/oidc"
+        self.ports = {"upstream": free_port(), "o2p": self.stack.ports["o2p"]}
+        self.issuer = self.stack.issuer
         self.ec_key, self.ec_jwks = self.make_ec_key()
 
     def spawn(self, name, args, env=None):
@@ -71,6 +73,7 @@ class Bench:
     def stop_all(self):
         for p in list(self.procs):
             self.stop(p)
+        self.stack.stop()
 
     def make_ec_key(self):
         """A P-256 signing key and its JWKS, so the load generator can mint 100,000
@@ -118,29 +121,11 @@ http {{
         wait_port(self.ports["upstream"], p, "upstream nginx")
 
     def start_idp(self):
-        services = {"bench-svc": {"secret": "bench-secret", "groups": ["ml-users"]}}
-        p = self.spawn("idp", [str(BUILD / "test-idp"), "--addr", f"127.0.0.1:{self.ports['idp']}",
-                               "--cert", self.pki.path("idp.pem"), "--key", self.pki.path("idp.key"),
-                               "--client-id", "local-ai", "--client-secret", "s", "--services", json.dumps(services)])
-        wait_port(self.ports["idp"], p, "test IdP")
-        import ssl
-        import urllib.parse
-        import urllib.request
-        ctx = ssl.create_default_context(cafile=self.pki.path("mesh-ca.pem"))
-        data = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": "bench-svc",
-                                       "client_secret": "bench-secret"}).encode()
-        with urllib.request.urlopen(urllib.request.Request(f"{self.issuer}/token", data=data), context=ctx) as r:
-            self.token = json.loads(r.read())["access_token"]
+        self.stack.start_idp()
+        self.token = self.stack.service_token("batch-svc")
 
     def start_oauth2_proxy(self):
-        p = self.spawn("oauth2-proxy", [
-            tool("oauth2-proxy"), f"--http-address=127.0.0.1:{self.ports['o2p']}", "--provider=oidc",
-            f"--oidc-issuer-url={self.issuer}", f"--provider-ca-file={self.pki.path('mesh-ca.pem')}",
-            "--client-id=local-ai", "--client-secret=s", "--cookie-secret=0123456789abcdef0123456789abcdef",
-            "--email-domain=*", "--upstream=static://200", "--reverse-proxy=true", "--set-xauthrequest=true",
-            "--set-authorization-header=true", "--skip-jwt-bearer-tokens=true", "--skip-provider-button=true",
-            f"--redirect-url=https://{HOST}/oauth2/callback"])
-        wait_port(self.ports["o2p"], p, "oauth2-proxy")
+        self.stack.start_oauth2_proxy()
 
     # ---- Caddy setups ----
 
