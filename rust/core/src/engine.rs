@@ -241,18 +241,18 @@ impl Engine {
         &self,
         req: &Request<'_>,
         given: &GivenIdentity,
-    ) -> Vec<(String, Result<String, String>, Result<String, String>)> {
+    ) -> Vec<Evaluations> {
         self.with_given(req, given, "id", |ctx| {
             let show = |r: Result<cel::Value, String>| r.map(|v| format!("{v:?}"));
             self.policy
                 .rules
                 .iter()
-                .map(|r| {
-                    (
-                        r.name.clone(),
-                        show(r.when.eval(ctx)),
-                        show(r.when.eval_as_written(ctx)),
-                    )
+                .map(|r| Evaluations {
+                    rule: r.name.clone(),
+                    flattened: show(r.when.eval(ctx)),
+                    as_written: show(r.when.eval_as_written(ctx)),
+                    native_bool: r.when.eval_native_bool(ctx),
+                    native_u64: r.when.eval_native_u64(ctx),
                 })
                 .collect()
         })
@@ -617,6 +617,16 @@ impl Explain {
 }
 
 /// The token's `sub`, else the certificate's first SAN email, else its CN.
+/// One rule's `when` evaluated every way the engine can (for the differential tests).
+#[derive(Debug)]
+pub struct Evaluations {
+    pub rule: String,
+    pub flattened: Result<String, String>,
+    pub as_written: Result<String, String>,
+    pub native_bool: Option<bool>,
+    pub native_u64: Option<u64>,
+}
+
 fn default_identity(cert: Option<&CertEntry>, token: Option<&VerifiedToken>) -> Option<String> {
     if let Some(sub) = token.and_then(|t| t.subject()).filter(|s| !s.is_empty()) {
         return Some(sub.to_owned());

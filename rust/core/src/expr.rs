@@ -8,6 +8,8 @@ use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, IdedExpr, LiteralValue};
 use cel::common::types::{CelBool, CelString};
 use cel::{Context, Env, ExecutionError, Program, Value};
 
+use crate::native;
+
 /// The variables a rule may read (DESIGN.md, "What a rule sees").
 pub const VARIABLES: [&str; 5] = ["cert", "claims", "request", "body", "identity"];
 
@@ -36,7 +38,7 @@ fn matches(this: &CelString<'_>, pattern: &CelString<'_>) -> Result<CelBool, Exe
 
 /// Patterns are compiled once and kept; literal patterns (the common case) are also
 /// compiled when the expression compiles, so a bad one fails at policy load.
-fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
+pub(crate) fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
     static CACHE: OnceLock<RwLock<HashMap<String, Arc<regex::Regex>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(re) = cache.read().unwrap_or_else(|p| p.into_inner()).get(pattern) {
@@ -63,6 +65,9 @@ pub struct Expression {
     program: Program,
     /// The program with field paths on the request variables flattened (see `flatten`).
     fast: IdedExpr,
+    /// The flattened program in native form, for the happy path (see `native`).
+    native: native::Node,
+    native_value: native::ValueNode,
     reads: [bool; 5],
 }
 
@@ -149,6 +154,8 @@ impl Expression {
         Ok(Expression {
             source: source.to_owned(),
             program,
+            native: native::compile(&fast),
+            native_value: native::compile_value(&fast),
             fast,
             reads,
         })
@@ -176,7 +183,20 @@ impl Expression {
         self.program.execute(ctx).map_err(|e| e.to_string())
     }
 
+    /// What the native evaluator answers, `None` where it leaves the answer to cel
+    /// (exposed so tests can compare it with cel).
+    pub fn eval_native_bool(&self, ctx: &Context<'_, '_>) -> Option<bool> {
+        native::truth(&self.native, ctx)
+    }
+
+    pub fn eval_native_u64(&self, ctx: &Context<'_, '_>) -> Option<u64> {
+        native::unsigned(&self.native_value, ctx)
+    }
+
     pub fn eval_bool(&self, ctx: &Context<'_, '_>) -> Result<bool, String> {
+        if let Some(b) = native::truth(&self.native, ctx) {
+            return Ok(b);
+        }
         match self.eval(ctx)? {
             Value::Bool(b) => Ok(b),
             other => Err(format!("expected a bool, got {}", type_name(&other))),
@@ -193,6 +213,9 @@ impl Expression {
     }
 
     pub fn eval_u64(&self, ctx: &Context<'_, '_>) -> Result<u64, String> {
+        if let Some(n) = native::unsigned(&self.native_value, ctx) {
+            return Ok(n);
+        }
         match self.eval(ctx)? {
             Value::Int(i) if i >= 0 => Ok(i as u64),
             Value::UInt(u) => Ok(u),

@@ -11,6 +11,7 @@ pub mod decision;
 pub mod engine;
 pub mod expr;
 pub mod limits;
+mod native;
 pub mod policy;
 pub mod request;
 pub mod token;
