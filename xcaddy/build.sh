@@ -19,10 +19,14 @@ cargo build --release --quiet -p zt-policy-ffi
 
 echo "==> Caddy $CADDY_VERSION with zt_policy"
 export CGO_ENABLED=1
+# Go links the Rust library (named in #cgo LDFLAGS) without hashing it: an existing
+# build/caddy whose Go inputs are unchanged counts as up to date even when the library
+# was rebuilt. Removing it makes go build link again, with the library as it is now.
+rm -f "$out"
 tags=""
 if [ "${ZTP_LINK:-static}" = dynamic ]; then tags="ztp_dynamic"; fi
 mkdir -p "$(dirname "$out")"
-XCADDY_SKIP_CLEANUP=0 XCADDY_GO_BUILD_FLAGS="${tags:+-tags=$tags} -trimpath" \
+XCADDY_SKIP_CLEANUP=${XCADDY_SKIP_CLEANUP:-0} XCADDY_GO_BUILD_FLAGS="${tags:+-tags=$tags} -trimpath" \
   xcaddy build "$CADDY_VERSION" \
   --with "github.com/zt-policy/zt-policy/go-module@v0.0.0-00010101000000-000000000000=$root/go-module" \
   --output "$out"
