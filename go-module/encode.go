@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 )
 
 // requestFields is what the engine reads of a request, besides certificate and body.
@@ -122,7 +123,11 @@ func decodeDecision(b []byte) (decision, error) {
 		if uint64(n) > uint64(len(rest)) {
 			return d, errDecision
 		}
-		fields[i] = string(rest[:n])
+		if i == 4 {
+			fields[i] = string(rest[:n]) // RateLimit: its remaining count changes
+		} else {
+			fields[i] = strs.intern(rest[:n])
+		}
 		rest = rest[n:]
 	}
 	if len(rest) != 0 {
@@ -131,10 +136,61 @@ func decodeDecision(b []byte) (decision, error) {
 	d.Message, d.Rule, d.Identity, d.Limit = fields[0], fields[1], fields[2], fields[3]
 	d.RateLimit, d.RateLimitPolicy = fields[4], fields[5]
 	if fields[6] != "" {
-		d.Matched = strings.Split(fields[6], "\n")
+		d.Matched = strs.split(fields[6])
 	}
 	if fields[7] != "" {
 		d.Errors = strings.Split(fields[7], "\n")
 	}
 	return d, nil
+}
+
+// strs interns what decisions repeat (rule names, messages, limit names and policies,
+// identities, matched lists), so decoding a decision allocates next to nothing. It is
+// bounded: once full, new strings are allocated as usual.
+var strs = interner{strings: map[string]string{}, lists: map[string][]string{}}
+
+const internMax = 8192
+
+type interner struct {
+	mu      sync.RWMutex
+	strings map[string]string
+	lists   map[string][]string
+}
+
+func (in *interner) intern(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	in.mu.RLock()
+	s, ok := in.strings[string(b)] // no allocation: the compiler looks up with b's bytes
+	in.mu.RUnlock()
+	if ok {
+		return s
+	}
+	s = string(b)
+	if len(b) <= 256 {
+		in.mu.Lock()
+		if len(in.strings) < internMax {
+			in.strings[s] = s
+		}
+		in.mu.Unlock()
+	}
+	return s
+}
+
+// split returns the lines of s; callers must not modify the slice.
+func (in *interner) split(s string) []string {
+	in.mu.RLock()
+	l, ok := in.lists[s]
+	in.mu.RUnlock()
+	if ok {
+		return l
+	}
+	l = strings.Split(s, "\n")
+	in.mu.Lock()
+	if len(in.lists) < internMax {
+		in.lists[s] = l
+	}
+	in.mu.Unlock()
+	return l
 }

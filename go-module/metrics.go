@@ -2,6 +2,7 @@ package ztpolicy
 
 import (
 	"errors"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,5 +39,25 @@ func countDecision(d *decision) {
 	case !d.Allowed:
 		outcome = "denied"
 	}
-	decisions.WithLabelValues(outcome, d.Reason, d.Rule).Inc()
+	key := counterKey{outcome, d.Reason, d.Rule}
+	countersMu.RLock()
+	c, ok := counters[key]
+	countersMu.RUnlock()
+	if !ok {
+		// Rule names come from policies, so the label sets are bounded.
+		c = decisions.WithLabelValues(outcome, d.Reason, d.Rule)
+		countersMu.Lock()
+		counters[key] = c
+		countersMu.Unlock()
+	}
+	c.Inc()
 }
+
+// counters caches the counter of each label set: WithLabelValues hashes the labels
+// on every call.
+var (
+	countersMu sync.RWMutex
+	counters   = map[counterKey]prometheus.Counter{}
+)
+
+type counterKey struct{ outcome, reason, rule string }

@@ -84,7 +84,15 @@ type Handler struct {
 	logger   *zap.Logger
 	strip    []string
 	decideFn func(req, cert, body, out []byte) (int, error)
+	// identityHeader() and ruleHeader() in canonical form, to set without a lookup.
+	identityKey, ruleKey string
 }
+
+// The response's rate limit headers, canonical (http.Header.Set's spelling).
+var (
+	rateLimitKey       = http.CanonicalHeaderKey("RateLimit")
+	rateLimitPolicyKey = http.CanonicalHeaderKey("RateLimit-Policy")
+)
 
 // engineInfo is the engine's self-description (ztp_engine_describe).
 type engineInfo struct {
@@ -190,6 +198,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.eng = eng
 	h.decideFn = eng.decide
 	h.strip = append([]string{h.identityHeader(), h.ruleHeader()}, h.StripHeaders...)
+	h.identityKey = http.CanonicalHeaderKey(h.identityHeader())
+	h.ruleKey = http.CanonicalHeaderKey(h.ruleHeader())
 	h.logger.Info("policy loaded", zap.String("policy", name), zap.Int("rules", len(h.info.Rules)),
 		zap.Int("limits", len(h.info.Limits)), zap.String("mode", h.info.Mode))
 	return nil
@@ -313,18 +323,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	countDecision(&d)
 	h.setVars(r, &d)
 
+	// The header values share one allocation; each slice is capped at its one value.
+	vals := make([]string, 4)
 	if d.HasLimit {
-		w.Header().Set("RateLimit", d.RateLimit)
-		w.Header().Set("RateLimit-Policy", d.RateLimitPolicy)
+		vals[0], vals[1] = d.RateLimit, d.RateLimitPolicy
+		wh := w.Header()
+		wh[rateLimitKey], wh[rateLimitPolicyKey] = vals[0:1:1], vals[1:2:2]
 	}
 	if !d.Allowed {
 		return h.writeDeny(w, &d)
 	}
 	if d.Identity != "" {
-		r.Header.Set(h.identityHeader(), d.Identity)
+		vals[2] = d.Identity
+		r.Header[h.identityKey] = vals[2:3:3]
 	}
 	if d.Rule != "" && !d.Audit {
-		r.Header.Set(h.ruleHeader(), d.Rule)
+		vals[3] = d.Rule
+		r.Header[h.ruleKey] = vals[3:4:4]
 	}
 	return next.ServeHTTP(w, r)
 }
@@ -367,17 +382,22 @@ func (h *Handler) readBody(r *http.Request) ([]byte, uint64, error) {
 	if declared > 0 && !h.info.NeedsBody {
 		return nil, uint64(declared), nil
 	}
-	capacity := declared + 1
-	if declared < 0 {
-		capacity = 4096
+	var read []byte
+	if declared > 0 {
+		// net/http's body reader stops at the declared length (a short body is an
+		// error), so exactly that many bytes are read, into a slice of that size.
+		read = make([]byte, declared)
+		if _, err := io.ReadFull(r.Body, read); err != nil {
+			return nil, 0, err
+		}
+	} else {
+		buf := bytes.NewBuffer(make([]byte, 0, 4096))
+		if _, err := io.Copy(buf, io.LimitReader(r.Body, max+1)); err != nil {
+			return nil, 0, err
+		}
+		read = buf.Bytes()
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, capacity))
-	_, err := io.Copy(buf, io.LimitReader(r.Body, max+1))
-	if err != nil {
-		return nil, 0, err
-	}
-	read := buf.Bytes()
-	r.Body = replayBody{Reader: io.MultiReader(bytes.NewReader(read), r.Body), Closer: r.Body}
+	r.Body = &replayBody{read: read, rest: r.Body}
 	size := uint64(len(read))
 	if declared > 0 && uint64(declared) > size {
 		size = uint64(declared)
@@ -388,10 +408,22 @@ func (h *Handler) readBody(r *http.Request) ([]byte, uint64, error) {
 // requestBuffers holds the buffers requests are encoded into for the engine.
 var requestBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
+// replayBody gives the bytes the decision read, then the rest of the original body.
 type replayBody struct {
-	io.Reader
-	io.Closer
+	read []byte
+	rest io.ReadCloser
 }
+
+func (b *replayBody) Read(p []byte) (int, error) {
+	if len(b.read) > 0 {
+		n := copy(p, b.read)
+		b.read = b.read[n:]
+		return n, nil
+	}
+	return b.rest.Read(p)
+}
+
+func (b *replayBody) Close() error { return b.rest.Close() }
 
 func scheme(r *http.Request) string {
 	if r.TLS != nil {
