@@ -4,6 +4,10 @@
 // Identities: with -sign-key, each request carries a bearer token it signs itself
 // (RS256, kid -kid) for one of -identities subjects, so limits see that many callers;
 // with -token, every request carries that token.
+//
+// Load: closed loop by default (-c connections, each sending as soon as it has its
+// answer: the most a setup can serve); with -rate, open loop at a fixed rate (the
+// latency a setup adds at a given load).
 package main
 
 import (
@@ -48,6 +52,9 @@ func main() {
 	issuer := flag.String("iss", "", "iss of signed tokens")
 	audience := flag.String("aud", "", "aud of signed tokens")
 	identities := flag.Int("identities", 1, "distinct token subjects, cycled")
+	rate := flag.Float64("rate", 0, "open loop: start requests at this fixed rate per second "+
+		"(latency counts from each request's scheduled start); 0: closed loop, each "+
+		"connection sends its next request when the previous one is answered")
 	flag.Parse()
 
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(256)}
@@ -85,6 +92,24 @@ func main() {
 		tokens = []string{*token}
 	}
 
+	if *rate > 0 {
+		// Open every connection (TLS handshake with the client certificate) before
+		// the clock starts, so the first requests do not measure handshakes.
+		var warm sync.WaitGroup
+		for w := 0; w < *conns; w++ {
+			warm.Add(1)
+			go func() {
+				defer warm.Done()
+				req, _ := http.NewRequest("GET", *url, nil)
+				if resp, err := client.Do(req); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}()
+		}
+		warm.Wait()
+	}
+
 	var next atomic.Int64
 	var errors atomic.Int64
 	statuses := sync.Map{}
@@ -101,6 +126,17 @@ func main() {
 				if (*requests > 0 && i >= int64(*requests)) || (*requests == 0 && time.Now().After(deadline)) {
 					return
 				}
+				var scheduled time.Time
+				if *rate > 0 {
+					// Request i is due at start + i/rate; a late request is measured
+					// from when it was due, so a stall shows in the percentiles
+					// instead of silently lowering the load.
+					scheduled = start.Add(time.Duration(float64(i) / *rate * float64(time.Second)))
+					if scheduled.After(deadline) && *requests == 0 {
+						return
+					}
+					time.Sleep(time.Until(scheduled))
+				}
 				req, _ := http.NewRequest(*method, *url, bytes.NewBufferString(*body))
 				if *body != "" {
 					req.Header.Set("Content-Type", "application/json")
@@ -109,6 +145,9 @@ func main() {
 					req.Header.Set("Authorization", "Bearer "+tokens[int(i)%len(tokens)])
 				}
 				t0 := time.Now()
+				if *rate > 0 {
+					t0 = scheduled
+				}
 				resp, err := client.Do(req)
 				if err != nil {
 					errors.Add(1)
