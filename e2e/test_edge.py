@@ -230,3 +230,7 @@ def test_decisions_are_counted_in_caddys_metrics(stack):
     assert any('outcome="allowed"' in l for l in lines), lines
     # Labels never carry identities.
     assert "alice" not in "\n".join(lines)
+    # The time each decision held its request, as a histogram.
+    count = [l for l in text.splitlines() if l.startswith("caddy_zt_policy_decision_duration_seconds_count")]
+    assert count and float(count[0].rsplit(" ", 1)[1]) >= 1, count
+    assert 'caddy_zt_policy_decision_duration_seconds_bucket{le="0.0001"}' in text

@@ -17,15 +17,29 @@ var decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help:      "zt_policy decisions by outcome (allowed, denied, audit_denied, error), reason and rule.",
 }, []string{"outcome", "reason", "rule"})
 
+// decisionSeconds is the time zt_policy holds a request before passing it on or
+// answering it: reading the body the policy needs, and deciding. It is what the module
+// adds to a request's latency. Buckets from 5 µs: a cached decision takes microseconds,
+// a new token's signature check tens of them.
+var decisionSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+	Namespace: "caddy",
+	Subsystem: "zt_policy",
+	Name:      "decision_duration_seconds",
+	Help:      "Time zt_policy holds a request before passing it on or answering: reading the body it needs and deciding.",
+	Buckets:   []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1},
+})
+
 func registerMetrics(ctx caddy.Context) error {
 	reg := ctx.GetMetricsRegistry()
 	if reg == nil {
 		return nil
 	}
-	if err := reg.Register(decisions); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		if !errors.As(err, &already) {
-			return err
+	for _, c := range []prometheus.Collector{decisions, decisionSeconds} {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
 		}
 	}
 	return nil

@@ -286,6 +286,7 @@ func (h *Handler) ruleHeader() string {
 
 // ServeHTTP decides the request; only an allowed request reaches next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	start := time.Now()
 	for _, name := range h.strip {
 		r.Header.Del(name)
 	}
@@ -314,6 +315,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if err != nil {
 		// Fail closed: the engine did not answer, so nothing passes.
+		decisionSeconds.Observe(time.Since(start).Seconds())
 		decisions.WithLabelValues("error", "engine_error", "").Inc()
 		h.logger.Error("decision failed; request refused", zap.Error(err),
 			zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.String("remote_ip", fields.remoteIP))
@@ -331,6 +333,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		wh[rateLimitKey], wh[rateLimitPolicyKey] = vals[0:1:1], vals[1:2:2]
 	}
 	if !d.Allowed {
+		decisionSeconds.Observe(time.Since(start).Seconds())
 		return h.writeDeny(w, &d)
 	}
 	if d.Identity != "" {
@@ -341,6 +344,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		vals[3] = d.Rule
 		r.Header[h.ruleKey] = vals[3:4:4]
 	}
+	decisionSeconds.Observe(time.Since(start).Seconds())
 	return next.ServeHTTP(w, r)
 }
 

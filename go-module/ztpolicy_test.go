@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 const examplePolicy = "../examples/policy/policy.toml"
@@ -165,6 +166,7 @@ func TestDecisionsAreCountedByOutcomeReasonAndRule(t *testing.T) {
 	denied := decisions.WithLabelValues("denied", "denied_by_rule", "model-allowed")
 	allowed := decisions.WithLabelValues("allowed", "allowed", "ml-users-inference")
 	d0, a0 := testutil.ToFloat64(denied), testutil.ToFloat64(allowed)
+	n0, s0 := histogram(t)
 	serve(t, h, chat(t, "alice", `{"model":"gpt-4o"}`))
 	serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
 	serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
@@ -174,6 +176,20 @@ func TestDecisionsAreCountedByOutcomeReasonAndRule(t *testing.T) {
 	if got := testutil.ToFloat64(allowed) - a0; got != 2 {
 		t.Errorf("allowed counted %v times", got)
 	}
+	// Every decision, allowed or denied, is timed once.
+	n1, s1 := histogram(t)
+	if n1-n0 != 3 || s1 <= s0 || s1-s0 > 10 {
+		t.Errorf("decision_duration_seconds: %d observations, %v s", n1-n0, s1-s0)
+	}
+}
+
+// histogram reads decision_duration_seconds: its count and sum.
+func histogram(t *testing.T) (uint64, float64) {
+	var m dto.Metric
+	if err := decisionSeconds.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
 }
 
 func TestNoCertificateIs401WithChallenge(t *testing.T) {
