@@ -14,10 +14,10 @@ use crate::clock::EngineClock;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
 use crate::limits::{LimitState, Outcome};
 use crate::policy::{self, Effect, Mode, Policy, PolicyError};
-use crate::request::Request;
+use crate::request::{Request, Scalars};
 use crate::token::{JwksError, JwksSummary, TokenError, VerifiedToken, Verifier};
 use crate::values::{self, BoxVal, Indexed};
-use cel::common::types::CelString;
+use cel::common::types::{CelBool, CelString};
 use cel::common::value::Val;
 
 pub struct Engine {
@@ -268,6 +268,7 @@ impl Engine {
             cert: cert.map_or(&self.absent_cert, |c| &c.value),
             claims: claims.unwrap_or(&self.empty_claims),
             req,
+            scalars: req.scalars(),
             request: OnceLock::new(),
             body: OnceLock::new(),
             identity: OnceLock::new(),
@@ -644,6 +645,7 @@ struct Activation<'a> {
     cert: &'a Indexed,
     claims: &'a Indexed,
     req: &'a Request<'a>,
+    scalars: Scalars<'a>,
     request: OnceLock<BoxVal<'a>>,
     body: OnceLock<LazyBody<'a>>,
     identity: OnceLock<String>,
@@ -681,8 +683,8 @@ impl<'a> Activation<'a> {
                 }
             }
             ("request", None) => Some(CowVal::Borrowed(self.request())),
-            ("request", Some(p)) => match self.req.field(p) {
-                Some(v) => Some(CowVal::Owned(v)),
+            ("request", Some(p)) => match self.scalars.get(p) {
+                Some(v) => Some(CowVal::Borrowed(v)),
                 None => walk(self.request(), p),
             },
             ("identity", None) => {
@@ -745,7 +747,7 @@ impl VariableResolver for Activation<'_> {
             let (parent, field) = inner.rsplit_once('.')?;
             return self
                 .has(parent, field)
-                .map(|b| CowVal::Owned(values::boolean(b)));
+                .map(|b| CowVal::Borrowed(if b { &CelBool::TRUE } else { &CelBool::FALSE }));
         }
         let (root, path) = split_path(variable);
         self.lookup(root, path)

@@ -4,7 +4,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use cel::common::types::CelMapKey;
+use cel::common::types::{CelInt, CelMapKey, CelString};
+use cel::common::value::Val;
 
 use crate::values::{self, BoxVal};
 
@@ -58,19 +59,21 @@ impl<'a> Request<'a> {
         })
     }
 
-    /// One scalar field of `request` by name, without building the whole map; `None`
-    /// for `headers` and anything that is not a scalar field.
-    pub fn field(&self, name: &str) -> Option<BoxVal<'a>> {
-        Some(match name {
-            "method" => values::string(self.method),
-            "path" => values::string(self.path),
-            "host" => values::string(self.host),
-            "scheme" => values::string(self.scheme),
-            "query" => values::string(self.query),
-            "remote_ip" => values::string(self.remote_ip),
-            "size" => values::int(self.body_size.min(i64::MAX as u64) as i64),
-            _ => return None,
-        })
+    /// The scalar fields of `request`, borrowing the request's strings: built without
+    /// allocating, so an expression can read them by reference.
+    pub fn scalars(&self) -> Scalars<'a> {
+        Scalars {
+            strings: [
+                self.method,
+                self.path,
+                self.host,
+                self.scheme,
+                self.query,
+                self.remote_ip,
+            ]
+            .map(CelString::from),
+            size: CelInt::from(self.body_size.min(i64::MAX as u64) as i64),
+        }
     }
 
     /// The `request` variable. Strings borrow from the request.
@@ -119,5 +122,28 @@ fn cow_key(k: Cow<'_, str>) -> CelMapKey<'_> {
     match k {
         Cow::Borrowed(s) => CelMapKey::from(s),
         Cow::Owned(s) => CelMapKey::from(s),
+    }
+}
+
+/// `request`'s scalar fields as values (see `Request::scalars`).
+pub struct Scalars<'a> {
+    strings: [CelString<'a>; 6],
+    size: CelInt,
+}
+
+impl<'a> Scalars<'a> {
+    /// The field named `name`; `None` for `headers` and anything that is not a scalar.
+    pub fn get(&self, name: &str) -> Option<&(dyn Val + 'a)> {
+        let i = match name {
+            "method" => 0,
+            "path" => 1,
+            "host" => 2,
+            "scheme" => 3,
+            "query" => 4,
+            "remote_ip" => 5,
+            "size" => return Some(&self.size),
+            _ => return None,
+        };
+        Some(&self.strings[i])
     }
 }
