@@ -13,10 +13,12 @@ plus B0, zt_policy with a one-rule policy (what the module costs before any poli
 Every setup gets the same requests (device certificate, bearer token, JSON body). All
 setups run at once and are measured in interleaved rounds, so drift on the machine
 falls on all of them alike; throughput is closed loop (the most a setup serves),
-latency is also taken open loop at one fixed rate for all (what a setup adds at a
-given load). Then the cold path (a new token each request), scale (1, 1,000, 100,000 identities
-against the real limits: latency and Caddy's resident memory), the criterion decision
-benchmark and the Go benchmark of the FFI round trip.
+latency is also taken open loop at one fixed rate for all. What zt_policy itself adds
+comes from its own histogram (caddy_zt_policy_decision_duration_seconds, read from
+Caddy's admin /metrics before and after each phase). Then the cold path (a new token
+each request), scale (1, 1,000, 100,000 identities against the real limits: latency
+and Caddy's resident memory), the criterion decision benchmark and the Go benchmark of
+the FFI round trip.
 """
 
 import argparse
