@@ -133,17 +133,21 @@ fn request() -> (Vec<(&'static str, &'static str)>, GivenIdentity) {
     (headers, given)
 }
 
-fn run(body: &str) {
-    let e = engine(&policy_of(EXPRESSIONS));
-    let (headers, given) = request();
-    let req = Request {
+fn chat<'a>(headers: &'a [(&'a str, &'a str)], body: &'a str) -> Request<'a> {
+    Request {
         method: "POST",
         path: "/v1/chat/completions",
-        headers: &headers,
+        headers,
         body: body.as_bytes(),
         body_size: body.len() as u64,
         ..Default::default()
-    };
+    }
+}
+
+fn run(body: &str) {
+    let e = engine(&policy_of(EXPRESSIONS));
+    let (headers, given) = request();
+    let req = chat(&headers, body);
     let results = e.compare_evaluations(&req, &given);
     assert_eq!(results.len(), EXPRESSIONS.len());
     let (mut values, mut native, mut native_true) = (0, 0, 0);
@@ -211,14 +215,7 @@ fn the_example_policy_runs_natively() {
     let e = engine(&policy_of(&example));
     let body = r#"{"model":"llama-3.1-8b-instruct","max_tokens":64}"#;
     let (headers, given) = request();
-    let req = Request {
-        method: "POST",
-        path: "/v1/chat/completions",
-        headers: &headers,
-        body: body.as_bytes(),
-        body_size: body.len() as u64,
-        ..Default::default()
-    };
+    let req = chat(&headers, body);
     let results = e.compare_evaluations(&req, &given);
     for r in &results[..7] {
         let b = r
