@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -387,3 +388,52 @@ func TestCaddyfile(t *testing.T) {
 }
 
 func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }
+
+func TestInternedStringsAreExactAndTheTableIsBounded(t *testing.T) {
+	in := interner{strings: map[string]string{}, lists: map[string][]string{}}
+	for i := 0; i < internMax+2000; i++ {
+		b := []byte(fmt.Sprintf("user-%d@example.com", i))
+		if got := in.intern(b); got != string(b) {
+			t.Fatalf("intern(%q) = %q", b, got)
+		}
+		b[0] = 'X' // the caller's buffer is reused: interned strings must not share it
+	}
+	if n := len(in.strings); n != internMax {
+		t.Errorf("%d strings kept, want the cap %d", n, internMax)
+	}
+	if got := in.intern([]byte("user-1@example.com")); got != "user-1@example.com" {
+		t.Errorf("kept string changed: %q", got)
+	}
+	if got := in.split("a\nb"); len(got) != 2 || got[0] != "a" || got[1] != "b" {
+		t.Errorf("split: %q", got)
+	}
+}
+
+func TestDeclaredBodyGoesOnByteForByte(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	payload := `{"model":"qwen2.5-7b-instruct","max_tokens":8,"messages":[{"role":"user","content":"` + strings.Repeat("é", 5000) + `"}]}`
+	r := chat(t, "alice", payload)
+	if r.ContentLength != int64(len(payload)) {
+		t.Fatalf("test request declares %d", r.ContentLength)
+	}
+	c := serve(t, h, r)
+	if c.rec.Code != 200 {
+		t.Fatalf("got %d %s", c.rec.Code, c.rec.Body)
+	}
+	if string(c.upBody) != payload {
+		t.Errorf("upstream body differs: %d bytes, want %d", len(c.upBody), len(payload))
+	}
+}
+
+// A body shorter than its Content-Length cannot be decided on: 400, never upstream.
+func TestBodyShorterThanDeclaredIs400(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	r := chat(t, "alice", `{"model":"qwen2.5-7b-instruct"}`)
+	r.ContentLength = 4096
+	c := serve(t, h, r)
+	if c.rec.Code != 400 || c.next || c.errBody["error"]["code"] != "bad_request" {
+		t.Fatalf("got %d next=%v %v", c.rec.Code, c.next, c.errBody)
+	}
+}
