@@ -20,18 +20,38 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
-// engine is one reference to a compiled policy in the Rust library. The lock keeps a
-// decision from racing the release of the engine: Caddy stops a configuration after
-// its requests finish (its default grace period is eternal), but with a finite grace
-// period a request could outlive it, and it must then fail closed, not touch freed
+// engine is one reference to a compiled policy in the Rust library. A handler's
+// reference is released when the handler can no longer be reached (a runtime cleanup),
+// not when Caddy cleans the configuration up: on a reload Caddy's http app returns
+// from Stop once the old servers have begun shutting down, before their in-flight
+// requests finish, and those requests must still be decided by their engine. free
+// releases a reference at once (provisioning errors, the reload pool); the lock keeps
+// that from racing a decision, which then fails closed instead of touching freed
 // memory.
 type engine struct {
-	mu  sync.RWMutex
-	ptr *C.ztp_engine
+	mu      sync.RWMutex
+	ptr     *C.ztp_engine
+	cleanup runtime.Cleanup
 }
+
+// wrap owns one engine reference, released by free or, at the latest, when the
+// wrapper is garbage.
+func wrap(p *C.ztp_engine) *engine {
+	e := &engine{ptr: p}
+	e.cleanup = runtime.AddCleanup(e, func(p *C.ztp_engine) {
+		C.ztp_engine_free(p)
+		releasedUnreachable.Add(1)
+	}, p)
+	return e
+}
+
+// releasedUnreachable counts references released because their wrapper became
+// garbage (for tests).
+var releasedUnreachable atomic.Int64
 
 var errReleased = fmt.Errorf("%w: the engine was released", errEngine)
 
@@ -91,7 +111,7 @@ func newEngine(policy []byte, name string) (*engine, error) {
 	runtime.KeepAlive(nameBytes)
 	switch r {
 	case C.ZTP_OK:
-		return &engine{ptr: out}, nil
+		return wrap(out), nil
 	case C.ZTP_INVALID_POLICY:
 		return nil, errors.New(text)
 	default:
@@ -101,7 +121,7 @@ func newEngine(policy []byte, name string) (*engine, error) {
 
 // clone returns another reference to the same engine.
 func (e *engine) clone() *engine {
-	return &engine{ptr: C.ztp_engine_clone(e.ptr)}
+	return wrap(C.ztp_engine_clone(e.ptr))
 }
 
 // free releases this reference. Safe to call twice.
@@ -112,6 +132,7 @@ func (e *engine) free() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.ptr != nil {
+		e.cleanup.Stop()
 		C.ztp_engine_free(e.ptr)
 		e.ptr = nil
 	}

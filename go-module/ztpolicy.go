@@ -259,10 +259,12 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases this configuration's engine; the buckets stay with the shared state
-// until the last configuration using the policy stops.
+// Cleanup lets go of the reload pool's entry; the buckets stay with the shared state
+// until the last configuration using the policy stops. The engine outlives it for as
+// long as this configuration's requests do.
 func (h *Handler) Cleanup() error {
-	h.eng.free()
+	// h.eng is not freed here: requests of this configuration may still be in flight
+	// (see engine). It is released once the handler is unreachable.
 	if h.poolKey != "" {
 		_, err := pool.Delete(h.poolKey)
 		return err

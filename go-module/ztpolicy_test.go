@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -308,6 +309,61 @@ func TestRequestAfterReleaseFailsClosed(t *testing.T) {
 	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
 	if c.rec.Code != 500 || c.next {
 		t.Fatalf("want 500 without upstream, got %d next=%v", c.rec.Code, c.next)
+	}
+}
+
+// On a reload Caddy cleans the old configuration up while its requests may still be in
+// flight: they are decided by their engine as usual, never refused for that.
+func TestRequestOutlivingItsConfigurationIsStillDecided(t *testing.T) {
+	h := &Handler{PolicyFile: examplePolicy}
+	provision(t, h)
+	if err := h.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
+	if c.rec.Code != 200 || !c.next {
+		t.Fatalf("want allowed, got %d %v", c.rec.Code, c.errBody)
+	}
+	c = serve(t, h, chat(t, "alice", `{"model":"gpt-4o"}`))
+	if c.rec.Code != 403 || c.next {
+		t.Fatalf("want denied, got %d", c.rec.Code)
+	}
+}
+
+// Engine references nobody can reach any more are released, without a free call.
+func TestUnreachableEnginesAreReleased(t *testing.T) {
+	p, err := os.ReadFile(examplePolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := releasedUnreachable.Load()
+	for i := 0; i < 10; i++ {
+		if _, err := newEngine(p, "policy.toml"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Cleanups run on their own goroutine after a collection: poll, nothing is timed.
+	for i := 0; i < 500 && releasedUnreachable.Load()-before < 10; i++ {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := releasedUnreachable.Load() - before; got < 10 {
+		t.Errorf("%d of 10 unreachable engines released", got)
+	}
+	// An engine freed explicitly is not released a second time.
+	e, err := newEngine(p, "policy.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.free()
+	before = releasedUnreachable.Load()
+	e = nil
+	for i := 0; i < 20; i++ {
+		runtime.GC()
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := releasedUnreachable.Load() - before; got != 0 {
+		t.Errorf("a freed engine was released again (%d)", got)
 	}
 }
 
