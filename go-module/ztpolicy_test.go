@@ -273,19 +273,25 @@ func TestChunkedBodyIsReadOnlyUpToTheLimit(t *testing.T) {
 	}
 }
 
-func TestChunkedBodyUnderTheLimitGoesOnByteForByte(t *testing.T) {
+func TestBodyUnderTheLimitGoesOnByteForByte(t *testing.T) {
 	h := &Handler{PolicyFile: examplePolicy}
 	provision(t, h)
 	payload := `{"model":"qwen2.5-7b-instruct","max_tokens":8,"messages":[{"role":"user","content":"` + strings.Repeat("é", 5000) + `"}]}`
-	r := chat(t, "alice", "")
-	r.Body = io.NopCloser(strings.NewReader(payload))
-	r.ContentLength = -1
-	c := serve(t, h, r)
-	if c.rec.Code != 200 {
-		t.Fatalf("got %d %s", c.rec.Code, c.rec.Body)
-	}
-	if string(c.upBody) != payload {
-		t.Errorf("upstream body differs: %d bytes, want %d", len(c.upBody), len(payload))
+	for _, chunked := range []bool{false, true} {
+		r := chat(t, "alice", payload)
+		if chunked {
+			r.Body = io.NopCloser(strings.NewReader(payload))
+			r.ContentLength = -1
+		} else if r.ContentLength != int64(len(payload)) {
+			t.Fatalf("test request declares %d", r.ContentLength)
+		}
+		c := serve(t, h, r)
+		if c.rec.Code != 200 {
+			t.Fatalf("chunked=%v: got %d %s", chunked, c.rec.Code, c.rec.Body)
+		}
+		if string(c.upBody) != payload {
+			t.Errorf("chunked=%v: upstream body differs: %d bytes, want %d", chunked, len(c.upBody), len(payload))
+		}
 	}
 }
 
@@ -462,23 +468,6 @@ func TestInternedStringsAreExactAndTheTableIsBounded(t *testing.T) {
 	}
 	if got := in.split("a\nb"); len(got) != 2 || got[0] != "a" || got[1] != "b" {
 		t.Errorf("split: %q", got)
-	}
-}
-
-func TestDeclaredBodyGoesOnByteForByte(t *testing.T) {
-	h := &Handler{PolicyFile: examplePolicy}
-	provision(t, h)
-	payload := `{"model":"qwen2.5-7b-instruct","max_tokens":8,"messages":[{"role":"user","content":"` + strings.Repeat("é", 5000) + `"}]}`
-	r := chat(t, "alice", payload)
-	if r.ContentLength != int64(len(payload)) {
-		t.Fatalf("test request declares %d", r.ContentLength)
-	}
-	c := serve(t, h, r)
-	if c.rec.Code != 200 {
-		t.Fatalf("got %d %s", c.rec.Code, c.rec.Body)
-	}
-	if string(c.upBody) != payload {
-		t.Errorf("upstream body differs: %d bytes, want %d", len(c.upBody), len(payload))
 	}
 }
 
