@@ -561,7 +561,7 @@ def write_report(path, r, fixed, held, cold, warm, scale, criterion, gobench, a)
     lines += [
         "",
         "With 100,000 identities every request brings a token outside the token cache (4,096),",
-        "so each is verified (ES256 with the RustCrypto backend: the cold-path cost above); the",
+        "so each is verified (ES256 through jsonwebtoken's aws-lc-rs backend: the cold-path cost above); the",
         "bucket tables stay bounded (`max_keys`, swept as they go).",
         "",
         "## Below HTTP",
