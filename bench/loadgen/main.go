@@ -7,18 +7,21 @@
 //
 // Load: closed loop by default (-c connections, each sending as soon as it has its
 // answer: the most a setup can serve); with -rate, open loop at a fixed rate (the
-// latency a setup adds at a given load).
+// latency a setup adds at a given load). With -fresh every request opens a new
+// connection; with -mint-certs each presents a certificate the server has not seen.
 package main
 
 import (
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -26,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -55,6 +59,10 @@ func main() {
 	rate := flag.Float64("rate", 0, "open loop: start requests at this fixed rate per second "+
 		"(latency counts from each request's scheduled start); 0: closed loop, each "+
 		"connection sends its next request when the previous one is answered")
+	fresh := flag.Bool("fresh", false, "a new connection (full TLS handshake, no resumption) for every request")
+	mint := flag.Int("mint-certs", 0, "with -fresh: present a new client certificate on each connection, "+
+		"cycling through this many, minted at start and signed by -ca-key")
+	caKey := flag.String("ca-key", "", "key of the -ca CA, for -mint-certs")
 	flag.Parse()
 
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(256)}
@@ -70,9 +78,22 @@ func main() {
 		check(err)
 		tlsCfg.Certificates = []tls.Certificate{pair}
 	}
+	if *fresh {
+		// Every handshake is a full one, so the server sees the certificate each time.
+		tlsCfg.ClientSessionCache = nil
+	}
+	if *mint > 0 {
+		certs := mintClientCerts(*ca, *caKey, *mint)
+		var n atomic.Int64
+		tlsCfg.Certificates = nil
+		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &certs[int(n.Add(1)-1)%len(certs)], nil
+		}
+	}
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
 	transport := &http.Transport{
 		TLSClientConfig: tlsCfg, MaxIdleConnsPerHost: *conns, MaxConnsPerHost: *conns, ForceAttemptHTTP2: false,
+		DisableKeepAlives: *fresh,
 	}
 	if *connect != "" {
 		transport.Dial = func(network, addr string) (net.Conn, error) { return dialer.Dial(network, *connect) }
@@ -240,4 +261,39 @@ func sign(k crypto.Signer, kid string, claims map[string]any) string {
 	}
 	check(err)
 	return signing + "." + enc(sig)
+}
+
+// mintClientCerts makes n device certificates (P-256, clientAuth, O=Example Corp,
+// OU=ml-users, CN=bench-device-i, SAN bench-device-i@example.com) signed by the CA.
+func mintClientCerts(caPath, caKeyPath string, n int) []tls.Certificate {
+	b, err := os.ReadFile(caPath)
+	check(err)
+	block, _ := pem.Decode(b)
+	if block == nil {
+		log.Fatalf("%s: no PEM", caPath)
+	}
+	caCert, err := x509.ParseCertificate(block.Bytes)
+	check(err)
+	caSigner := loadKey(caKeyPath)
+	out := make([]tls.Certificate, n)
+	for i := range out {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		check(err)
+		serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+		check(err)
+		name := fmt.Sprintf("bench-device-%d", i)
+		tmpl := &x509.Certificate{
+			SerialNumber:   serial,
+			Subject:        pkix.Name{Organization: []string{"Example Corp"}, OrganizationalUnit: []string{"ml-users"}, CommonName: name},
+			EmailAddresses: []string{name + "@example.com"},
+			NotBefore:      time.Now().Add(-time.Hour),
+			NotAfter:       time.Now().Add(24 * time.Hour),
+			KeyUsage:       x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:    []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caSigner)
+		check(err)
+		out[i] = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	}
+	return out
 }
