@@ -15,18 +15,6 @@ type requestFields struct {
 	bodySize                                    uint64
 }
 
-// appendRequest appends the flat encoding of ztp_engine_decide to buf:
-// version, body size, six strings, then the headers; strings are u32-length-prefixed.
-func appendRequest(buf []byte, f *requestFields) []byte {
-	buf = appendRequestFields(buf, f)
-	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(f.headers)))
-	for _, h := range f.headers {
-		buf = appendString(buf, h[0])
-		buf = appendString(buf, h[1])
-	}
-	return buf
-}
-
 // appendRequestFields appends everything before the headers.
 func appendRequestFields(buf []byte, f *requestFields) []byte {
 	buf = append(buf, 1)

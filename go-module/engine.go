@@ -182,8 +182,9 @@ func (e *engine) describe() (string, error) {
 	return takeBuffer(out), nil
 }
 
-// decide runs one decision. req is the flat encoding (encodeRequest); cert is nil when
-// no certificate was presented. The encoded decision is written into out.
+// decide runs one decision. req is the flat encoding (appendRequestFields, then
+// appendRequestHeaders); cert is nil when no certificate was presented. The encoded
+// decision is written into out.
 func (e *engine) decide(req, cert, body, out []byte) (int, error) {
 	var certPtr *C.uint8_t
 	if cert != nil {

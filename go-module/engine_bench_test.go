@@ -1,6 +1,7 @@
 package ztpolicy
 
 import (
+	"encoding/binary"
 	"os"
 	"testing"
 )
@@ -14,6 +15,19 @@ func benchFields() *requestFields {
 		headers: [][2]string{{"Content-Type", "application/json"}, {"User-Agent", "OpenAI/Python 1.99.0"},
 			{"Accept", "application/json"}, {"Accept-Encoding", "gzip"}, {"Host", "ai.example.internal"}},
 	}
+}
+
+// appendRequest appends the flat encoding of ztp_engine_decide to buf, headers from
+// f.headers (the handler encodes http.Header directly, appendRequestHeaders):
+// version, body size, six strings, then the headers; strings are u32-length-prefixed.
+func appendRequest(buf []byte, f *requestFields) []byte {
+	buf = appendRequestFields(buf, f)
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(f.headers)))
+	for _, h := range f.headers {
+		buf = appendString(buf, h[0])
+		buf = appendString(buf, h[1])
+	}
+	return buf
 }
 
 var benchBody = []byte(`{"model":"llama-3.1-8b-instruct","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`)

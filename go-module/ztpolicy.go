@@ -132,9 +132,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("zt_policy: %v", err)
 	}
+	provisioned := false
+	defer func() {
+		if !provisioned {
+			eng.free() // provisioning failed: this handler will never decide with it
+		}
+	}()
 	if h.Issuer != "" {
 		if err := eng.configureToken(h.Issuer, h.Audiences); err != nil {
-			eng.free()
 			return fmt.Errorf("zt_policy: issuer: %v", err)
 		}
 	}
@@ -143,13 +148,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		err = json.Unmarshal([]byte(desc), &h.info)
 	}
 	if err != nil {
-		eng.free()
 		return fmt.Errorf("zt_policy: describing the engine: %v", err)
 	}
 	// With an issuer in the Caddyfile the keys come from the IdP, not from a file.
 	if h.Issuer == "" {
 		if err := h.loadJWKS(eng, name); err != nil {
-			eng.free()
 			return err
 		}
 	}
@@ -167,7 +170,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		src, err := newJWKSSource(issuer, h.IdPCAFile, eng, h.logger, interval, minInterval)
 		if err != nil {
-			eng.free()
 			return err
 		}
 		fetchCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -180,7 +182,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.poolKey = "zt_policy:" + name
 	val, _, err := pool.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) { return &sharedState{}, nil })
 	if err != nil {
-		eng.free()
 		return err
 	}
 	st := val.(*sharedState)
@@ -195,6 +196,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	st.mu.Unlock()
 	previous.free()
 
+	provisioned = true
 	h.eng = eng
 	h.decideFn = eng.decide
 	h.strip = append([]string{h.identityHeader(), h.ruleHeader()}, h.StripHeaders...)
@@ -404,11 +406,7 @@ func (h *Handler) readBody(r *http.Request) ([]byte, uint64, error) {
 		read = buf.Bytes()
 	}
 	r.Body = &replayBody{read: read, rest: r.Body}
-	size := uint64(len(read))
-	if declared > 0 && uint64(declared) > size {
-		size = uint64(declared)
-	}
-	return read, size, nil
+	return read, uint64(len(read)), nil
 }
 
 // requestBuffers holds the buffers requests are encoded into for the engine.
