@@ -194,7 +194,7 @@ impl Expression {
     }
 
     pub fn eval_bool(&self, ctx: &Context<'_, '_>) -> Result<bool, String> {
-        if let Some(b) = native::truth(&self.native, ctx) {
+        if let Some(b) = self.eval_native_bool(ctx) {
             return Ok(b);
         }
         match self.eval(ctx)? {
@@ -213,7 +213,7 @@ impl Expression {
     }
 
     pub fn eval_u64(&self, ctx: &Context<'_, '_>) -> Result<u64, String> {
-        if let Some(n) = native::unsigned(&self.native_value, ctx) {
+        if let Some(n) = self.eval_native_u64(ctx) {
             return Ok(n);
         }
         match self.eval(ctx)? {

@@ -59,20 +59,29 @@ impl<'a> Request<'a> {
         })
     }
 
+    /// The string fields of `request`, in the order of `STRING_FIELDS`.
+    fn strings(&self) -> [&'a str; 6] {
+        [
+            self.method,
+            self.path,
+            self.host,
+            self.scheme,
+            self.query,
+            self.remote_ip,
+        ]
+    }
+
+    /// `request.size`: the body size as a CEL int.
+    fn size(&self) -> CelInt {
+        CelInt::from(self.body_size.min(i64::MAX as u64) as i64)
+    }
+
     /// The scalar fields of `request`, borrowing the request's strings: built without
     /// allocating, so an expression can read them by reference.
     pub fn scalars(&self) -> Scalars<'a> {
         Scalars {
-            strings: [
-                self.method,
-                self.path,
-                self.host,
-                self.scheme,
-                self.query,
-                self.remote_ip,
-            ]
-            .map(CelString::from),
-            size: CelInt::from(self.body_size.min(i64::MAX as u64) as i64),
+            strings: self.strings().map(CelString::from),
+            size: self.size(),
         }
     }
 
@@ -102,19 +111,13 @@ impl<'a> Request<'a> {
                 .map(|(k, v)| (cow_key(k), values::string(v)))
                 .collect(),
         );
-        values::map(vec![
-            ("method", values::string(self.method)),
-            ("scheme", values::string(self.scheme)),
-            ("host", values::string(self.host)),
-            ("path", values::string(self.path)),
-            ("query", values::string(self.query)),
-            ("remote_ip", values::string(self.remote_ip)),
-            (
-                "size",
-                values::int(self.body_size.min(i64::MAX as u64) as i64),
-            ),
-            ("headers", headers),
-        ])
+        let mut fields: Vec<(&str, BoxVal<'a>)> = STRING_FIELDS
+            .into_iter()
+            .zip(self.strings().map(values::string))
+            .collect();
+        fields.push(("size", Box::new(self.size())));
+        fields.push(("headers", headers));
+        values::map(fields)
     }
 }
 
@@ -131,19 +134,16 @@ pub struct Scalars<'a> {
     size: CelInt,
 }
 
+/// The names of `request`'s string fields, in the order of `Request::strings`.
+const STRING_FIELDS: [&str; 6] = ["method", "path", "host", "scheme", "query", "remote_ip"];
+
 impl<'a> Scalars<'a> {
     /// The field named `name`; `None` for `headers` and anything that is not a scalar.
     pub fn get(&self, name: &str) -> Option<&(dyn Val + 'a)> {
-        let i = match name {
-            "method" => 0,
-            "path" => 1,
-            "host" => 2,
-            "scheme" => 3,
-            "query" => 4,
-            "remote_ip" => 5,
-            "size" => return Some(&self.size),
-            _ => return None,
-        };
+        if name == "size" {
+            return Some(&self.size);
+        }
+        let i = STRING_FIELDS.iter().position(|f| *f == name)?;
         Some(&self.strings[i])
     }
 }
