@@ -303,6 +303,21 @@ def share_within(buckets, le):
     return buckets.get(le, 0) / total if total else float("nan")
 
 
+def interleaved(names, rounds):
+    """(round, setup) pairs: each round starts with another setup, so none always runs first."""
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            yield i, name
+
+
+def merged_statuses(runs):
+    statuses = {}
+    for r in runs:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    return statuses
+
+
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
@@ -335,44 +350,34 @@ def main():
         hist0 = {name: b.decision_histogram(p) for name, p in held.items()}
         rounds = {name: [] for name in caddies}
         names = list(caddies)
-        for i in range(a.rounds):
-            # Each round starts with another setup, so none always runs first.
-            for name in names[i % len(names):] + names[:i % len(names)]:
-                p, port = caddies[name]
-                c0 = cpu_seconds(p.pid)
-                r = b.load(port, *token)
-                r["cpu_s"] = cpu_seconds(p.pid) - c0
-                rounds[name].append(r)
-                print(name, i, json.dumps({k: r[k] for k in ("rps", "p50_us", "p99_us", "cpu_s")}), flush=True)
+        for i, name in interleaved(names, a.rounds):
+            p, port = caddies[name]
+            c0 = cpu_seconds(p.pid)
+            r = b.load(port, *token)
+            r["cpu_s"] = cpu_seconds(p.pid) - c0
+            rounds[name].append(r)
+            print(name, i, json.dumps({k: r[k] for k in ("rps", "p50_us", "p99_us", "cpu_s")}), flush=True)
         for name, rs in rounds.items():
-            statuses = {}
-            for r in rs:
-                for k, v in r["statuses"].items():
-                    statuses[k] = statuses.get(k, 0) + v
             results[name] = {
                 "rps": median([r["rps"] for r in rs]), "rps_all": [r["rps"] for r in rs],
                 "p50_us": median([r["p50_us"] for r in rs]), "p99_us": median([r["p99_us"] for r in rs]),
                 "cpu_us_per_req": sum(r["cpu_s"] for r in rs) * 1e6 / max(1, sum(r["requests"] for r in rs)),
-                "statuses": statuses, "errors": sum(r["errors"] for r in rs),
+                "statuses": merged_statuses(rs), "errors": sum(r["errors"] for r in rs),
             }
         hist1 = {name: b.decision_histogram(p) for name, p in held.items()}
         # Latency at one fixed rate for all: open loop, enough connections that the
         # load generator never waits for one; interleaved rounds again.
         fixed_rounds = {name: [] for name in caddies}
-        for i in range(a.rounds):
-            for name in names[i % len(names):] + names[:i % len(names)]:
-                r = b.load(caddies[name][1], *token, "-rate", f"{a.rate:g}", seconds=a.seconds, conns=16)
-                fixed_rounds[name].append(r)
-                print("fixed", name, i, json.dumps({k: r[k] for k in ("rps", "p50_us", "p99_us")}), flush=True)
+        for i, name in interleaved(names, a.rounds):
+            r = b.load(caddies[name][1], *token, "-rate", f"{a.rate:g}", seconds=a.seconds, conns=16)
+            fixed_rounds[name].append(r)
+            print("fixed", name, i, json.dumps({k: r[k] for k in ("rps", "p50_us", "p99_us")}), flush=True)
         hist2 = {name: b.decision_histogram(p) for name, p in held.items()}
         for name, rs in fixed_rounds.items():
             fixed[name] = {k: median([r[k] for r in rs]) for k in ("p50_us", "p90_us", "p99_us", "max_us")}
             fixed[name]["p99_all"] = [r["p99_us"] for r in rs]
             fixed[name]["requests"] = sum(r["requests"] for r in rs)
-            fixed[name]["statuses"] = {}
-            for r in rs:
-                for k, v in r["statuses"].items():
-                    fixed[name]["statuses"][k] = fixed[name]["statuses"].get(k, 0) + v
+            fixed[name]["statuses"] = merged_statuses(rs)
         held_time = {name: {"saturated": histogram_delta(hist0[name], hist1[name]),
                             "fixed": histogram_delta(hist1[name], hist2[name])} for name in held}
         for p, _ in caddies.values():
