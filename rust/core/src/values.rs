@@ -48,44 +48,16 @@ pub fn empty_map() -> BoxVal<'static> {
 pub struct TooDeep;
 
 /// Converts parsed JSON to a CEL value, refusing documents nested deeper than
-/// `max_depth` (objects and arrays count one level each).
+/// `max_depth` (objects and arrays count one level each). The same conversion as a
+/// streamed body (`parse_json`): one visitor, one set of number rules.
 pub fn from_json(value: &serde_json::Value, max_depth: usize) -> Result<BoxVal<'static>, TooDeep> {
-    convert(value, max_depth)
-}
-
-fn convert(value: &serde_json::Value, depth_left: usize) -> Result<BoxVal<'static>, TooDeep> {
-    use serde_json::Value as J;
-    Ok(match value {
-        J::Null => Box::new(CelNull),
-        J::Bool(b) => boolean(*b),
-        J::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                int(i)
-            } else if let Some(u) = n.as_u64() {
-                Box::new(cel::common::types::CelUInt::from(u))
-            } else {
-                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
-            }
-        }
-        J::String(s) => string(s.clone()),
-        J::Array(items) => {
-            let depth = depth_left.checked_sub(1).ok_or(TooDeep)?;
-            list(
-                items
-                    .iter()
-                    .map(|v| convert(v, depth))
-                    .collect::<Result<_, _>>()?,
-            )
-        }
-        J::Object(fields) => {
-            let depth = depth_left.checked_sub(1).ok_or(TooDeep)?;
-            let mut entries = Vec::with_capacity(fields.len());
-            for (k, v) in fields {
-                entries.push((k.clone(), convert(v, depth)?));
-            }
-            map(entries)
-        }
-    })
+    use serde::de::DeserializeSeed;
+    // The visitor's only error is the depth limit: a parsed Value is otherwise valid.
+    JsonSeed {
+        depth_left: max_depth,
+    }
+    .deserialize(value)
+    .map_err(|_| TooDeep)
 }
 
 type PathMap = HashMap<String, BoxVal<'static>, foldhash::fast::RandomState>;
@@ -237,6 +209,24 @@ impl JsonSeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parsed_and_streamed_json_convert_alike() {
+        let text = r#"{"n":null,"b":true,"i":-7,"u":18446744073709551615,"f":0.5,"s":"é","a":[1,{"k":"v"}]}"#;
+        let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+        let a = from_json(&parsed, 8).unwrap();
+        let b = parse_json(text.as_bytes(), 8).unwrap();
+        assert!(a.equals(b.as_ref()), "{a:?} != {b:?}");
+        // Equality is heterogeneous across number types: check the types themselves.
+        for v in [&a, &b] {
+            let field = |k: &str| v.as_indexer().unwrap().get(&CelString::from(k)).unwrap();
+            assert!(field("i").downcast_ref::<CelInt>().is_some());
+            assert!(field("u")
+                .downcast_ref::<cel::common::types::CelUInt>()
+                .is_some());
+            assert!(field("f").downcast_ref::<CelDouble>().is_some());
+        }
+    }
 
     #[test]
     fn json_depth_is_bounded() {
