@@ -1,0 +1,79 @@
+package ztpolicy
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// In Caddy under load a decision does not find the engine in the CPU caches: TLS,
+// HTTP parsing and proxying run between two decisions and evict it. These benchmarks
+// measure one decision (encoding and the cgo call, as the handler makes them) after
+// writing over a buffer the size of twice the L2 cache, then twice the L3 cache, so
+// what the in-process benchmarks above leave out — the memory a decision touches —
+// shows up in the number. Only the decision is timed; ns/op is per decision.
+func BenchmarkDecideEvicted(b *testing.B) {
+	example := benchEngine(b)
+	trivial, err := newEngine([]byte("[settings]\nrequire_identity = false\n[[rule]]\nname = \"all\"\neffect = \"allow\"\nwhen = 'true'\n"), "trivial.toml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(trivial.free)
+	f, der := benchFields(), cert(b, "bob").Raw
+	for _, level := range []struct {
+		name  string
+		bytes int
+	}{{"hot", 0}, {"L2-evicted", 2 * cacheSize(2, 512<<10)}, {"L3-evicted", 2 * cacheSize(3, 32<<20)}} {
+		for _, c := range []struct {
+			name string
+			eng  *engine
+		}{{"example", example}, {"one-rule", trivial}} {
+			b.Run(level.name+"/"+c.name, func(b *testing.B) {
+				junk := make([]byte, level.bytes)
+				buf, out := make([]byte, 0, 2048), make([]byte, 4096)
+				var held time.Duration
+				for b.Loop() {
+					for i := 0; i < len(junk); i += 64 {
+						junk[i]++
+					}
+					start := time.Now()
+					buf = appendRequest(buf[:0], f)
+					if _, err := c.eng.decide(buf, der, benchBody, out); err != nil {
+						b.Fatal(err)
+					}
+					held += time.Since(start)
+				}
+				b.ReportMetric(float64(held.Nanoseconds())/float64(b.N), "ns/op")
+			})
+		}
+	}
+}
+
+// cacheSize reads the size of CPU 0's unified cache of a level from sysfs.
+func cacheSize(level int, fallback int) int {
+	for i := 0; i < 8; i++ {
+		dir := "/sys/devices/system/cpu/cpu0/cache/index" + strconv.Itoa(i) + "/"
+		l, err1 := os.ReadFile(dir + "level")
+		s, err2 := os.ReadFile(dir + "size")
+		if err1 != nil || err2 != nil {
+			break
+		}
+		if strings.TrimSpace(string(l)) != strconv.Itoa(level) {
+			continue
+		}
+		size := strings.TrimSpace(string(s))
+		mult := 1
+		switch {
+		case strings.HasSuffix(size, "K"):
+			mult, size = 1<<10, strings.TrimSuffix(size, "K")
+		case strings.HasSuffix(size, "M"):
+			mult, size = 1<<20, strings.TrimSuffix(size, "M")
+		}
+		if n, err := strconv.Atoi(size); err == nil && n > 0 {
+			return n * mult
+		}
+	}
+	return fallback
+}
