@@ -2,6 +2,7 @@
 //! identity (401) → body size (413) → rules (deny overrides allow, default deny: 403)
 //! → limits (429). Every step fails closed.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use cel::common::value::CowVal;
@@ -30,6 +31,8 @@ pub struct Engine {
     absent_cert: Indexed,
     empty_claims: Indexed,
     needs_body: bool,
+    /// Each rule's "allowed by rule …" message, formatted once rather than per request.
+    allow_messages: Vec<String>,
 }
 
 /// Identity handed in directly instead of parsed from the request: policy test cases
@@ -58,7 +61,13 @@ impl Engine {
                     || l.cost.as_ref().is_some_and(|e| e.reads("body"))
                     || l.when.as_ref().is_some_and(|e| e.reads("body"))
             });
+        let allow_messages = policy
+            .rules
+            .iter()
+            .map(|r| format!("allowed by rule {:?}", r.name))
+            .collect();
         Engine {
+            allow_messages,
             certs: CertCache::new(policy.certificate.cache_size),
             policy,
             env: crate::expr::env(),
@@ -418,8 +427,8 @@ impl Engine {
         let mut matched = Vec::new();
         let mut errors = Vec::new();
         let mut deciding_deny: Option<(&policy::Rule, Option<String>)> = None;
-        let mut first_allow: Option<&policy::Rule> = None;
-        for rule in &self.policy.rules {
+        let mut first_allow: Option<(usize, &policy::Rule)> = None;
+        for (i, rule) in self.policy.rules.iter().enumerate() {
             match rule.when.eval_bool(&ctx) {
                 Ok(true) => {
                     matched.push(rule.name.clone());
@@ -427,7 +436,7 @@ impl Engine {
                         Effect::Deny if deciding_deny.is_none() => {
                             deciding_deny = Some((rule, None))
                         }
-                        Effect::Allow if first_allow.is_none() => first_allow = Some(rule),
+                        Effect::Allow if first_allow.is_none() => first_allow = Some((i, rule)),
                         _ => {}
                     }
                 }
@@ -464,7 +473,7 @@ impl Engine {
                 Some(&rule.name),
             );
         }
-        let Some(allow) = first_allow else {
+        let Some((allow_index, allow)) = first_allow else {
             return explain.into(
                 Decision::deny(
                     self.policy.deny_status,
@@ -497,14 +506,15 @@ impl Engine {
                 }
             }
             // The default key is the identity itself: no need to run CEL for it.
-            let key = match if cfg.key.source == "identity" {
+            let key: Result<Cow<'_, String>, String> = if cfg.key.source == "identity" {
                 act.identity
                     .get()
-                    .cloned()
+                    .map(Cow::Borrowed)
                     .ok_or_else(|| "no identity".to_owned())
             } else {
-                cfg.key.eval_string(&ctx)
-            } {
+                cfg.key.eval_string(&ctx).map(Cow::Owned)
+            };
+            let key = match key {
                 Ok(k) if !k.is_empty() => k,
                 Ok(_) => return limit_error(explain, "key", "it is empty".into()),
                 Err(e) => return limit_error(explain, "key", e),
@@ -516,7 +526,7 @@ impl Engine {
                     Err(e) => return limit_error(explain, "cost", e),
                 },
             };
-            let (status, reason, message, retry_after) = match state.check(cfg, key, cost) {
+            let (status, reason, message, retry_after) = match state.check(cfg, &key, cost) {
                 Outcome::Allowed {
                     remaining,
                     reset_secs,
@@ -589,7 +599,7 @@ impl Engine {
             },
             Some(&allow.name),
         );
-        d.message = format!("allowed by rule {:?}", allow.name);
+        d.message = self.allow_messages[allow_index].clone();
         d.limit = tightest.map(|(cfg, state, remaining, reset)| LimitReport {
             name: cfg.name.clone(),
             remaining,

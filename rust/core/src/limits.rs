@@ -134,7 +134,10 @@ impl LimitState {
     }
 
     /// Takes `cost` cells from `key`'s bucket.
-    pub fn check(&self, config: &LimitConfig, key: String, cost: u64) -> Outcome {
+    // `&String`, not `&str`: governor's keyed store looks keys up by `&K`, and the
+    // caller usually holds the identity as a String already, so nothing is copied.
+    #[allow(clippy::ptr_arg)]
+    pub fn check(&self, config: &LimitConfig, key: &String, cost: u64) -> Outcome {
         if cost > u64::from(config.burst) {
             return Outcome::CostExceedsBurst {
                 cost,
@@ -158,14 +161,14 @@ impl LimitState {
             // caller) also gives the memory back.
             self.limiter.retain_recent();
         }
-        if self.store.0.len() >= config.max_keys && !self.store.0.contains_key(&key) {
+        if self.store.0.len() >= config.max_keys && !self.store.0.contains_key(key) {
             self.sweep_when_full();
             let live = self.store.0.len();
             if live >= config.max_keys {
                 return Outcome::TableFull { live_keys: live };
             }
         }
-        let result = self.limiter.check_key_n(&key, n);
+        let result = self.limiter.check_key_n(key, n);
         match result {
             Ok(Ok(snapshot)) => Outcome::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),
@@ -223,9 +226,59 @@ impl LimitState {
         remaining: u32,
         reset_secs: u64,
     ) -> RateLimitHeaders {
+        // `"name";r=…;t=…`, written without the formatting machinery: this runs on
+        // every allowed request, and the formatter's code is pages of its own.
+        let mut ratelimit = String::with_capacity(config.name.len() + 48);
+        ratelimit.push('"');
+        ratelimit.push_str(&config.name);
+        ratelimit.push_str("\";r=");
+        push_decimal(&mut ratelimit, u64::from(remaining));
+        ratelimit.push_str(";t=");
+        push_decimal(&mut ratelimit, reset_secs);
         RateLimitHeaders {
-            ratelimit: format!("\"{}\";r={};t={}", config.name, remaining, reset_secs),
+            ratelimit,
             ratelimit_policy: self.policy_header.clone(),
+        }
+    }
+}
+
+fn push_decimal(s: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        s.push(char::from(d));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_decimal;
+
+    #[test]
+    fn decimal_like_display() {
+        for n in [
+            0,
+            7,
+            9,
+            10,
+            99,
+            100,
+            4096,
+            1_000_000_007,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut s = String::from("x=");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x={n}"));
         }
     }
 }

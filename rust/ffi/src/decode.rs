@@ -61,21 +61,37 @@ pub fn request<'a>(
     if count > r.buf.len() / 8 {
         return Err(Malformed);
     }
-    let mut raw_headers = Vec::with_capacity(count);
+    // The headers go straight into the caller's list (one allocation, of the right
+    // size); a header that is not UTF-8 is remembered, and reported once the whole
+    // encoding is known to be well formed.
+    headers.reserve_exact(count);
+    let mut bad_header = None;
     for _ in 0..count {
-        raw_headers.push((r.bytes()?, r.bytes()?));
+        let (n, v) = (r.bytes()?, r.bytes()?);
+        if bad_header.is_none() {
+            match header(n, v) {
+                Ok(h) => headers.push(h),
+                Err(e) => bad_header = Some(e),
+            }
+        }
     }
     if !r.buf.is_empty() {
         return Err(Malformed);
     }
-    Ok(build(raw, body_size, raw_headers, headers))
+    Ok(build(raw, body_size, bad_header))
+}
+
+fn header<'a>(n: &'a [u8], v: &'a [u8]) -> Result<(&'a str, &'a str), String> {
+    let name = text("header name", n)?;
+    let value =
+        std::str::from_utf8(v).map_err(|_| format!("request header {name} is not valid UTF-8"))?;
+    Ok((name, value))
 }
 
 fn build<'a>(
     raw: [&'a [u8]; 6],
     body_size: u64,
-    raw_headers: Vec<(&'a [u8], &'a [u8])>,
-    headers: &mut Vec<(&'a str, &'a str)>,
+    bad_header: Option<String>,
 ) -> Result<Request<'a>, String> {
     let names = [
         "method",
@@ -89,11 +105,8 @@ fn build<'a>(
     for i in 0..6 {
         s[i] = text(names[i], raw[i])?;
     }
-    for (n, v) in raw_headers {
-        let name = text("header name", n)?;
-        let value = std::str::from_utf8(v)
-            .map_err(|_| format!("request header {name} is not valid UTF-8"))?;
-        headers.push((name, value));
+    if let Some(e) = bad_header {
+        return Err(e);
     }
     // The headers go in by the caller, once its list of them is final.
     Ok(Request {
@@ -134,9 +147,16 @@ pub unsafe fn fields<'a>(
     } else {
         std::slice::from_raw_parts(r.headers, r.header_count)
     };
-    let mut raw_headers = Vec::with_capacity(header_structs.len());
+    let mut headers = Vec::with_capacity(header_structs.len());
+    let mut bad_header = None;
     for h in header_structs {
-        raw_headers.push((str_of(h.name)?, str_of(h.value)?));
+        let (n, v) = (str_of(h.name)?, str_of(h.value)?);
+        if bad_header.is_none() {
+            match header(n, v) {
+                Ok(h) => headers.push(h),
+                Err(e) => bad_header = Some(e),
+            }
+        }
     }
     let cert = if r.client_cert_der.ptr.is_null() {
         None
@@ -144,12 +164,9 @@ pub unsafe fn fields<'a>(
         Some(str_of(r.client_cert_der)?)
     };
     let body = str_of(r.body)?;
-    let mut headers = Vec::with_capacity(raw_headers.len());
-    Ok(
-        build(raw, r.body_size, raw_headers, &mut headers).map(|mut f| {
-            f.client_cert_der = cert;
-            f.body = body;
-            (f, headers)
-        }),
-    )
+    Ok(build(raw, r.body_size, bad_header).map(|mut f| {
+        f.client_cert_der = cert;
+        f.body = body;
+        (f, headers)
+    }))
 }

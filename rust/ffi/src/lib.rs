@@ -428,12 +428,13 @@ unsafe fn write_decision(
     out_cap: usize,
     out_len: *mut usize,
 ) -> ztp_result {
-    let encoded = encode::decision(d);
-    if encoded.len() > out_cap {
+    let len = encode::decision_len(d);
+    if len > out_cap {
         return ztp_result::ZTP_BUFFER_TOO_SMALL;
     }
-    std::ptr::copy_nonoverlapping(encoded.as_ptr(), out, encoded.len());
-    *out_len = encoded.len();
+    // The caller owns `out_cap` writable bytes at `out` (the ABI's contract).
+    let out = std::slice::from_raw_parts_mut(out, len);
+    *out_len = encode::decision_into(d, out);
     ztp_result::ZTP_OK
 }
 
