@@ -416,8 +416,12 @@ def main():
 
     criterion = run_criterion()
     gobench = run_gobench()
+    sys.path.insert(0, str(ROOT / "bench" / "footprint"))
+    import footprint  # noqa: E402
+
+    touched = footprint.measure()
     write_report(Path(a.out), results, fixed, held_time, (cold, warm, cold_cert, warm_cert), scale, criterion,
-                 gobench, a)
+                 (gobench, touched), a)
     print(f"wrote {a.out}")
 
 
@@ -469,7 +473,7 @@ def machine():
 
 def write_report(path, r, fixed, held, cold_path, scale, criterion, gobench, a):
     cold, warm, cold_cert, warm_cert = cold_path
-    gobench, evicted = gobench
+    (gobench, evicted), touched = gobench
     def statuses(x):
         return ", ".join(f"{k}: {v:,}" for k, v in sorted(x["statuses"].items()))
 
@@ -575,7 +579,14 @@ def write_report(path, r, fixed, held, cold_path, scale, criterion, gobench, a):
         "",
         "Under load a decision costs between the L2- and the L3-evicted rows, not the hot one:",
         "what it costs is mostly the cache lines and pages it touches (code and data), not the",
-        "instructions it runs. That is where the module's cost in Caddy can still be cut.",
+        "instructions it runs. That is where the module's cost in Caddy can still be cut. What",
+        "one decision of B touches, counted by valgrind's lackey (`bench/footprint/footprint.py`;",
+        "unlike the timings these counts do not move with the machine's load):",
+        "",
+        "| instructions | code lines / pages | data lines / pages | allocations |",
+        "| --- | --- | --- | --- |",
+        f"| {touched['instructions']:,} | {touched['code_lines']} / {touched['code_pages']} | "
+        f"{touched['data_lines']} / {touched['data_pages']} | {touched['allocations']} |",
         "",
         "## Cold path (B with a static JWKS, one request at a time)",
         "",

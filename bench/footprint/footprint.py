@@ -1,0 +1,101 @@
+"""What one decision touches, counted rather than timed.
+
+Under load a decision finds little of the engine in the CPU caches (bench/RESULTS.md,
+"Where B's cost goes"), so its cost follows the memory it touches more than the
+instructions it runs. This builds footprint.c against the engine's static library,
+runs one decision of setup B (example policy with raised limits, alice's certificate,
+carol's token, a chat completion) after five warm-up decisions under valgrind's lackey,
+and counts, for that decision alone: instructions, distinct 64-byte lines and 4 KiB
+pages of code and of data, and calls into malloc/realloc. Unlike a timing these
+numbers do not move with the machine's load, so a change to the engine can be judged
+by them on a noisy machine.
+
+    python3 bench/footprint/footprint.py [LIB.a]   (default: target/release/libzt_policy_ffi.a)
+"""
+
+import bisect
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+ALLOC = {"malloc", "realloc", "calloc"}
+
+
+def build(work: Path, lib: Path) -> Path:
+    exe = work / "footprint"
+    # Static, so that libc's allocator has symbols in the same table as the engine.
+    subprocess.run(["gcc", "-O2", "-g", "-static", "-I", str(ROOT / "rust/ffi/include"), str(HERE / "footprint.c"),
+                    str(lib), "-lpthread", "-ldl", "-lm", "-o", str(exe)],
+                   check=True, capture_output=True)
+    return exe
+
+
+def symbols(exe: Path):
+    table = []
+    out = subprocess.run(["nm", "--defined-only", "-n", str(exe)], check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[1] in "tTwWiI":
+            table.append((int(parts[0], 16), parts[2]))
+    return [a for a, _ in table], [s for _, s in table]
+
+
+def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a") -> dict:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import run  # noqa: E402  (bench/run.py: the policy setup B uses)
+
+    with tempfile.TemporaryDirectory(prefix="ztp-footprint-") as w:
+        work = Path(w)
+        exe = build(work, lib)
+        policy = run.bench_policy(work, raise_limits=True)
+        der = work / "alice.der"
+        subprocess.run(["openssl", "x509", "-in", str(ROOT / "examples/policy/certs/alice.pem"), "-outform", "DER",
+                        "-out", str(der)], check=True)
+        trace = work / "trace"
+        with open(trace, "w") as t:
+            p = subprocess.run(["valgrind", "--tool=lackey", "--trace-mem=yes", "--log-fd=2", str(exe), str(policy),
+                                str(ROOT / "examples/policy/idp/jwks.json"), str(der),
+                                str(ROOT / "examples/policy/idp/carol.jwt")], stdout=subprocess.PIPE, stderr=t,
+                               text=True)
+        if p.returncode != 0 or "status 200" not in p.stdout:
+            raise SystemExit(f"footprint: the traced decision was not allowed: {p.stdout.strip()}")
+        addrs, names = symbols(exe)
+
+        def name(a):
+            i = bisect.bisect_right(addrs, a) - 1
+            return names[i] if i >= 0 else "?"
+
+        ins, ilines, dlines, allocs = 0, set(), set(), 0
+        inside, prev = False, None
+        with open(trace) as t:
+            for line in t:
+                if line.startswith("@@FOOTPRINT-START"):
+                    inside = True
+                elif line.startswith("@@FOOTPRINT-END"):
+                    break
+                elif not inside:
+                    continue
+                elif line.startswith("I "):
+                    a = int(line[3:].split(",", 1)[0], 16)
+                    ins += 1
+                    ilines.add(a >> 6)
+                    s = name(a)
+                    if s != prev and s in ALLOC:
+                        allocs += 1
+                    prev = s
+                elif line[:2] in (" L", " S", " M"):
+                    dlines.add(int(line[3:].split(",", 1)[0], 16) >> 6)
+        return {
+            "instructions": ins,
+            "code_lines": len(ilines), "code_pages": len({x >> 6 for x in ilines}),
+            "data_lines": len(dlines), "data_pages": len({x >> 6 for x in dlines}),
+            "allocations": allocs,
+        }
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(*(Path(a) for a in sys.argv[1:2])), indent=1))
