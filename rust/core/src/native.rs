@@ -23,17 +23,46 @@ use cel::common::types::{CelBool, CelInt, CelString, CelUInt};
 use cel::common::value::CowVal;
 use cel::{Context, Value};
 
+/// A compiled expression: its operations in one vector (children before parents, the
+/// root last), and the names and strings they use in one string. Evaluating it walks
+/// memory that sits together instead of a tree of separate allocations: under load a
+/// decision finds little of the policy in the CPU caches, and each allocation the walk
+/// reaches is another line, often another page, to fetch.
+struct Program {
+    ops: Vec<Op>,
+    values: Vec<ValueOp>,
+    text: Box<str>,
+    lists: Vec<LiteralValue>,
+    cel: Vec<IdedExpr>,
+    regexes: Vec<Arc<regex::Regex>>,
+}
+
 /// A boolean expression.
-pub(crate) enum Node {
+pub(crate) struct Node {
+    program: Program,
+    root: u32,
+}
+
+/// A value expression (a limit's `cost`): a ternary over values, or a value.
+pub(crate) struct ValueNode {
+    program: Program,
+    root: u32,
+}
+
+/// A range of `Program::text`.
+#[derive(Clone, Copy)]
+struct Text(u32, u32);
+
+enum Op {
     Const(bool),
-    And(Box<Node>, Box<Node>),
-    Or(Box<Node>, Box<Node>),
-    Not(Box<Node>),
-    Cond(Box<Node>, Box<Node>, Box<Node>),
+    And(u32, u32),
+    Or(u32, u32),
+    Not(u32),
+    Cond(u32, u32, u32),
     Eq(Operand, Operand),
     Ne(Operand, Operand),
-    /// `x in [literal, …]`
-    InList(Operand, Vec<LiteralValue>),
+    /// `x in [literal, …]`: a range of `Program::lists`.
+    InList(Operand, u32, u32),
     /// `x in container`
     In(Operand, Operand),
     Cmp(Operand, Operand, Cmp),
@@ -44,118 +73,219 @@ pub(crate) enum Node {
     Truth(Operand),
 }
 
+enum ValueOp {
+    Cond(u32, u32, u32),
+    Leaf(Operand),
+}
+
 #[derive(Clone, Copy)]
-pub(crate) enum Cmp {
+enum Cmp {
     Less,
     LessEq,
     Greater,
     GreaterEq,
 }
 
-pub(crate) enum StrFn {
-    StartsWith(String),
-    EndsWith(String),
-    Contains(String),
-    Matches(Arc<regex::Regex>),
+#[derive(Clone, Copy)]
+enum StrFn {
+    StartsWith(Text),
+    EndsWith(Text),
+    Contains(Text),
+    /// An index into `Program::regexes`.
+    Matches(u32),
 }
 
-pub(crate) enum Operand {
+enum Operand {
     /// A variable or a flattened field path (`cert.subject.cn`, `has(body.model)`).
-    Var(String),
+    Var(Text),
     Lit(LiteralValue),
-    /// Anything else, evaluated by cel.
-    Cel(IdedExpr),
+    /// Anything else, evaluated by cel: an index into `Program::cel`.
+    Cel(u32),
 }
 
-/// A value expression (a limit's `cost`): a ternary over values, or a value.
-pub(crate) enum ValueNode {
-    Cond(Node, Box<ValueNode>, Box<ValueNode>),
-    Leaf(Operand),
+#[derive(Default)]
+struct Builder {
+    ops: Vec<Op>,
+    values: Vec<ValueOp>,
+    text: String,
+    lists: Vec<LiteralValue>,
+    cel: Vec<IdedExpr>,
+    regexes: Vec<Arc<regex::Regex>>,
+}
+
+fn index(len: usize) -> u32 {
+    u32::try_from(len).expect("an expression of fewer than 2^32 parts")
+}
+
+impl Builder {
+    fn finish(self) -> Program {
+        Program {
+            ops: self.ops,
+            values: self.values,
+            text: self.text.into_boxed_str(),
+            lists: self.lists,
+            cel: self.cel,
+            regexes: self.regexes,
+        }
+    }
+
+    fn text(&mut self, s: &str) -> Text {
+        let at = index(self.text.len());
+        self.text.push_str(s);
+        Text(at, index(s.len()))
+    }
+
+    fn push(&mut self, op: Op) -> u32 {
+        self.ops.push(op);
+        index(self.ops.len() - 1)
+    }
+
+    fn operand(&mut self, e: &IdedExpr) -> Operand {
+        match &e.expr {
+            Expr::Ident(name) => Operand::Var(self.text(name)),
+            Expr::Literal(l) => Operand::Lit(l.clone()),
+            _ => {
+                self.cel.push(e.clone());
+                Operand::Cel(index(self.cel.len() - 1))
+            }
+        }
+    }
+
+    fn truth_of(&mut self, e: &IdedExpr) -> u32 {
+        let op = Op::Truth(self.operand(e));
+        self.push(op)
+    }
+
+    /// Builds the native form of `e` (an expression whose paths `expr::flatten` joined).
+    fn bool(&mut self, e: &IdedExpr) -> u32 {
+        let Expr::Call(call) = &e.expr else {
+            return match &e.expr {
+                Expr::Literal(LiteralValue::Boolean(b)) => self.push(Op::Const(*b.inner())),
+                _ => self.truth_of(e),
+            };
+        };
+        let args = &call.args;
+        let name = call.func_name.as_str();
+        if let Some(target) = &call.target {
+            if let [arg] = args.as_slice() {
+                if let Expr::Literal(LiteralValue::String(s)) = &arg.expr {
+                    // A target that spells a function's namespace would make this a
+                    // call to that function; only plain values qualify.
+                    if matches!(&target.expr, Expr::Ident(_) | Expr::Literal(_)) {
+                        let s = s.inner();
+                        let f = match name {
+                            "startsWith" => Some(StrFn::StartsWith(self.text(s))),
+                            "endsWith" => Some(StrFn::EndsWith(self.text(s))),
+                            "contains" => Some(StrFn::Contains(self.text(s))),
+                            "matches" => crate::expr::compiled(s).ok().map(|re| {
+                                self.regexes.push(re);
+                                StrFn::Matches(index(self.regexes.len() - 1))
+                            }),
+                            _ => None,
+                        };
+                        if let Some(f) = f {
+                            let x = self.operand(target);
+                            return self.push(Op::Str(x, f));
+                        }
+                    }
+                }
+            }
+            return self.truth_of(e);
+        }
+        let op = match (name, args.len()) {
+            (operators::LOGICAL_AND, 2) => {
+                let (a, b) = (self.bool(&args[0]), self.bool(&args[1]));
+                Op::And(a, b)
+            }
+            (operators::LOGICAL_OR, 2) => {
+                let (a, b) = (self.bool(&args[0]), self.bool(&args[1]));
+                Op::Or(a, b)
+            }
+            (operators::LOGICAL_NOT, 1) => Op::Not(self.bool(&args[0])),
+            (operators::CONDITIONAL, 3) => {
+                let (c, a, b) = (
+                    self.bool(&args[0]),
+                    self.bool(&args[1]),
+                    self.bool(&args[2]),
+                );
+                Op::Cond(c, a, b)
+            }
+            (operators::EQUALS, 2) => match int_type_test(&args[0], &args[1]) {
+                Some(x) => Op::IsInt(self.operand(x)),
+                None => Op::Eq(self.operand(&args[0]), self.operand(&args[1])),
+            },
+            (operators::NOT_EQUALS, 2) => Op::Ne(self.operand(&args[0]), self.operand(&args[1])),
+            (operators::IN, 2) => {
+                let literals = match &args[1].expr {
+                    Expr::List(list) if list.optional_indices.is_empty() => list
+                        .elements
+                        .iter()
+                        .map(|x| match &x.expr {
+                            Expr::Literal(l) => Some(l.clone()),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<LiteralValue>>>(),
+                    _ => None,
+                };
+                let x = self.operand(&args[0]);
+                match literals {
+                    Some(l) => {
+                        let at = index(self.lists.len());
+                        let n = index(l.len());
+                        self.lists.extend(l);
+                        Op::InList(x, at, n)
+                    }
+                    None => Op::In(x, self.operand(&args[1])),
+                }
+            }
+            (operators::LESS, 2) => self.cmp(args, Cmp::Less),
+            (operators::LESS_EQUALS, 2) => self.cmp(args, Cmp::LessEq),
+            (operators::GREATER, 2) => self.cmp(args, Cmp::Greater),
+            (operators::GREATER_EQUALS, 2) => self.cmp(args, Cmp::GreaterEq),
+            _ => return self.truth_of(e),
+        };
+        self.push(op)
+    }
+
+    fn cmp(&mut self, args: &[IdedExpr], op: Cmp) -> Op {
+        Op::Cmp(self.operand(&args[0]), self.operand(&args[1]), op)
+    }
+
+    fn value(&mut self, e: &IdedExpr) -> u32 {
+        let v = match &e.expr {
+            Expr::Call(call)
+                if call.target.is_none()
+                    && call.func_name == operators::CONDITIONAL
+                    && call.args.len() == 3 =>
+            {
+                let c = self.bool(&call.args[0]);
+                let (a, b) = (self.value(&call.args[1]), self.value(&call.args[2]));
+                ValueOp::Cond(c, a, b)
+            }
+            _ => ValueOp::Leaf(self.operand(e)),
+        };
+        self.values.push(v);
+        index(self.values.len() - 1)
+    }
 }
 
 /// Builds the native form of `e` (an expression whose paths `expr::flatten` joined).
 pub(crate) fn compile(e: &IdedExpr) -> Node {
-    let Expr::Call(call) = &e.expr else {
-        return match &e.expr {
-            Expr::Literal(LiteralValue::Boolean(b)) => Node::Const(*b.inner()),
-            _ => Node::Truth(operand(e)),
-        };
-    };
-    let args = &call.args;
-    let name = call.func_name.as_str();
-    if let Some(target) = &call.target {
-        if let [arg] = args.as_slice() {
-            if let Expr::Literal(LiteralValue::String(s)) = &arg.expr {
-                let s = s.inner();
-                let f = match name {
-                    "startsWith" => Some(StrFn::StartsWith(s.to_owned())),
-                    "endsWith" => Some(StrFn::EndsWith(s.to_owned())),
-                    "contains" => Some(StrFn::Contains(s.to_owned())),
-                    "matches" => crate::expr::compiled(s).ok().map(StrFn::Matches),
-                    _ => None,
-                };
-                // A target that spells a function's namespace would make this a call
-                // to that function; only plain values qualify.
-                if let (Some(f), Expr::Ident(_) | Expr::Literal(_)) = (f, &target.expr) {
-                    return Node::Str(operand(target), f);
-                }
-            }
-        }
-        return Node::Truth(operand(e));
-    }
-    let node = |i: usize| Box::new(compile(&args[i]));
-    match (name, args.len()) {
-        (operators::LOGICAL_AND, 2) => Node::And(node(0), node(1)),
-        (operators::LOGICAL_OR, 2) => Node::Or(node(0), node(1)),
-        (operators::LOGICAL_NOT, 1) => Node::Not(node(0)),
-        (operators::CONDITIONAL, 3) => Node::Cond(node(0), node(1), node(2)),
-        (operators::EQUALS, 2) => match int_type_test(&args[0], &args[1]) {
-            Some(x) => Node::IsInt(operand(x)),
-            None => Node::Eq(operand(&args[0]), operand(&args[1])),
-        },
-        (operators::NOT_EQUALS, 2) => Node::Ne(operand(&args[0]), operand(&args[1])),
-        (operators::IN, 2) => match &args[1].expr {
-            Expr::List(list) if list.optional_indices.is_empty() => {
-                let literals: Option<Vec<LiteralValue>> = list
-                    .elements
-                    .iter()
-                    .map(|x| match &x.expr {
-                        Expr::Literal(l) => Some(l.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                match literals {
-                    Some(l) => Node::InList(operand(&args[0]), l),
-                    None => Node::In(operand(&args[0]), operand(&args[1])),
-                }
-            }
-            _ => Node::In(operand(&args[0]), operand(&args[1])),
-        },
-        (operators::LESS, 2) => Node::Cmp(operand(&args[0]), operand(&args[1]), Cmp::Less),
-        (operators::LESS_EQUALS, 2) => Node::Cmp(operand(&args[0]), operand(&args[1]), Cmp::LessEq),
-        (operators::GREATER, 2) => Node::Cmp(operand(&args[0]), operand(&args[1]), Cmp::Greater),
-        (operators::GREATER_EQUALS, 2) => {
-            Node::Cmp(operand(&args[0]), operand(&args[1]), Cmp::GreaterEq)
-        }
-        _ => Node::Truth(operand(e)),
+    let mut b = Builder::default();
+    let root = b.bool(e);
+    Node {
+        program: b.finish(),
+        root,
     }
 }
 
 /// Builds the native form of a value expression.
 pub(crate) fn compile_value(e: &IdedExpr) -> ValueNode {
-    match &e.expr {
-        Expr::Call(call)
-            if call.target.is_none()
-                && call.func_name == operators::CONDITIONAL
-                && call.args.len() == 3 =>
-        {
-            ValueNode::Cond(
-                compile(&call.args[0]),
-                Box::new(compile_value(&call.args[1])),
-                Box::new(compile_value(&call.args[2])),
-            )
-        }
-        _ => ValueNode::Leaf(operand(e)),
+    let mut b = Builder::default();
+    let root = b.value(e);
+    ValueNode {
+        program: b.finish(),
+        root,
     }
 }
 
@@ -174,102 +304,117 @@ fn int_type_test<'a>(left: &'a IdedExpr, right: &IdedExpr) -> Option<&'a IdedExp
     }
 }
 
-fn operand(e: &IdedExpr) -> Operand {
-    match &e.expr {
-        Expr::Ident(name) => Operand::Var(name.clone()),
-        Expr::Literal(l) => Operand::Lit(l.clone()),
-        _ => Operand::Cel(e.clone()),
+impl Program {
+    fn text(&self, t: Text) -> &str {
+        &self.text[t.0 as usize..(t.0 + t.1) as usize]
     }
-}
 
-fn value<'e, 'v>(op: &'e Operand, ctx: &'e Context<'_, 'v>) -> Option<CowVal<'e, 'v>> {
-    match op {
-        Operand::Var(name) => ctx.get_variable(name),
-        Operand::Lit(l) => Some(l.to_val()),
-        Operand::Cel(e) => Value::resolve_val(e, ctx).ok(),
+    fn value<'e, 'v>(
+        &'e self,
+        op: &'e Operand,
+        ctx: &'e Context<'_, 'v>,
+    ) -> Option<CowVal<'e, 'v>> {
+        match op {
+            Operand::Var(name) => ctx.get_variable(self.text(*name)),
+            Operand::Lit(l) => Some(l.to_val()),
+            Operand::Cel(i) => Value::resolve_val(&self.cel[*i as usize], ctx).ok(),
+        }
+    }
+
+    /// The truth of operation `i`, or `None` when cel must decide (see the module docs).
+    fn truth(&self, i: u32, ctx: &Context<'_, '_>) -> Option<bool> {
+        match &self.ops[i as usize] {
+            Op::Const(b) => Some(*b),
+            // cel: a false left side decides `&&` whatever the right side is; otherwise
+            // the right side must be a bool. A failing left side is cel's to report.
+            Op::And(a, b) => match self.truth(*a, ctx)? {
+                false => Some(false),
+                true => self.truth(*b, ctx),
+            },
+            Op::Or(a, b) => match self.truth(*a, ctx)? {
+                true => Some(true),
+                false => self.truth(*b, ctx),
+            },
+            Op::Not(a) => self.truth(*a, ctx).map(|b| !b),
+            Op::Cond(c, a, b) => {
+                if self.truth(*c, ctx)? {
+                    self.truth(*a, ctx)
+                } else {
+                    self.truth(*b, ctx)
+                }
+            }
+            Op::Eq(a, b) => {
+                let (a, b) = (self.value(a, ctx)?, self.value(b, ctx)?);
+                Some(a.equals(b.as_ref()))
+            }
+            Op::Ne(a, b) => {
+                let (a, b) = (self.value(a, ctx)?, self.value(b, ctx)?);
+                Some(!a.equals(b.as_ref()))
+            }
+            Op::InList(x, at, n) => {
+                let x = self.value(x, ctx)?;
+                let list = &self.lists[*at as usize..(*at + *n) as usize];
+                Some(list.iter().any(|l| l.to_val().equals(x.as_ref())))
+            }
+            Op::In(x, c) => {
+                let (x, c) = (self.value(x, ctx)?, self.value(c, ctx)?);
+                c.as_container()?.contains(x.as_ref()).ok()
+            }
+            Op::Cmp(a, b, op) => {
+                let (a, b) = (self.value(a, ctx)?, self.value(b, ctx)?);
+                let ord = a.as_comparer()?.compare(b.as_ref()).ok()?;
+                Some(match op {
+                    Cmp::Less => ord == Ordering::Less,
+                    Cmp::LessEq => ord != Ordering::Greater,
+                    Cmp::Greater => ord == Ordering::Greater,
+                    Cmp::GreaterEq => ord != Ordering::Less,
+                })
+            }
+            Op::Str(x, f) => {
+                let x = self.value(x, ctx)?;
+                let s = x.downcast_ref::<CelString>()?.inner();
+                Some(match *f {
+                    StrFn::StartsWith(p) => s.starts_with(self.text(p)),
+                    StrFn::EndsWith(p) => s.ends_with(self.text(p)),
+                    StrFn::Contains(p) => s.contains(self.text(p)),
+                    StrFn::Matches(re) => self.regexes[re as usize].is_match(s),
+                })
+            }
+            // Other types answer `false` in cel; they are rare enough to leave to it.
+            Op::IsInt(x) => self.value(x, ctx)?.downcast_ref::<CelInt>().map(|_| true),
+            Op::Truth(x) => self
+                .value(x, ctx)?
+                .downcast_ref::<CelBool>()
+                .map(|b| *b.inner()),
+        }
+    }
+
+    fn unsigned(&self, i: u32, ctx: &Context<'_, '_>) -> Option<u64> {
+        match &self.values[i as usize] {
+            ValueOp::Cond(c, a, b) => {
+                if self.truth(*c, ctx)? {
+                    self.unsigned(*a, ctx)
+                } else {
+                    self.unsigned(*b, ctx)
+                }
+            }
+            ValueOp::Leaf(op) => {
+                let v = self.value(op, ctx)?;
+                if let Some(i) = v.downcast_ref::<CelInt>() {
+                    return u64::try_from(*i.inner()).ok();
+                }
+                v.downcast_ref::<CelUInt>().map(|u| *u.inner())
+            }
+        }
     }
 }
 
 /// The expression's truth, or `None` when cel must decide (see the module docs).
 pub(crate) fn truth(n: &Node, ctx: &Context<'_, '_>) -> Option<bool> {
-    match n {
-        Node::Const(b) => Some(*b),
-        // cel: a false left side decides `&&` whatever the right side is; otherwise
-        // the right side must be a bool. A failing left side is cel's to report.
-        Node::And(a, b) => match truth(a, ctx)? {
-            false => Some(false),
-            true => truth(b, ctx),
-        },
-        Node::Or(a, b) => match truth(a, ctx)? {
-            true => Some(true),
-            false => truth(b, ctx),
-        },
-        Node::Not(a) => truth(a, ctx).map(|b| !b),
-        Node::Cond(c, a, b) => {
-            if truth(c, ctx)? {
-                truth(a, ctx)
-            } else {
-                truth(b, ctx)
-            }
-        }
-        Node::Eq(a, b) => {
-            let (a, b) = (value(a, ctx)?, value(b, ctx)?);
-            Some(a.equals(b.as_ref()))
-        }
-        Node::Ne(a, b) => {
-            let (a, b) = (value(a, ctx)?, value(b, ctx)?);
-            Some(!a.equals(b.as_ref()))
-        }
-        Node::InList(x, list) => {
-            let x = value(x, ctx)?;
-            Some(list.iter().any(|l| l.to_val().equals(x.as_ref())))
-        }
-        Node::In(x, c) => {
-            let (x, c) = (value(x, ctx)?, value(c, ctx)?);
-            c.as_container()?.contains(x.as_ref()).ok()
-        }
-        Node::Cmp(a, b, op) => {
-            let (a, b) = (value(a, ctx)?, value(b, ctx)?);
-            let ord = a.as_comparer()?.compare(b.as_ref()).ok()?;
-            Some(match op {
-                Cmp::Less => ord == Ordering::Less,
-                Cmp::LessEq => ord != Ordering::Greater,
-                Cmp::Greater => ord == Ordering::Greater,
-                Cmp::GreaterEq => ord != Ordering::Less,
-            })
-        }
-        Node::Str(x, f) => {
-            let x = value(x, ctx)?;
-            let s = x.downcast_ref::<CelString>()?.inner();
-            Some(match f {
-                StrFn::StartsWith(p) => s.starts_with(p.as_str()),
-                StrFn::EndsWith(p) => s.ends_with(p.as_str()),
-                StrFn::Contains(p) => s.contains(p.as_str()),
-                StrFn::Matches(re) => re.is_match(s),
-            })
-        }
-        // Other types answer `false` in cel; they are rare enough to leave to it.
-        Node::IsInt(x) => value(x, ctx)?.downcast_ref::<CelInt>().map(|_| true),
-        Node::Truth(x) => value(x, ctx)?.downcast_ref::<CelBool>().map(|b| *b.inner()),
-    }
+    n.program.truth(n.root, ctx)
 }
 
 /// A non-negative integer value, or `None` when cel must decide.
 pub(crate) fn unsigned(n: &ValueNode, ctx: &Context<'_, '_>) -> Option<u64> {
-    match n {
-        ValueNode::Cond(c, a, b) => {
-            if truth(c, ctx)? {
-                unsigned(a, ctx)
-            } else {
-                unsigned(b, ctx)
-            }
-        }
-        ValueNode::Leaf(op) => {
-            let v = value(op, ctx)?;
-            if let Some(i) = v.downcast_ref::<CelInt>() {
-                return u64::try_from(*i.inner()).ok();
-            }
-            v.downcast_ref::<CelUInt>().map(|u| *u.inner())
-        }
-    }
+    n.program.unsigned(n.root, ctx)
 }
