@@ -506,6 +506,10 @@ def write_report(path, r, fixed, held, cold_path, scale, criterion, gobench, a):
     lines += [
         "",
         f"- B/A throughput: **{B['rps'] / A['rps']:.3f}** (target ≥ 0.95: {met(B['rps'] / A['rps'] >= 0.95)}).",
+        f"- B/A by Caddy CPU per request (A's over B's): {A['cpu_us_per_req'] / B['cpu_us_per_req']:.3f}; rounds "
+        f"B/A from {min(B['rps_all']) / max(A['rps_all']):.2f} to {max(B['rps_all']) / min(A['rps_all']):.2f}. "
+        "The throughput ratio also depends on how the load generator and nginx share the cores, "
+        "and moves between runs and machines; the module's CPU per request is the steadier figure.",
         f"- B/C throughput: **{B['rps'] / C['rps']:.2f}×** (target: B ahead of C: {met(B['rps'] > C['rps'])}).",
         f"- D/A: {D['rps'] / A['rps']:.2f}× (what proxying to the upstream costs).",
         f"- At saturation latency is mostly queueing: p99 B {B['p99_us']:.0f} µs against A {A['p99_us']:.0f} µs.",
@@ -551,6 +555,12 @@ def write_report(path, r, fixed, held, cold_path, scale, criterion, gobench, a):
         "",
         f"- End-to-end p99, B − A: {fB['p99_us'] - fA['p99_us']:.0f} µs; p50: {fB['p50_us'] - fA['p50_us']:.0f} µs. "
         f"C: p50 {fixed['C']['p50_us']:.0f} µs, p99 {fixed['C']['p99_us']:.0f} µs.",
+    ] + [
+        f"- {name} serves at most {r[name]['rps']:,.0f} requests/s here (throughput table), less than "
+        f"{a.rate:,.0f}: its requests queue, so its latencies at this rate measure the backlog, and it served "
+        f"{fixed[name]['requests']:,} of the {a.rate * a.seconds * a.rounds:,.0f} due in its rounds."
+        for name, _ in SETUPS if r[name]["rps"] < a.rate
+    ] + [
         "- At this rate the machine idles much of the time, and a request's latency is mostly",
         "  the time the load generator, Caddy and nginx take to be woken and scheduled (compare",
         "  D, which does not proxy); the rounds of one setup show how much that varies. The",
