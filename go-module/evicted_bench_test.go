@@ -16,11 +16,8 @@ import (
 // shows up in the number. Only the decision is timed; ns/op is per decision.
 func BenchmarkDecideEvicted(b *testing.B) {
 	// The request setup B of bench/run.py sends, on the path it takes: alice's device
-	// certificate, carol's token, a chat completion; the limits raised so that every
-	// iteration is allowed and checks both of them.
-	raised := strings.NewReplacer(`rate = "120/m"`, `rate = "1000000/s"`, "burst = 20", "burst = 100000000",
-		`rate = "100000/h"`, `rate = "1000000/s"`, "burst = 16384", "burst = 100000000")
-	example, err := newEngine([]byte(raised.Replace(string(must(readFile(examplePolicy))))), "policy.toml")
+	// certificate, carol's token, a chat completion, under the raised limits.
+	example, err := newEngine([]byte(raisedExamplePolicy()), "policy.toml")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -28,7 +25,7 @@ func BenchmarkDecideEvicted(b *testing.B) {
 	if _, err := example.setJWKS(must(readFile("../examples/policy/idp/jwks.json"))); err != nil {
 		b.Fatal(err)
 	}
-	trivial, err := newEngine([]byte("[settings]\nrequire_identity = false\n[[rule]]\nname = \"all\"\neffect = \"allow\"\nwhen = 'true'\n"), "trivial.toml")
+	trivial, err := newEngine([]byte(oneRulePolicy), "one-rule.toml")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -68,17 +68,28 @@ pub fn request<'a>(
     let mut bad_header = None;
     for _ in 0..count {
         let (n, v) = (r.bytes()?, r.bytes()?);
-        if bad_header.is_none() {
-            match header(n, v) {
-                Ok(h) => headers.push(h),
-                Err(e) => bad_header = Some(e),
-            }
-        }
+        add_header(headers, &mut bad_header, n, v);
     }
     if !r.buf.is_empty() {
         return Err(Malformed);
     }
     Ok(build(raw, body_size, bad_header))
+}
+
+/// Adds a header to `headers`, or, when it is not UTF-8, keeps the first such error
+/// (reported by `build` once the whole request is known to be well formed).
+fn add_header<'a>(
+    headers: &mut Vec<(&'a str, &'a str)>,
+    bad_header: &mut Option<String>,
+    n: &'a [u8],
+    v: &'a [u8],
+) {
+    if bad_header.is_none() {
+        match header(n, v) {
+            Ok(h) => headers.push(h),
+            Err(e) => *bad_header = Some(e),
+        }
+    }
 }
 
 fn header<'a>(n: &'a [u8], v: &'a [u8]) -> Result<(&'a str, &'a str), String> {
@@ -150,13 +161,12 @@ pub unsafe fn fields<'a>(
     let mut headers = Vec::with_capacity(header_structs.len());
     let mut bad_header = None;
     for h in header_structs {
-        let (n, v) = (str_of(h.name)?, str_of(h.value)?);
-        if bad_header.is_none() {
-            match header(n, v) {
-                Ok(h) => headers.push(h),
-                Err(e) => bad_header = Some(e),
-            }
-        }
+        add_header(
+            &mut headers,
+            &mut bad_header,
+            str_of(h.name)?,
+            str_of(h.value)?,
+        );
     }
     let cert = if r.client_cert_der.ptr.is_null() {
         None

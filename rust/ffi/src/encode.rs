@@ -57,12 +57,7 @@ impl Writer<'_> {
     }
     /// Strings joined by `\n`, written as one string without building it first.
     fn joined<'s>(&mut self, parts: impl Iterator<Item = [&'s str; 3]> + Clone) {
-        let (mut len, mut n) = (0, 0);
-        for p in parts.clone() {
-            len += p.iter().map(|s| s.len()).sum::<usize>();
-            n += 1;
-        }
-        self.str_len(len + n.max(1) - 1);
+        self.str_len(joined_len(parts.clone()));
         for (i, p) in parts.enumerate() {
             if i > 0 {
                 self.put(b"\n");
@@ -74,19 +69,33 @@ impl Writer<'_> {
     }
 }
 
+/// The length of `parts`, each the concatenation of its three strings, joined by `\n`.
+fn joined_len<'s>(parts: impl Iterator<Item = [&'s str; 3]>) -> usize {
+    let (mut len, mut n) = (0, 0);
+    for p in parts {
+        len += p.iter().map(|s| s.len()).sum::<usize>();
+        n += 1;
+    }
+    len + n.max(1) - 1
+}
+
+/// The matched rules and the rule errors, as the two joined strings of the encoding.
+fn matched(d: &Decision) -> impl Iterator<Item = [&str; 3]> + Clone {
+    d.matched.iter().map(|m| [m.as_str(), "", ""])
+}
+
+fn errors(d: &Decision) -> impl Iterator<Item = [&str; 3]> + Clone {
+    d.errors
+        .iter()
+        .map(|e| [e.rule.as_str(), ": ", e.error.as_str()])
+}
+
+/// Version, flags, status, reason, remaining, retry-after, and the 8 string lengths.
 const FIXED: usize = 17 + 8 * 4;
 
 /// The encoded decision's length.
 pub fn decision_len(d: &Decision) -> usize {
     let limit = d.limit.as_ref();
-    let joined = |lens: &mut dyn Iterator<Item = usize>| {
-        let (mut len, mut n) = (0, 0);
-        for l in lens {
-            len += l;
-            n += 1;
-        }
-        len + n.max(1) - 1
-    };
     FIXED
         + d.message.len()
         + d.rule.as_deref().map_or(0, str::len)
@@ -94,8 +103,8 @@ pub fn decision_len(d: &Decision) -> usize {
         + limit.map_or(0, |l| {
             l.name.len() + l.headers.ratelimit.len() + l.headers.ratelimit_policy.len()
         })
-        + joined(&mut d.matched.iter().map(String::len))
-        + joined(&mut d.errors.iter().map(|e| e.rule.len() + 2 + e.error.len()))
+        + joined_len(matched(d))
+        + joined_len(errors(d))
 }
 
 /// Encodes `d` into `out`, which must hold [`decision_len`] bytes; returns that length.
@@ -121,12 +130,8 @@ pub fn decision_into(d: &Decision, out: &mut [u8]) -> usize {
     w.str(limit.map_or("", |l| &l.name));
     w.str(limit.map_or("", |l| &l.headers.ratelimit));
     w.str(limit.map_or("", |l| &l.headers.ratelimit_policy));
-    w.joined(d.matched.iter().map(|m| [m.as_str(), "", ""]));
-    w.joined(
-        d.errors
-            .iter()
-            .map(|e| [e.rule.as_str(), ": ", e.error.as_str()]),
-    );
+    w.joined(matched(d));
+    w.joined(errors(d));
     w.at
 }
 

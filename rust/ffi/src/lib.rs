@@ -434,7 +434,9 @@ unsafe fn write_decision(
     }
     // The caller owns `out_cap` writable bytes at `out` (the ABI's contract).
     let out = std::slice::from_raw_parts_mut(out, len);
-    *out_len = encode::decision_into(d, out);
+    let written = encode::decision_into(d, out);
+    debug_assert_eq!(written, len, "decision_len and decision_into disagree");
+    *out_len = written;
     ztp_result::ZTP_OK
 }
 
