@@ -11,6 +11,9 @@ numbers do not move with the machine's load, so a change to the engine can be ju
 by them on a noisy machine.
 
     python3 bench/footprint/footprint.py [LIB.a]   (default: target/release/libzt_policy_ffi.a)
+    python3 bench/footprint/footprint.py --by-function [LIB.a]
+        also lists the functions that touch the most lines (code lines they occupy,
+        data lines they load or store), to see where a cut would count.
 """
 
 import bisect
@@ -36,7 +39,7 @@ def build(work: Path, lib: Path) -> Path:
 
 def symbols(exe: Path):
     table = []
-    out = subprocess.run(["nm", "--defined-only", "-n", str(exe)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(["nm", "--defined-only", "-n", "-C", str(exe)], check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
         parts = line.split(" ", 2)
         if len(parts) == 3 and parts[1] in "tTwWiI":
@@ -44,7 +47,7 @@ def symbols(exe: Path):
     return [a for a, _ in table], [s for _, s in table]
 
 
-def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a") -> dict:
+def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function: bool = False) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     import run  # noqa: E402  (bench/run.py: the policy setup B uses)
 
@@ -70,7 +73,8 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a") -> dict:
             return names[i] if i >= 0 else "?"
 
         ins, ilines, dlines, allocs = 0, set(), set(), 0
-        inside, prev = False, None
+        inside, prev, s = False, None, "?"
+        fn_code, fn_data = {}, {}
         with open(trace) as t:
             for line in t:
                 if line.startswith("@@FOOTPRINT-START"):
@@ -84,18 +88,36 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a") -> dict:
                     ins += 1
                     ilines.add(a >> 6)
                     s = name(a)
+                    if by_function:
+                        fn_code.setdefault(s, set()).add(a >> 6)
                     if s != prev and s in ALLOC:
                         allocs += 1
                     prev = s
                 elif line[:2] in (" L", " S", " M"):
                     dlines.add(int(line[3:].split(",", 1)[0], 16) >> 6)
-        return {
+                    if by_function:
+                        fn_data.setdefault(s, set()).add(int(line[3:].split(",", 1)[0], 16) >> 6)
+        result = {
             "instructions": ins,
             "code_lines": len(ilines), "code_pages": len({x >> 6 for x in ilines}),
             "data_lines": len(dlines), "data_pages": len({x >> 6 for x in dlines}),
             "allocations": allocs,
         }
+        if by_function:
+            top = sorted(set(fn_code) | set(fn_data),
+                         key=lambda f: -(len(fn_code.get(f, ())) + len(fn_data.get(f, ()))))
+            result["by_function"] = [(len(fn_code.get(f, ())), len(fn_data.get(f, ())), f) for f in top]
+        return result
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(*(Path(a) for a in sys.argv[1:2])), indent=1))
+    args = sys.argv[1:]
+    by_function = "--by-function" in args
+    libs = [Path(a) for a in args if a != "--by-function"]
+    r = measure(*libs[:1], by_function=by_function)
+    rows = r.pop("by_function", [])
+    print(json.dumps(r, indent=1))
+    if rows:
+        print(f"{'code':>5} {'data':>5}  function (lines)")
+        for code, data, f in rows[:60]:
+            print(f"{code:5d} {data:5d}  {f[:150]}")
