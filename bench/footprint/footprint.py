@@ -74,7 +74,7 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function:
 
         ins, ilines, dlines, allocs = 0, set(), set(), 0
         inside, prev, s = False, None, "?"
-        fn_code, fn_data = {}, {}
+        fn_code, fn_data, fn_ins = {}, {}, {}
         with open(trace) as t:
             for line in t:
                 if line.startswith("@@FOOTPRINT-START"):
@@ -90,6 +90,7 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function:
                     s = name(a)
                     if by_function:
                         fn_code.setdefault(s, set()).add(a >> 6)
+                        fn_ins[s] = fn_ins.get(s, 0) + 1
                     if s != prev and s in ALLOC:
                         allocs += 1
                     prev = s
@@ -106,7 +107,8 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function:
         if by_function:
             top = sorted(set(fn_code) | set(fn_data),
                          key=lambda f: -(len(fn_code.get(f, ())) + len(fn_data.get(f, ()))))
-            result["by_function"] = [(len(fn_code.get(f, ())), len(fn_data.get(f, ())), f) for f in top]
+            result["by_function"] = [(len(fn_code.get(f, ())), len(fn_data.get(f, ())), fn_ins.get(f, 0), f)
+                                     for f in top]
         return result
 
 
@@ -118,6 +120,6 @@ if __name__ == "__main__":
     rows = r.pop("by_function", [])
     print(json.dumps(r, indent=1))
     if rows:
-        print(f"{'code':>5} {'data':>5}  function (lines)")
-        for code, data, f in rows[:60]:
-            print(f"{code:5d} {data:5d}  {f[:150]}")
+        print(f"{'code':>5} {'data':>5} {'instr':>6}  function (code and data lines, instructions)")
+        for code, data, ins, f in rows[:60]:
+            print(f"{code:5d} {data:5d} {ins:6d}  {f[:150]}")

@@ -14,6 +14,7 @@ use crate::cert::{CertCache, CertEntry, CertInfo};
 use crate::clock::EngineClock;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
 use crate::limits::{LimitState, Outcome};
+use crate::native::{self, Scope};
 use crate::policy::{self, Effect, Mode, Policy, PolicyError};
 use crate::request::{Request, Scalars};
 use crate::token::{JwksError, JwksSummary, TokenError, VerifiedToken, Verifier};
@@ -191,7 +192,7 @@ impl Engine {
         req: &Request<'_>,
         given: &GivenIdentity,
         identity: &str,
-        f: impl FnOnce(&Context<'_, '_>) -> T,
+        f: impl FnOnce(&Scope<'_, '_>) -> T,
     ) -> T {
         let cert = given.cert.clone().map(|c| Arc::new(CertEntry::new(c)));
         let claims = given
@@ -202,10 +203,13 @@ impl Engine {
         let _ = act.identity.set(identity.to_owned());
         let mut ctx = Context::with_env(self.env.clone());
         ctx.set_variable_resolver(&act);
-        f(&ctx)
+        f(&Scope {
+            ctx: &ctx,
+            vars: &act,
+        })
     }
 
-    fn lint_in(&self, ctx: &Context<'_, '_>) -> Vec<(String, String)> {
+    fn lint_in(&self, ctx: &Scope<'_, '_>) -> Vec<(String, String)> {
         let mut found = Vec::new();
         let mut probe = |place: String, result: Result<(), String>| {
             if let Err(e) = result {
@@ -379,8 +383,12 @@ impl Engine {
             }
         }
         let act = self.activation(req, cert.as_deref(), token.as_ref().map(|t| &t.value));
-        let mut ctx = Context::with_env(self.env.clone());
-        ctx.set_variable_resolver(&act);
+        let mut cel_ctx = Context::with_env(self.env.clone());
+        cel_ctx.set_variable_resolver(&act);
+        let ctx = Scope {
+            ctx: &cel_ctx,
+            vars: &act,
+        };
 
         let identity = match &self.policy.identity {
             Some(expr) => match expr.eval_string(&ctx) {
@@ -704,13 +712,12 @@ impl<'a> Activation<'a> {
         }
     }
 
-    /// `has(parent.field)`: `None` when cel itself would fail (the parent is missing
-    /// or not a map), so the program as written reports the error.
-    fn has(&self, parent: &str, field: &str) -> Option<bool> {
-        if parent == "body" {
+    /// `has(root.path.field)`: `None` when cel itself would fail (the parent is
+    /// missing or not a map), so the program as written reports the error.
+    fn has(&self, root: &str, path: Option<&str>, field: &str) -> Option<bool> {
+        if root == "body" && path.is_none() {
             return Some(self.body().has(field));
         }
-        let (root, path) = split_path(parent);
         let value = self.lookup(root, path)?;
         let key = CelString::from(field);
         let result = match &value {
@@ -722,13 +729,6 @@ impl<'a> Activation<'a> {
             Err(cel::ExecutionError::NoSuchKey(_)) => Some(false),
             Err(_) => None,
         }
-    }
-}
-
-fn split_path(variable: &str) -> (&str, Option<&str>) {
-    match variable.split_once('.') {
-        Some((root, path)) => (root, Some(path)),
-        None => (variable, None),
     }
 }
 
@@ -750,17 +750,26 @@ impl VariableResolver for Activation<'_> {
     /// (`has(body.model)`; see `expr::flatten`) in one call. What it cannot answer
     /// exactly it leaves to cel (`None`), which then reports the missing key.
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        if let Some(inner) = variable
-            .strip_prefix("has(")
-            .and_then(|v| v.strip_suffix(')'))
-        {
-            let (parent, field) = inner.rsplit_once('.')?;
+        if let Some(test) = native::presence_test(variable) {
+            let (parent, field) = test?;
+            let (root, path) = native::split_path(parent);
             return self
-                .has(parent, field)
+                .has(root, path, field)
                 .map(|b| CowVal::Borrowed(if b { &CelBool::TRUE } else { &CelBool::FALSE }));
         }
-        let (root, path) = split_path(variable);
+        let (root, path) = native::split_path(variable);
         self.lookup(root, path)
+    }
+}
+
+/// The native evaluator's reads: the same lookups `resolve` makes, on names split
+/// when the policy loaded.
+impl native::Vars for Activation<'_> {
+    fn path<'b>(&'b self, root: &str, path: Option<&str>) -> Option<CowVal<'b, 'b>> {
+        self.lookup(root, path)
+    }
+    fn has(&self, root: &str, path: Option<&str>, field: &str) -> Option<bool> {
+        Activation::has(self, root, path, field)
     }
 }
 

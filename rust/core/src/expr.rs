@@ -6,9 +6,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, IdedExpr, LiteralValue};
 use cel::common::types::{CelBool, CelString};
-use cel::{Context, Env, ExecutionError, Program, Value};
+use cel::{Env, ExecutionError, Program, Value};
 
-use crate::native;
+use crate::native::{self, Scope};
 
 /// The variables a rule may read (DESIGN.md, "What a rule sees").
 pub const VARIABLES: [&str; 5] = ["cert", "claims", "request", "body", "identity"];
@@ -168,43 +168,43 @@ impl Expression {
             .is_some_and(|i| self.reads[i])
     }
 
-    pub fn eval(&self, ctx: &Context<'_, '_>) -> Result<Value, String> {
-        match Value::resolve(&self.fast, ctx) {
+    pub fn eval(&self, scope: &Scope<'_, '_>) -> Result<Value, String> {
+        match Value::resolve(&self.fast, scope.ctx) {
             Ok(v) => Ok(v),
             // The flattened form reports a missing field as an undeclared name; the
             // program as written says which key is missing. Errors are the slow path.
-            Err(_) => self.program.execute(ctx).map_err(|e| e.to_string()),
+            Err(_) => self.program.execute(scope.ctx).map_err(|e| e.to_string()),
         }
     }
 
     /// The program exactly as written, without the flattened paths: what `eval` must
     /// always agree with (the tests compare the two).
-    pub fn eval_as_written(&self, ctx: &Context<'_, '_>) -> Result<Value, String> {
-        self.program.execute(ctx).map_err(|e| e.to_string())
+    pub fn eval_as_written(&self, scope: &Scope<'_, '_>) -> Result<Value, String> {
+        self.program.execute(scope.ctx).map_err(|e| e.to_string())
     }
 
     /// What the native evaluator answers, `None` where it leaves the answer to cel
     /// (exposed so tests can compare it with cel).
-    pub fn eval_native_bool(&self, ctx: &Context<'_, '_>) -> Option<bool> {
-        native::truth(&self.native, ctx)
+    pub fn eval_native_bool(&self, scope: &Scope<'_, '_>) -> Option<bool> {
+        native::truth(&self.native, scope)
     }
 
-    pub fn eval_native_u64(&self, ctx: &Context<'_, '_>) -> Option<u64> {
-        native::unsigned(&self.native_value, ctx)
+    pub fn eval_native_u64(&self, scope: &Scope<'_, '_>) -> Option<u64> {
+        native::unsigned(&self.native_value, scope)
     }
 
-    pub fn eval_bool(&self, ctx: &Context<'_, '_>) -> Result<bool, String> {
-        if let Some(b) = self.eval_native_bool(ctx) {
+    pub fn eval_bool(&self, scope: &Scope<'_, '_>) -> Result<bool, String> {
+        if let Some(b) = self.eval_native_bool(scope) {
             return Ok(b);
         }
-        match self.eval(ctx)? {
+        match self.eval(scope)? {
             Value::Bool(b) => Ok(b),
             other => Err(format!("expected a bool, got {}", type_name(&other))),
         }
     }
 
-    pub fn eval_string(&self, ctx: &Context<'_, '_>) -> Result<String, String> {
-        match self.eval(ctx)? {
+    pub fn eval_string(&self, scope: &Scope<'_, '_>) -> Result<String, String> {
+        match self.eval(scope)? {
             Value::String(s) => Ok(s.to_string()),
             Value::Int(i) => Ok(i.to_string()),
             Value::UInt(u) => Ok(u.to_string()),
@@ -212,11 +212,11 @@ impl Expression {
         }
     }
 
-    pub fn eval_u64(&self, ctx: &Context<'_, '_>) -> Result<u64, String> {
-        if let Some(n) = self.eval_native_u64(ctx) {
+    pub fn eval_u64(&self, scope: &Scope<'_, '_>) -> Result<u64, String> {
+        if let Some(n) = self.eval_native_u64(scope) {
             return Ok(n);
         }
-        match self.eval(ctx)? {
+        match self.eval(scope)? {
             Value::Int(i) if i >= 0 => Ok(i as u64),
             Value::UInt(u) => Ok(u),
             Value::Float(f) if f >= 0.0 && f.is_finite() && f.fract() == 0.0 => Ok(f as u64),
@@ -453,6 +453,7 @@ fn line_column(source: &str, at: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cel::Context;
 
     #[test]
     fn unknown_variable_is_a_compile_error_with_position() {
@@ -495,6 +496,6 @@ mod tests {
             &VARIABLES,
         )
         .unwrap();
-        assert_eq!(e.eval_bool(&ctx), Ok(true));
+        assert_eq!(e.eval_bool(&Scope { ctx: &ctx, vars: &() }), Ok(true));
     }
 }

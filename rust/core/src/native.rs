@@ -96,11 +96,64 @@ enum StrFn {
 }
 
 enum Operand {
-    /// A variable or a flattened field path (`cert.subject.cn`, `has(body.model)`).
-    Var(Text),
+    /// A variable or a flattened field path (`cert.subject.cn`, `has(body.model)`),
+    /// split into its parts when the policy loads.
+    Var(Var),
     Lit(LiteralValue),
     /// Anything else, evaluated by cel: an index into `Program::cel`.
     Cel(u32),
+}
+
+/// A flattened name, split as `Vars` takes it: `cert.subject.cn` is root `cert`, path
+/// `subject.cn`; `has(body.model)` is root `body`, field `model`.
+#[derive(Clone, Copy)]
+struct Var {
+    root: Text,
+    path: Option<Text>,
+    /// `Some` for a presence test of this field.
+    field: Option<Text>,
+}
+
+/// Where the native evaluator reads variables from: the engine's activation, which is
+/// also its cel context's resolver, so both get the same answers. Names are split once
+/// when the policy loads (see `Var`) instead of on every read, and the reads skip the
+/// cel context's scope walk.
+pub(crate) trait Vars {
+    /// The value of `root`, or at `path` below it.
+    fn path<'b>(&'b self, root: &str, path: Option<&str>) -> Option<CowVal<'b, 'b>>;
+    /// `has(root.path.field)`; `None` where cel must say what is wrong.
+    fn has(&self, root: &str, path: Option<&str>, field: &str) -> Option<bool>;
+}
+
+/// No variables: what a context without a resolver answers.
+impl Vars for () {
+    fn path<'b>(&'b self, _: &str, _: Option<&str>) -> Option<CowVal<'b, 'b>> {
+        None
+    }
+    fn has(&self, _: &str, _: Option<&str>, _: &str) -> Option<bool> {
+        None
+    }
+}
+
+/// What an evaluation reads: cel's context (for what the native evaluator hands to
+/// cel) and the variables behind it.
+pub struct Scope<'c, 'v> {
+    pub(crate) ctx: &'c Context<'c, 'v>,
+    pub(crate) vars: &'c dyn Vars,
+}
+
+/// `name` split at its first dot: the root and the path below it.
+pub(crate) fn split_path(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('.') {
+        Some((root, path)) => (root, Some(path)),
+        None => (name, None),
+    }
+}
+
+/// `has(parent.field)` as (parent, field); `None` for other names.
+pub(crate) fn presence_test(name: &str) -> Option<Option<(&str, &str)>> {
+    let inner = name.strip_prefix("has(")?.strip_suffix(')')?;
+    Some(inner.rsplit_once('.'))
 }
 
 #[derive(Default)]
@@ -140,9 +193,23 @@ impl Builder {
         index(self.ops.len() - 1)
     }
 
+    fn var(&mut self, name: &str) -> Var {
+        let (name, field) = match presence_test(name) {
+            Some(Some((parent, field))) => (parent, Some(field)),
+            // `has(x)` without a field: no variable has that name.
+            Some(None) | None => (name, None),
+        };
+        let (root, path) = split_path(name);
+        Var {
+            root: self.text(root),
+            path: path.map(|p| self.text(p)),
+            field: field.map(|f| self.text(f)),
+        }
+    }
+
     fn operand(&mut self, e: &IdedExpr) -> Operand {
         match &e.expr {
-            Expr::Ident(name) => Operand::Var(self.text(name)),
+            Expr::Ident(name) => Operand::Var(self.var(name)),
             Expr::Literal(l) => Operand::Lit(l.clone()),
             _ => {
                 self.cel.push(e.clone());
@@ -309,20 +376,24 @@ impl Program {
         &self.text[t.0 as usize..(t.0 + t.1) as usize]
     }
 
-    fn value<'e, 'v>(
-        &'e self,
-        op: &'e Operand,
-        ctx: &'e Context<'_, 'v>,
-    ) -> Option<CowVal<'e, 'v>> {
+    fn value<'e>(&'e self, op: &'e Operand, scope: &'e Scope<'_, '_>) -> Option<CowVal<'e, 'e>> {
         match op {
-            Operand::Var(name) => ctx.get_variable(self.text(*name)),
+            Operand::Var(v) => {
+                let (root, path) = (self.text(v.root), v.path.map(|p| self.text(p)));
+                match v.field {
+                    None => scope.vars.path(root, path),
+                    Some(f) => scope.vars.has(root, path, self.text(f)).map(|b| {
+                        CowVal::Borrowed(if b { &CelBool::TRUE } else { &CelBool::FALSE })
+                    }),
+                }
+            }
             Operand::Lit(l) => Some(l.to_val()),
-            Operand::Cel(i) => Value::resolve_val(&self.cel[*i as usize], ctx).ok(),
+            Operand::Cel(i) => Value::resolve_val(&self.cel[*i as usize], scope.ctx).ok(),
         }
     }
 
     /// The truth of operation `i`, or `None` when cel must decide (see the module docs).
-    fn truth(&self, i: u32, ctx: &Context<'_, '_>) -> Option<bool> {
+    fn truth(&self, i: u32, ctx: &Scope<'_, '_>) -> Option<bool> {
         match &self.ops[i as usize] {
             Op::Const(b) => Some(*b),
             // cel: a false left side decides `&&` whatever the right side is; otherwise
@@ -389,7 +460,7 @@ impl Program {
         }
     }
 
-    fn unsigned(&self, i: u32, ctx: &Context<'_, '_>) -> Option<u64> {
+    fn unsigned(&self, i: u32, ctx: &Scope<'_, '_>) -> Option<u64> {
         match &self.values[i as usize] {
             ValueOp::Cond(c, a, b) => {
                 if self.truth(*c, ctx)? {
@@ -410,11 +481,11 @@ impl Program {
 }
 
 /// The expression's truth, or `None` when cel must decide (see the module docs).
-pub(crate) fn truth(n: &Node, ctx: &Context<'_, '_>) -> Option<bool> {
+pub(crate) fn truth(n: &Node, ctx: &Scope<'_, '_>) -> Option<bool> {
     n.program.truth(n.root, ctx)
 }
 
 /// A non-negative integer value, or `None` when cel must decide.
-pub(crate) fn unsigned(n: &ValueNode, ctx: &Context<'_, '_>) -> Option<u64> {
+pub(crate) fn unsigned(n: &ValueNode, ctx: &Scope<'_, '_>) -> Option<u64> {
     n.program.unsigned(n.root, ctx)
 }
