@@ -496,6 +496,12 @@ mod tests {
             &VARIABLES,
         )
         .unwrap();
-        assert_eq!(e.eval_bool(&Scope { ctx: &ctx, vars: &() }), Ok(true));
+        assert_eq!(
+            e.eval_bool(&Scope {
+                ctx: &ctx,
+                vars: &()
+            }),
+            Ok(true)
+        );
     }
 }
