@@ -10,6 +10,10 @@ same fast upstream (nginx answering a chat completion) and the same load generat
   D  Caddy answering with `respond` (the machine's limit for Caddy with mTLS)
 
 plus B0, zt_policy with a one-rule policy (what the module costs before any policy).
+With two or more cores each Caddy runs on a core of its own (CPU affinity) and the
+load generator, nginx, the IdP and oauth2-proxy on the others, as the edge runs in
+production; before that the same throughput rounds run with everything sharing every
+core, as earlier runs measured (`--no-pin` keeps to that alone).
 Every setup gets the same requests (device certificate, bearer token, JSON body). All
 setups run at once and are measured in interleaved rounds, so drift on the machine
 falls on all of them alike; throughput is closed loop (the most a setup serves),
@@ -361,6 +365,7 @@ def main():
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ztp-bench-"))
     b = Bench(work, a.seconds, a.conns)
+    cpus = sorted(os.sched_getaffinity(0))
     try:
         b.start_upstream()
         b.start_idp()
@@ -370,7 +375,6 @@ def main():
             '[settings]\nrequire_identity = false\n\n[[rule]]\nname = "all"\neffect = "allow"\nwhen = "true"\n')
         # The same requests for every setup: A and D carry the token too.
         token = ["-token", b.token]
-        cpus = sorted(os.sched_getaffinity(0))
         pin = len(cpus) >= 2 and not a.no_pin
         shared = None
         if pin:
@@ -414,6 +418,8 @@ def main():
             b.stop(p)
     finally:
         b.stop_all()
+        # The in-process benchmarks below run on every core again.
+        os.sched_setaffinity(0, set(cpus))
 
     criterion = run_criterion()
     gobench = run_gobench()
