@@ -541,7 +541,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
     def statuses(x):
         return ", ".join(f"{k}: {v:,}" for k, v in sorted(x["statuses"].items()))
 
-    A, B, B0, C, D = (r[k] for k in ("A", "B", "B0", "C", "D"))
+    A, B, B0 = (r[k] for k in ("A", "B", "B0"))
     fA, fB = fixed["A"], fixed["B"]
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     if caddy_cpus:
