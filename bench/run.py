@@ -34,7 +34,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -482,10 +484,49 @@ def http_phase(b, a, token, raised, cpus, fixed_rate):
             fixed[name]["statuses"] = merged_statuses(rs)
         for name in held:
             held_time[name]["fixed"] = histogram_delta(hist1[name], hist2[name])
+            # Last, as tracing slows Caddy down: how much of the held time is the call
+            # into the engine.
+            held_time[name]["cgo_us"] = engine_call_times(b, caddies[name][0], caddies[name][1], token)
         return results, fixed, held_time
     finally:
         for p, _ in caddies.values():
             b.stop(p)
+
+
+def engine_call_times(b, p, port, token, seconds=1):
+    """The wall time of each call into the engine (µs, sorted) under closed-loop load,
+    from a Go runtime trace of Caddy (admin /debug/pprof/trace, read with
+    `go tool trace -d=parsed`): from the cgo call's start to the goroutine running Go
+    again. None when the trace cannot be had or read."""
+    out = b.work / f"trace-{p.pid}.out"
+    load = threading.Thread(target=lambda: b.load(port, *token, seconds=seconds + 1.5))
+    load.start()
+    try:
+        time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{b.admin[p.pid]}/debug/pprof/trace?seconds={seconds}",
+                                    timeout=30) as r:
+            out.write_bytes(r.read())
+        text = subprocess.run(["go", "tool", "trace", "-d=parsed", str(out)], capture_output=True, text=True,
+                              timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        load.join()
+    transition = re.compile(r"StateTransition Time=(\d+) GoID=(\d+) (\w+)->(\w+)")
+    lines, started, times = text.splitlines(), {}, []
+    for i, line in enumerate(lines):
+        m = transition.search(line)
+        if not m:
+            continue
+        t, g, before, after = int(m[1]), m[2], m[3], m[4]
+        if before == "Running" and after == "Syscall":
+            # The stack follows the event; its first frame says which call this is.
+            frame = next((x for x in lines[i + 1:i + 4] if "TransitionStack" not in x), "")
+            if "_Cfunc_ztp_engine_decide" in frame:
+                started[g] = t
+        elif before == "Syscall" and g in started:
+            times.append((t - started.pop(g)) / 1000)
+    return sorted(times) or None
 
 
 def run_criterion():
@@ -532,6 +573,30 @@ def machine():
                   if l.startswith("model name")), platform.processor())
     mem = next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
     return f"{os.cpu_count()} cores ({model}), {int(mem) // 1024 // 1024} GiB, Linux {platform.release()}"
+
+
+def engine_call_section(held):
+    """The call into the engine under load, against the time the module held requests."""
+    out = [
+        "How much of the held time is the call into the engine: each call's wall time in a",
+        "1 s Go runtime trace of the same Caddy under closed-loop load, after the rounds above",
+        "(tracing slows Caddy, so it is not done during them). The rest of the held time is the",
+        "module's Go side: reading the body, encoding the request, decoding the decision,",
+        "headers, vars and metrics.",
+        "",
+        "| setup | calls traced | p50 µs | p90 µs | p99 µs | max µs | over 20 µs | held p50 / p99 µs (throughput rounds) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in ("B", "B0"):
+        t, h = held[name].get("cgo_us"), held[name]["saturated"]
+        if not t:
+            out.append(f"| {name} | (no trace) | | | | | | {quantile_us(h, 0.5):.1f} / {quantile_us(h, 0.99):.1f} |")
+            continue
+        q = lambda x: t[min(len(t) - 1, int(x * len(t)))]  # noqa: E731
+        out.append(f"| {name} | {len(t):,} | {q(0.5):.1f} | {q(0.9):.1f} | {q(0.99):.1f} | {t[-1]:.1f} | "
+                   f"{100 * sum(1 for x in t if x > 20) / len(t):.1f}% | "
+                   f"{quantile_us(h, 0.5):.1f} / {quantile_us(h, 0.99):.1f} |")
+    return out + [""]
 
 
 def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, a):
@@ -680,6 +745,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
         "between TLS, HTTP and proxying work on the same core, the same instructions run",
         "with cold caches, and every µs of CPU is throughput lost.",
         "",
+    ] + engine_call_section(held) + [
         "How much cold caches cost one decision (encoding and the cgo call, as the handler",
         "makes them), measured in process by `BenchmarkDecideEvicted`, which writes over twice",
         "the L2 cache, or twice the L3 cache, before each decision and times the decision alone:",
