@@ -648,11 +648,16 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
             out.append(f"| {name} | {what} | {x['rps']:,.0f} | {' / '.join(f'{v:,.0f}' for v in x['rps_all'])} | "
                        f"{x['p50_us']:.0f} | {x['p99_us']:.0f} | {x['cpu_us_per_req']:.0f} | {x['busy']:.2f} | "
                        f"{statuses(x)} |")
+        by_rps, by_cpu = B["rps"] / A["rps"], A["cpu_us_per_req"] / B["cpu_us_per_req"]
+        paired = median([b / a for a, b in zip(A["rps_all"], B["rps_all"])])
         out += [
             "",
-            f"- B/A throughput: **{B['rps'] / A['rps']:.3f}** (target ≥ 0.95: {met(B['rps'] / A['rps'] >= 0.95)}).",
-            f"- B/A by Caddy CPU per request (A's over B's): {A['cpu_us_per_req'] / B['cpu_us_per_req']:.3f}; rounds "
-            f"B/A from {min(B['rps_all']) / max(A['rps_all']):.2f} to {max(B['rps_all']) / min(A['rps_all']):.2f}.",
+            f"- B/A throughput: **{by_rps:.3f}**; by Caddy CPU per request (A's over B's): **{by_cpu:.3f}** "
+            f"(target ≥ 0.95, counted as met only when both are: {met(min(by_rps, by_cpu) >= 0.95)}).",
+            f"- Round by round (each B round against the A round of the same pass): median {paired:.3f}; "
+            f"across all rounds B/A from {min(B['rps_all']) / max(A['rps_all']):.2f} to "
+            f"{max(B['rps_all']) / min(A['rps_all']):.2f}. When the machine's speed drifts during a run (a VM's "
+            "host is shared), throughput moves with it; the CPU a request costs moves less.",
             f"- B/C throughput: **{B['rps'] / C['rps']:.2f}×** (target: B ahead of C: {met(B['rps'] > C['rps'])}).",
             f"- D/A: {D['rps'] / A['rps']:.2f}× (what proxying to the upstream costs).",
             f"- At saturation latency is mostly queueing: p99 B {B['p99_us']:.0f} µs against A {A['p99_us']:.0f} µs.",
@@ -737,8 +742,10 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
         "## Where B's cost goes",
         "",
         f"Caddy CPU per request: A {A['cpu_us_per_req']:.0f} µs; B0 (zt_policy with one rule) "
-        f"{B0['cpu_us_per_req']:.0f} µs, so the module's fixed cost is about "
-        f"{B0['cpu_us_per_req'] - A['cpu_us_per_req']:.0f} µs; B (example policy: JSON body read and parsed,",
+        f"{B0['cpu_us_per_req']:.0f} µs, so the module's fixed cost is "
+        + (f"about {B0['cpu_us_per_req'] - A['cpu_us_per_req']:.0f} µs"
+           if B0["cpu_us_per_req"] - A["cpu_us_per_req"] >= 0.5 else "not measurable in this run")
+        + "; B (example policy: JSON body read and parsed,",
         f"token and certificate checked, 7 rules, 2 limits) {B['cpu_us_per_req']:.0f} µs, "
         f"{B['cpu_us_per_req'] - B0['cpu_us_per_req']:.0f} µs more. In process the same work takes",
         "the handler and decision times below (`BenchmarkServeHTTP*`, criterion); under load,",
