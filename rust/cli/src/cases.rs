@@ -83,10 +83,10 @@ impl Expect {
             }
         }
         if let Some(r) = &self.rule {
-            if Some(r) != d.rule.as_ref() {
+            if Some(r.as_str()) != d.rule {
                 out.push(format!(
                     "rule: want {r:?}, got {:?}",
-                    d.rule.as_deref().unwrap_or("(none)")
+                    d.rule.unwrap_or("(none)")
                 ));
             }
         }
@@ -104,7 +104,7 @@ impl Expect {
             }
         }
         if let Some(l) = &self.limit {
-            let got = d.limit.as_ref().map(|l| l.name.as_str());
+            let got = d.limit.as_ref().map(|l| l.name);
             if got != Some(l.as_str()) {
                 out.push(format!(
                     "limit: want {l:?}, got {:?}",
@@ -113,7 +113,7 @@ impl Expect {
             }
         }
         for m in &self.matched {
-            if !d.matched.contains(m) {
+            if !d.matched.contains(&m.as_str()) {
                 out.push(format!("matched: want {m:?} among {:?}", d.matched));
             }
         }

@@ -298,7 +298,7 @@ impl Prepared {
         f(&req, &self.given)
     }
 
-    pub fn decide(&self, engine: &Engine) -> Decision {
+    pub fn decide<'e>(&self, engine: &'e Engine) -> Decision<'e> {
         self.with_request(|req, given| {
             if given.cert.is_some() || given.claims.is_some() {
                 engine.decide_given(req, given)

@@ -1,5 +1,7 @@
 //! What the engine answers: the outcome, the status to send, and enough to explain it.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::limits::RateLimitHeaders;
@@ -53,16 +55,19 @@ pub struct RuleError {
 
 /// The limit that fired (on a 429) or the tightest one that was checked (on an allow).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LimitReport {
-    pub name: String,
+pub struct LimitReport<'e> {
+    /// Borrowed from the engine's policy, like the rule names below.
+    pub name: &'e str,
     pub remaining: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
     pub headers: RateLimitHeaders,
 }
 
+/// A decision borrows what it names (rules, limits, fixed messages) from the engine
+/// that made it, so deciding does not copy them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Decision {
+pub struct Decision<'e> {
     /// Whether the request goes on. In audit mode always true.
     pub allowed: bool,
     /// What the policy decided.
@@ -71,19 +76,19 @@ pub struct Decision {
     pub status: u16,
     pub reason: Reason,
     /// One sentence for the client and the log.
-    pub message: String,
+    pub message: Cow<'e, str>,
     /// The rule that decided: the matching deny rule, or the first matching allow rule.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<&'e str>,
     /// Every rule whose condition was true, in policy order.
-    pub matched: Vec<String>,
+    pub matched: Vec<&'e str>,
     /// Rules whose condition failed to evaluate.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<RuleError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<LimitReport>,
+    pub limit: Option<LimitReport<'e>>,
     /// Audit mode: `effect`/`status` are what enforcement would have done.
     pub audit: bool,
     /// The token names a key the JWKS lacks: a caller that fetches the JWKS should
@@ -92,8 +97,8 @@ pub struct Decision {
     pub jwks_miss: bool,
 }
 
-impl Decision {
-    pub(crate) fn deny(status: u16, reason: Reason, message: impl Into<String>) -> Self {
+impl<'e> Decision<'e> {
+    pub(crate) fn deny(status: u16, reason: Reason, message: impl Into<Cow<'e, str>>) -> Self {
         Decision {
             allowed: false,
             effect: Effect::Deny,
@@ -111,12 +116,12 @@ impl Decision {
     }
 
     /// The answer when the engine itself failed: never a pass.
-    pub fn engine_error(message: impl Into<String>) -> Self {
+    pub fn engine_error(message: impl Into<Cow<'e, str>>) -> Self {
         Decision::deny(500, Reason::EngineError, message)
     }
 
     /// The answer to a request that cannot be read: never a pass, not even in audit mode.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub fn bad_request(message: impl Into<Cow<'e, str>>) -> Self {
         Decision::deny(400, Reason::BadRequest, message)
     }
 }

@@ -151,12 +151,12 @@ impl Engine {
         kept
     }
 
-    pub fn decide(&self, req: &Request<'_>) -> Decision {
+    pub fn decide(&self, req: &Request<'_>) -> Decision<'_> {
         self.finish(self.evaluate(req, None, None))
     }
 
     /// `decide` with identity given directly (policy tests).
-    pub fn decide_given(&self, req: &Request<'_>, given: &GivenIdentity) -> Decision {
+    pub fn decide_given(&self, req: &Request<'_>, given: &GivenIdentity) -> Decision<'_> {
         let cert = given.cert.clone().map(|c| Arc::new(CertEntry::new(c)));
         let claims = match &given.claims {
             None => None,
@@ -332,7 +332,7 @@ impl Engine {
         }
     }
 
-    fn finish(&self, mut d: Decision) -> Decision {
+    fn finish<'e>(&self, mut d: Decision<'e>) -> Decision<'e> {
         if self.policy.mode == Mode::Audit && d.reason != Reason::EngineError {
             // (bad_request decisions are made by the caller, outside `finish`.)
             d.audit = true;
@@ -341,12 +341,12 @@ impl Engine {
         d
     }
 
-    fn evaluate(
-        &self,
+    fn evaluate<'e>(
+        &'e self,
         req: &Request<'_>,
         given_cert: Option<Arc<CertEntry>>,
         given_claims: Option<Arc<VerifiedToken>>,
-    ) -> Decision {
+    ) -> Decision<'e> {
         // 1. Who is calling: certificate, then token, then the identity key.
         let cert = match (given_cert, req.client_cert_der) {
             (Some(c), _) => Some(c),
@@ -413,7 +413,7 @@ impl Engine {
                 "no identity: present a client certificate or a bearer token",
             );
         }
-        let with_identity = |mut d: Decision| {
+        let with_identity = |mut d: Decision<'e>| -> Decision<'e> {
             d.identity = identity.clone();
             d
         };
@@ -439,7 +439,7 @@ impl Engine {
         for (i, rule) in self.policy.rules.iter().enumerate() {
             match rule.when.eval_bool(&ctx) {
                 Ok(true) => {
-                    matched.push(rule.name.clone());
+                    matched.push(rule.name.as_str());
                     match rule.effect {
                         Effect::Deny if deciding_deny.is_none() => {
                             deciding_deny = Some((rule, None))
@@ -496,7 +496,7 @@ impl Engine {
         // (limit, remaining, reset) of the limit with the fewest cells left.
         let mut tightest: Option<(&policy::LimitConfig, &LimitState, u32, u64)> = None;
         for (cfg, state) in self.policy.limits.iter().zip(&self.limits) {
-            let limit_error = |explain: Explain, what: &str, e: String| {
+            let limit_error = |explain: Explain<'e>, what: &str, e: String| -> Decision<'e> {
                 explain.into(
                     Decision::deny(
                         self.policy.deny_status,
@@ -582,7 +582,7 @@ impl Engine {
             };
             let mut d = explain.into(Decision::deny(status, reason, message), Some(&allow.name));
             d.limit = Some(LimitReport {
-                name: cfg.name.clone(),
+                name: &cfg.name,
                 remaining: 0,
                 retry_after_secs: Some(retry_after),
                 headers: state.headers(cfg, 0, retry_after),
@@ -596,7 +596,7 @@ impl Engine {
                 effect: Effect::Allow,
                 status: 200,
                 reason: Reason::Allowed,
-                message: String::new(),
+                message: Cow::Borrowed(""),
                 rule: None,
                 matched: Vec::new(),
                 errors: Vec::new(),
@@ -607,9 +607,9 @@ impl Engine {
             },
             Some(&allow.name),
         );
-        d.message = self.allow_messages[allow_index].clone();
+        d.message = Cow::Borrowed(&self.allow_messages[allow_index]);
         d.limit = tightest.map(|(cfg, state, remaining, reset)| LimitReport {
-            name: cfg.name.clone(),
+            name: &cfg.name,
             remaining,
             retry_after_secs: None,
             headers: state.headers(cfg, remaining, reset),
@@ -619,16 +619,16 @@ impl Engine {
 }
 
 /// What every decision past the identity step carries to explain itself.
-struct Explain {
+struct Explain<'e> {
     identity: Option<String>,
-    matched: Vec<String>,
+    matched: Vec<&'e str>,
     errors: Vec<RuleError>,
 }
 
-impl Explain {
-    fn into(self, mut d: Decision, rule: Option<&str>) -> Decision {
+impl<'e> Explain<'e> {
+    fn into(self, mut d: Decision<'e>, rule: Option<&'e str>) -> Decision<'e> {
         d.identity = self.identity;
-        d.rule = rule.map(str::to_owned);
+        d.rule = rule;
         d.matched = self.matched;
         d.errors = self.errors;
         d

@@ -30,7 +30,7 @@ when = 'request.path == "/v1/models"'
     let d = Req::new("GET", "/v1/models").decide(&e);
     assert!(d.allowed, "{d:?}");
     assert_eq!((d.status, d.reason), (200, Reason::Allowed));
-    assert_eq!(d.rule.as_deref(), Some("only-models"));
+    assert_eq!(d.rule, Some("only-models"));
 }
 
 #[test]
@@ -52,7 +52,7 @@ when = 'request.path.startsWith("/admin")'
         let d = Req::new("GET", "/admin/x").decide(&e);
         assert!(!d.allowed);
         assert_eq!((d.status, d.reason), (403, Reason::DeniedByRule));
-        assert_eq!(d.rule.as_deref(), Some("no-admin"));
+        assert_eq!(d.rule, Some("no-admin"));
         let mut matched = d.matched.clone();
         matched.sort();
         assert_eq!(matched, vec!["allow-all", "no-admin"]);
@@ -78,7 +78,7 @@ when = 'request.headers["x-missing"] == "1"'
     let d = Req::new("GET", "/").decide(&e);
     assert!(!d.allowed);
     assert_eq!((d.status, d.reason), (403, Reason::DeniedByRule));
-    assert_eq!(d.rule.as_deref(), Some("bad-deny"));
+    assert_eq!(d.rule, Some("bad-deny"));
     assert_eq!(d.errors.len(), 1);
     assert_eq!(d.errors[0].rule, "bad-deny");
     assert!(
@@ -327,11 +327,7 @@ when = 'size(body) == 0'
     );
     for bad in [r#"{"model":"llama""#, "not json", r#"["model"]"#, ""] {
         let d = Req::new("POST", "/").json(bad).decide(&e);
-        assert_eq!(
-            (d.status, d.rule.as_deref()),
-            (400, Some("empty-body")),
-            "{bad:?}"
-        );
+        assert_eq!((d.status, d.rule), (400, Some("empty-body")), "{bad:?}");
     }
     // JSON sent as another media type is not parsed.
     let mut r = Req::new("POST", "/").header("Content-Type", "text/plain");
@@ -383,5 +379,5 @@ when = 'false'
     ));
     let d = Req::new("GET", "/").decide(&e);
     assert_eq!(d.matched, vec!["a", "b"]);
-    assert_eq!(d.rule.as_deref(), Some("a"));
+    assert_eq!(d.rule, Some("a"));
 }

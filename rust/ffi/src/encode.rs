@@ -80,11 +80,11 @@ fn joined_len<'s>(parts: impl Iterator<Item = [&'s str; 3]>) -> usize {
 }
 
 /// The matched rules and the rule errors, as the two joined strings of the encoding.
-fn matched(d: &Decision) -> impl Iterator<Item = [&str; 3]> + Clone {
-    d.matched.iter().map(|m| [m.as_str(), "", ""])
+fn matched<'a>(d: &'a Decision<'_>) -> impl Iterator<Item = [&'a str; 3]> + Clone {
+    d.matched.iter().map(|m| [*m, "", ""])
 }
 
-fn errors(d: &Decision) -> impl Iterator<Item = [&str; 3]> + Clone {
+fn errors<'a>(d: &'a Decision<'_>) -> impl Iterator<Item = [&'a str; 3]> + Clone {
     d.errors
         .iter()
         .map(|e| [e.rule.as_str(), ": ", e.error.as_str()])
@@ -98,7 +98,7 @@ pub fn decision_len(d: &Decision) -> usize {
     let limit = d.limit.as_ref();
     FIXED
         + d.message.len()
-        + d.rule.as_deref().map_or(0, str::len)
+        + d.rule.map_or(0, str::len)
         + d.identity.as_deref().map_or(0, str::len)
         + limit.map_or(0, |l| {
             l.name.len() + l.headers.ratelimit.len() + l.headers.ratelimit_policy.len()
@@ -125,9 +125,9 @@ pub fn decision_into(d: &Decision, out: &mut [u8]) -> usize {
     w.put(&limit.map_or(0, |l| l.remaining).to_le_bytes());
     w.put(&retry.unwrap_or(0).to_le_bytes());
     w.str(&d.message);
-    w.str(d.rule.as_deref().unwrap_or(""));
+    w.str(d.rule.unwrap_or(""));
     w.str(d.identity.as_deref().unwrap_or(""));
-    w.str(limit.map_or("", |l| &l.name));
+    w.str(limit.map_or("", |l| l.name));
     w.str(limit.map_or("", |l| &l.headers.ratelimit));
     w.str(limit.map_or("", |l| &l.headers.ratelimit_policy));
     w.joined(matched(d));

@@ -85,7 +85,7 @@ impl Req {
         self.body_size = Some(n);
         self
     }
-    pub fn decide(&self, engine: &Engine) -> Decision {
+    pub fn decide<'e>(&self, engine: &'e Engine) -> Decision<'e> {
         let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
