@@ -19,7 +19,7 @@ use crate::policy::{self, Effect, Mode, Policy, PolicyError};
 use crate::request::{Request, Scalars};
 use crate::token::{JwksError, JwksSummary, TokenError, VerifiedToken, Verifier};
 use crate::values::{self, BoxVal, Indexed};
-use cel::common::types::{CelBool, CelString};
+use cel::common::types::CelString;
 use cel::common::value::Val;
 
 pub struct Engine {
@@ -753,9 +753,7 @@ impl VariableResolver for Activation<'_> {
         if let Some(test) = native::presence_test(variable) {
             let (parent, field) = test?;
             let (root, path) = native::split_path(parent);
-            return self
-                .has(root, path, field)
-                .map(|b| CowVal::Borrowed(if b { &CelBool::TRUE } else { &CelBool::FALSE }));
+            return self.has(root, path, field).map(native::bool_val);
         }
         let (root, path) = native::split_path(variable);
         self.lookup(root, path)

@@ -150,6 +150,11 @@ pub(crate) fn split_path(name: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// A presence test's answer as the value cel gets for it.
+pub(crate) fn bool_val(b: bool) -> CowVal<'static, 'static> {
+    CowVal::Borrowed(if b { &CelBool::TRUE } else { &CelBool::FALSE })
+}
+
 /// `has(parent.field)` as (parent, field); `None` for other names.
 pub(crate) fn presence_test(name: &str) -> Option<Option<(&str, &str)>> {
     let inner = name.strip_prefix("has(")?.strip_suffix(')')?;
@@ -382,9 +387,7 @@ impl Program {
                 let (root, path) = (self.text(v.root), v.path.map(|p| self.text(p)));
                 match v.field {
                     None => scope.vars.path(root, path),
-                    Some(f) => scope.vars.has(root, path, self.text(f)).map(|b| {
-                        CowVal::Borrowed(if b { &CelBool::TRUE } else { &CelBool::FALSE })
-                    }),
+                    Some(f) => scope.vars.has(root, path, self.text(f)).map(bool_val),
                 }
             }
             Operand::Lit(l) => Some(l.to_val()),
