@@ -14,7 +14,7 @@ test:
 
 # The side-by-side benchmark of the edge, written to bench/RESULTS.md (not part of `make test`).
 bench:
-	scripts/install-deps.sh
+	scripts/install-deps.sh --bench
 	xcaddy/build.sh
 	cd e2e/idp && go build -o ../../build/test-idp .
 	cd bench/loadgen && go build -o ../../build/loadgen .

@@ -487,6 +487,10 @@ def http_phase(b, a, token, raised, cpus, fixed_rate):
             # Last, as tracing slows Caddy down: how much of the held time is the call
             # into the engine.
             held_time[name]["cgo_us"] = engine_call_times(b, caddies[name][0], caddies[name][1], token)
+        # Also after the rounds, as sampling slows Caddy a little: where each setup's
+        # CPU per request goes, from a perf profile of its Caddy under the same load.
+        for name in ("A", "B0", "B"):
+            results[name]["profile"] = cpu_profile(b, caddies[name][0], caddies[name][1], token)
         return results, fixed, held_time
     finally:
         for p, _ in caddies.values():
@@ -527,6 +531,66 @@ def engine_call_times(b, p, port, token, seconds=1):
         elif before == "Syscall" and g in started:
             times.append((t - started.pop(g)) / 1000)
     return sorted(times) or None
+
+
+# Where a profile sample of Caddy lands. The engine is everything the Rust library
+# runs (demangled Rust names have "::"; its C entry points are ztp_*) and the libc it
+# calls (Caddy's Go code calls no libc); the crossing is cgo's glue on both sides.
+PROFILE_CLASSES = ("engine", "cgo", "module", "kernel", "rest")
+CGO_GLUE = ("_cgo_", "x_cgo_", "crosscall", "runtime.cgocall", "runtime.asmcgocall", "runtime.cgoCheck",
+            "runtime.cgoIsGoPointer", "runtime.cgoInRange")
+
+
+def profile_class(dso, sym):
+    if dso.startswith("[kernel"):
+        return "kernel"
+    if dso.startswith(("libc.", "libc-", "libm.", "ld-linux")) or "::" in sym or sym.startswith("ztp_"):
+        return "engine"
+    if sym.startswith(CGO_GLUE):
+        return "cgo"
+    if "zt-policy/zt-policy/go-module" in sym:
+        return "module"
+    return "rest"
+
+
+def cpu_profile(b, p, port, token, seconds=3):
+    """Caddy's CPU per request under closed-loop load, split by where perf's samples
+    land ({class: µs per request}, plus "total" and "samples"). None without perf."""
+    if not shutil.which("perf"):
+        return None
+    data = b.work / f"perf-{p.pid}.data"
+    box = {}
+
+    def drive():
+        c0 = cpu_seconds(p.pid)
+        box["run"] = b.load(port, *token, seconds=seconds + 2)
+        box["cpu_s"] = cpu_seconds(p.pid) - c0
+
+    load = threading.Thread(target=drive)
+    load.start()
+    try:
+        time.sleep(1)
+        subprocess.run(["perf", "record", "-q", "-F", "999", "-p", str(p.pid), "-o", str(data), "--",
+                        "sleep", str(seconds)], capture_output=True, timeout=seconds + 60)
+        text = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym",
+                               "-q", "-n", "-g", "none", "--percent-limit", "0"],
+                              capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        load.join()
+    counts = dict.fromkeys(PROFILE_CLASSES, 0)
+    for line in text.splitlines():
+        m = re.match(r"\s*[\d.]+%\s+(\d+)\s+(\S+)\s+\[[.kgu]\]\s+(.*)$", line)
+        if m:
+            counts[profile_class(m[2], m[3].strip())] += int(m[1])
+    n, r = sum(counts.values()), box.get("run")
+    if not n or not r or not r["requests"]:
+        return None
+    total = box["cpu_s"] * 1e6 / r["requests"]
+    out = {k: total * v / n for k, v in counts.items()}
+    out.update(total=total, samples=n)
+    return out
 
 
 def run_criterion():
@@ -597,6 +661,42 @@ def engine_call_section(held):
                    f"{100 * sum(1 for x in t if x > 20) / len(t):.1f}% | "
                    f"{quantile_us(h, 0.5):.1f} / {quantile_us(h, 0.99):.1f} |")
     return out + [""]
+
+
+def profile_section(A, B0, B):
+    """Where Caddy's CPU per request goes, from perf profiles, and what that bounds B/A by."""
+    rows = [(n, x["profile"]) for n, x in (("A", A), ("B0", B0), ("B", B)) if x.get("profile")]
+    if len(rows) < 3:
+        return ["Where Caddy's CPU goes: (no perf profile: `perf` missing or not permitted)", ""]
+    out = [
+        "Where Caddy's CPU per request goes: a perf profile (999 samples/s) of each Caddy for",
+        "3 s under the same closed-loop load, after the rounds above, its samples split by the",
+        "code they land in; CPU per request is Caddy's CPU over that load's requests (sampling",
+        "adds a little). *engine* is the Rust library and the libc it calls, *cgo* the glue of",
+        "the crossing, *module* the handler's Go code; the rest is Caddy, the Go runtime",
+        "(allocation, GC, scheduling) and the kernel, which every setup runs.",
+        "",
+        "| setup | samples | CPU µs/request | engine | cgo | module (Go) | kernel | Caddy and Go runtime |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, x in rows:
+        out.append(f"| {name} | {x['samples']:,} | {x['total']:.0f} | {x['engine']:.1f} | {x['cgo']:.1f} | "
+                   f"{x['module']:.1f} | {x['kernel']:.0f} | {x['rest']:.0f} |")
+    own = lambda x: x["engine"] + x["cgo"] + x["module"]  # noqa: E731
+    a_cpu = A["cpu_us_per_req"]
+    budget = a_cpu / 0.95 - a_cpu
+    bound = a_cpu / (a_cpu + own(B["profile"]))
+    out += [
+        "",
+        f"- The module's own code (engine + cgo + module) costs B **{own(B['profile']):.1f} µs** per request "
+        f"and B0 {own(B0['profile']):.1f} µs (A: {own(A['profile']):.1f} µs, which is what this split "
+        "misattributes).",
+        f"- B/A ≥ 0.95 by CPU leaves B {budget:.1f} µs per request more than A's {a_cpu:.0f} µs "
+        "(throughput table). The module's own code alone, not counting the allocation, GC and header work "
+        f"it adds to the rest, bounds B/A by CPU at **{bound:.3f}** at best in this run.",
+        "",
+    ]
+    return out
 
 
 def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, a):
@@ -752,7 +852,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
         "between TLS, HTTP and proxying work on the same core, the same instructions run",
         "with cold caches, and every µs of CPU is throughput lost.",
         "",
-    ] + engine_call_section(held) + [
+    ] + engine_call_section(held) + profile_section(A, B0, B) + [
         "How much cold caches cost one decision (encoding and the cgo call, as the handler",
         "makes them), measured in process by `BenchmarkDecideEvicted`, which writes over twice",
         "the L2 cache, or twice the L3 cache, before each decision and times the decision alone:",

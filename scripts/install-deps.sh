@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need and a fresh machine lacks: xcaddy and
 # oauth2-proxy (Go), cbindgen (Rust), nginx and valgrind (Debian), the openai SDK
-# (PyPI) for the end-to-end client test. Idempotent.
+# (PyPI) for the end-to-end client test; with --bench also perf (Debian). Idempotent.
 set -euo pipefail
 export PATH="$HOME/go/bin:$HOME/.cargo/bin:$PATH"
 
@@ -44,6 +44,8 @@ missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v openssl >/dev/null || missing+=(openssl)
+# The benchmark (`make bench`, not the tests) also profiles Caddy with perf.
+if [ "${1:-}" = --bench ]; then command -v perf >/dev/null || missing+=(linux-perf); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
