@@ -489,8 +489,12 @@ def http_phase(b, a, token, raised, cpus, fixed_rate):
             held_time[name]["cgo_us"] = engine_call_times(b, caddies[name][0], caddies[name][1], token)
         # Also after the rounds, as sampling slows Caddy a little: where each setup's
         # CPU per request goes, from a perf profile of its Caddy under the same load.
-        for name in ("A", "B0", "B"):
-            results[name]["profile"] = cpu_profile(b, caddies[name][0], caddies[name][1], token)
+        # Interleaved rounds, as above, so that drift falls on all three alike.
+        profiles = {name: [] for name in ("A", "B0", "B")}
+        for i, name in interleaved(list(profiles), a.rounds):
+            profiles[name].append(cpu_profile(b, caddies[name][0], caddies[name][1], token))
+        for name, ps in profiles.items():
+            results[name]["profile"] = merged_profile(ps)
         return results, fixed, held_time
     finally:
         for p, _ in caddies.values():
@@ -589,7 +593,17 @@ def cpu_profile(b, p, port, token, seconds=3):
         return None
     total = box["cpu_s"] * 1e6 / r["requests"]
     out = {k: total * v / n for k, v in counts.items()}
-    out.update(total=total, samples=n)
+    out.update(total=total, samples=n, requests=r["requests"])
+    return out
+
+
+def merged_profile(profiles):
+    """Rounds of cpu_profile as one, each weighted by its requests; None if any failed."""
+    if not profiles or None in profiles:
+        return None
+    n = sum(x["requests"] for x in profiles)
+    out = {k: sum(x[k] * x["requests"] for x in profiles) / n for k in (*PROFILE_CLASSES, "total")}
+    out.update(samples=sum(x["samples"] for x in profiles), requests=n)
     return out
 
 
@@ -669,12 +683,12 @@ def profile_section(A, B0, B):
     if len(rows) < 3:
         return ["Where Caddy's CPU goes: (no perf profile: `perf` missing or not permitted)", ""]
     out = [
-        "Where Caddy's CPU per request goes: a perf profile (999 samples/s) of each Caddy for",
-        "3 s under the same closed-loop load, after the rounds above, its samples split by the",
-        "code they land in; CPU per request is Caddy's CPU over that load's requests (sampling",
-        "adds a little). *engine* is the Rust library and the libc it calls, *cgo* the glue of",
-        "the crossing, *module* the handler's Go code; the rest is Caddy, the Go runtime",
-        "(allocation, GC, scheduling) and the kernel, which every setup runs.",
+        "Where Caddy's CPU per request goes: perf profiles (999 samples/s) of each Caddy, 3 s in",
+        "each of as many interleaved rounds as above, under the same closed-loop load, their",
+        "samples split by the code they land in. CPU per request is Caddy's CPU over those",
+        "loads' requests (sampling adds a little). *engine* is the Rust library and the libc it",
+        "calls, *cgo* the glue of the crossing, *module* the handler's Go code; the rest is",
+        "Caddy, the Go runtime (allocation, GC, scheduling) and the kernel, which every setup runs.",
         "",
         "| setup | samples | CPU µs/request | engine | cgo | module (Go) | kernel | Caddy and Go runtime |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -683,6 +697,7 @@ def profile_section(A, B0, B):
         out.append(f"| {name} | {x['samples']:,} | {x['total']:.0f} | {x['engine']:.1f} | {x['cgo']:.1f} | "
                    f"{x['module']:.1f} | {x['kernel']:.0f} | {x['rest']:.0f} |")
     own = lambda x: x["engine"] + x["cgo"] + x["module"]  # noqa: E731
+    pa, p0, pb = A["profile"], B0["profile"], B["profile"]
     a_cpu = A["cpu_us_per_req"]
     budget = a_cpu / 0.95 - a_cpu
     bound = a_cpu / (a_cpu + own(B["profile"]))
@@ -694,6 +709,9 @@ def profile_section(A, B0, B):
         f"- B/A ≥ 0.95 by CPU leaves B {budget:.1f} µs per request more than A's {a_cpu:.0f} µs "
         "(throughput table). The module's own code alone, not counting the allocation, GC and header work "
         f"it adds to the rest, bounds B/A by CPU at **{bound:.3f}** at best in this run.",
+        f"- Outside the module's own code, B − A is {pb['kernel'] - pa['kernel']:+.1f} µs in the kernel and "
+        f"{pb['rest'] - pa['rest']:+.1f} µs in Caddy and the Go runtime (B0 − A: {p0['kernel'] - pa['kernel']:+.1f} "
+        f"and {p0['rest'] - pa['rest']:+.1f} µs).",
         "",
     ]
     return out
