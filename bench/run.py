@@ -19,7 +19,9 @@ setups run at once and are measured in interleaved rounds, so drift on the machi
 falls on all of them alike; throughput is closed loop (the most a setup serves),
 latency is also taken open loop at one fixed rate for all. What zt_policy itself adds
 comes from its own histogram (caddy_zt_policy_decision_duration_seconds, read from
-Caddy's admin /metrics before and after each phase). Then the cold path (a new token
+Caddy's admin /metrics before and after each phase), and where Caddy's CPU per request
+goes (perf profiles of A, B0 and B: the engine, the cgo crossing, the module's Go, the
+rest), which bounds B/A whatever the machine's drift. Then the cold path (a new token
 each request), scale (1, 1,000, 100,000 identities against the real limits: latency
 and Caddy's resident memory), the criterion decision benchmark and the Go benchmark of
 the FFI round trip.
@@ -677,6 +679,11 @@ def engine_call_section(held):
     return out + [""]
 
 
+def own_code(profile):
+    """CPU µs per request in the module's own code: the engine, the crossing, its Go."""
+    return profile["engine"] + profile["cgo"] + profile["module"]
+
+
 def profile_section(A, B0, B):
     """Where Caddy's CPU per request goes, from perf profiles, and what that bounds B/A by."""
     rows = [(n, x["profile"]) for n, x in (("A", A), ("B0", B0), ("B", B)) if x.get("profile")]
@@ -696,7 +703,7 @@ def profile_section(A, B0, B):
     for name, x in rows:
         out.append(f"| {name} | {x['samples']:,} | {x['total']:.0f} | {x['engine']:.1f} | {x['cgo']:.1f} | "
                    f"{x['module']:.1f} | {x['kernel']:.0f} | {x['rest']:.0f} |")
-    own = lambda x: x["engine"] + x["cgo"] + x["module"]  # noqa: E731
+    own = own_code
     pa, p0, pb = A["profile"], B0["profile"], B["profile"]
     a_cpu = A["cpu_us_per_req"]
     budget = a_cpu / 0.95 - a_cpu
@@ -749,7 +756,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
         "",
     ]
 
-    def throughput(r, title):
+    def throughput(r, title, bound):
         A, B, C, D = r["A"], r["B"], r["C"], r["D"]
         out = [
             f"## Throughput{title}: {a.conns} connections, closed loop, {a.rounds} rounds of {a.seconds:g} s per setup",
@@ -768,10 +775,19 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
                        f"{statuses(x)} |")
         by_rps, by_cpu = B["rps"] / A["rps"], A["cpu_us_per_req"] / B["cpu_us_per_req"]
         paired = median([b / a for a, b in zip(A["rps_all"], B["rps_all"])])
+        verdict = min(by_rps, by_cpu) if bound is None else min(by_rps, by_cpu, bound)
         out += [
             "",
             f"- B/A throughput: **{by_rps:.3f}**; by Caddy CPU per request (A's over B's): **{by_cpu:.3f}** "
-            f"(target ≥ 0.95, counted as met only when both are: {met(min(by_rps, by_cpu) >= 0.95)}).",
+            "(target ≥ 0.95, counted as met only when both are"
+            + (f" and the module's own code fits in what 0.95 leaves, which bounds B/A at {bound:.3f} in "
+               "this run (see \"Where B's cost goes\")" if bound is not None else "")
+            + f": {met(verdict >= 0.95)}).",
+        ] + ([
+            "- B does all that A does and more, so it cannot cost less CPU per request: a ratio above 1 "
+            "is the machine's speed drifting between the rounds, and this table's ratios are not to be "
+            "trusted on their own."
+        ] if by_cpu > 1 else []) + [
             f"- Round by round (each B round against the A round of the same pass): median {paired:.3f}; "
             f"across all rounds B/A from {min(B['rps_all']) / max(A['rps_all']):.2f} to "
             f"{max(B['rps_all']) / min(A['rps_all']):.2f}. When the machine's speed drifts during a run (a VM's "
@@ -783,14 +799,17 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
         ]
         return out
 
-    lines += throughput(r, " (Caddy on its own core)" if caddy_cpus else "")
+    # What the module's own code alone leaves of B/A at best (from the profiles, when taken).
+    bound = (A["cpu_us_per_req"] / (A["cpu_us_per_req"] + own_code(B["profile"]))
+             if A.get("profile") and B.get("profile") else None)
+    lines += throughput(r, " (Caddy on its own core)" if caddy_cpus else "", bound)
     lines += [
         "- Limits in B are raised in this run so every request takes the full allow path; C",
         "  cannot check JSON body fields or limit per identity at all.",
         "",
     ]
     if shared:
-        lines += throughput(shared[0], " (all sharing every core)")
+        lines += throughput(shared[0], " (all sharing every core)", bound)
         lines += [
             "- Here Caddy's threads are preempted by the load generator and nginx, and their work",
             "  runs between Caddy's on the same cores; the ratio moves from run to run more than",
