@@ -561,7 +561,8 @@ def profile_class(dso, sym):
 
 def cpu_profile(b, p, port, token, seconds=3):
     """Caddy's CPU per request under closed-loop load, split by where perf's samples
-    land ({class: µs per request}, plus "total" and "samples"). None without perf."""
+    land ({class: µs per request}, plus "total", "samples" and "requests"). None without
+    perf, or when it fails."""
     if not shutil.which("perf"):
         return None
     data = b.work / f"perf-{p.pid}.data"
@@ -684,6 +685,14 @@ def own_code(profile):
     return profile["engine"] + profile["cgo"] + profile["module"]
 
 
+def own_code_bound(A, B):
+    """The best B/A by CPU that B's own code alone leaves (A's CPU per request over A's
+    plus that code's); None without profiles."""
+    if not (A.get("profile") and B.get("profile")):
+        return None
+    return A["cpu_us_per_req"] / (A["cpu_us_per_req"] + own_code(B["profile"]))
+
+
 def profile_section(A, B0, B):
     """Where Caddy's CPU per request goes, from perf profiles, and what that bounds B/A by."""
     rows = [(n, x["profile"]) for n, x in (("A", A), ("B0", B0), ("B", B)) if x.get("profile")]
@@ -703,19 +712,17 @@ def profile_section(A, B0, B):
     for name, x in rows:
         out.append(f"| {name} | {x['samples']:,} | {x['total']:.0f} | {x['engine']:.1f} | {x['cgo']:.1f} | "
                    f"{x['module']:.1f} | {x['kernel']:.0f} | {x['rest']:.0f} |")
-    own = own_code
     pa, p0, pb = A["profile"], B0["profile"], B["profile"]
     a_cpu = A["cpu_us_per_req"]
     budget = a_cpu / 0.95 - a_cpu
-    bound = a_cpu / (a_cpu + own(B["profile"]))
     out += [
         "",
-        f"- The module's own code (engine + cgo + module) costs B **{own(B['profile']):.1f} µs** per request "
-        f"and B0 {own(B0['profile']):.1f} µs (A: {own(A['profile']):.1f} µs, which is what this split "
+        f"- The module's own code (engine + cgo + module) costs B **{own_code(pb):.1f} µs** per request "
+        f"and B0 {own_code(p0):.1f} µs (A: {own_code(pa):.1f} µs, which is what this split "
         "misattributes).",
         f"- B/A ≥ 0.95 by CPU leaves B {budget:.1f} µs per request more than A's {a_cpu:.0f} µs "
         "(throughput table). The module's own code alone, not counting the allocation, GC and header work "
-        f"it adds to the rest, bounds B/A by CPU at **{bound:.3f}** at best in this run.",
+        f"it adds to the rest, bounds B/A by CPU at **{own_code_bound(A, B):.3f}** at best in this run.",
         f"- Outside the module's own code, B − A is {pb['kernel'] - pa['kernel']:+.1f} µs in the kernel and "
         f"{pb['rest'] - pa['rest']:+.1f} µs in Caddy and the Go runtime (B0 − A: {p0['kernel'] - pa['kernel']:+.1f} "
         f"and {p0['rest'] - pa['rest']:+.1f} µs).",
@@ -800,8 +807,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
         return out
 
     # What the module's own code alone leaves of B/A at best (from the profiles, when taken).
-    bound = (A["cpu_us_per_req"] / (A["cpu_us_per_req"] + own_code(B["profile"]))
-             if A.get("profile") and B.get("profile") else None)
+    bound = own_code_bound(A, B)
     lines += throughput(r, " (Caddy on its own core)" if caddy_cpus else "", bound)
     lines += [
         "- Limits in B are raised in this run so every request takes the full allow path; C",
