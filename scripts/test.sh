@@ -35,6 +35,9 @@ rust/ffi/tests/c/run.sh
 step "Go module tests (go vet, go test)"
 (cd go-module && go vet ./... && go test -count=1 ./...)
 
+step "the benchmark's parsing and arithmetic (pytest; the benchmark itself is make bench)"
+python3 -m pytest -q bench/test_report.py
+
 step "custom Caddy (xcaddy), and the test IdP"
 xcaddy/build.sh
 (cd e2e/idp && go vet ./... && go build -o ../../build/test-idp .)

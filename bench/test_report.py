@@ -1,0 +1,113 @@
+"""The benchmark's own arithmetic and parsing, on text in the formats perf and
+`go tool trace -d=parsed` print (run by `make test`; the benchmark itself is not)."""
+
+import pytest
+
+import run
+
+# `perf report --stdio --no-children --sort dso,sym -q -n -g none` lines, as printed for
+# Caddy with zt_policy (one of each kind of code).
+PERF = """
+     3.48%           516  [kernel.kallsyms]  [k] _raw_spin_unlock_irqrestore
+     2.78%           412  caddy              [.] runtime.tryDeferToSpanScan
+     0.71%           106  caddy              [.] zt_policy_core::native::Program::truth
+     0.39%            58  libc.so.6          [.] __memcmp_avx2_movbe
+     0.24%            36  libc.so.6          [.] malloc
+     0.10%            15  caddy              [.] ztp_engine_decide
+     0.48%            71  caddy              [.] github.com/zt-policy/zt-policy/go-module.(*Handler).ServeHTTP
+     0.01%             1  caddy              [.] type:.eq.github.com/zt-policy/zt-policy/go-module.counterKey
+     0.05%             7  caddy              [.] runtime.cgocall
+     0.03%             5  caddy              [.] _cgo_topofstack
+     0.03%             4  caddy              [.] _cgo_93a0feffd0a6_Cfunc_ztp_engine_decide
+     1.02%           152  [vdso]             [.] __vdso_clock_gettime
+     0.51%            76  caddy              [.] slices.pdqsortCmpFunc[go.shape.struct { net/http.key string; net/http.values []string }]
+     0.35%            52  caddy              [.] crypto/internal/fips140/aes/gcm.gcmAesDec.abi0
+"""
+
+
+def test_profile_counts_puts_each_sample_where_its_code_is():
+    assert run.profile_counts(PERF) == {
+        "kernel": 516,
+        "engine": 106 + 58 + 36 + 15,
+        "module": 71 + 1,
+        "cgo": 7 + 5 + 4,
+        "rest": 412 + 152 + 76 + 52,
+    }
+
+
+def test_profile_counts_ignores_what_is_not_a_sample_line():
+    assert sum(run.profile_counts("# Samples: 3K of event 'cpu-clock:ppp'\n\n#\n").values()) == 0
+
+
+def profile(engine, module, kernel, rest, requests):
+    return dict(engine=engine, cgo=0.5, module=module, kernel=kernel, rest=rest,
+                total=engine + 0.5 + module + kernel + rest, samples=1000, requests=requests)
+
+
+def test_merged_profile_weights_rounds_by_their_requests():
+    m = run.merged_profile([profile(10, 2, 50, 150, 100), profile(20, 4, 50, 150, 300)])
+    assert m["engine"] == pytest.approx(17.5)
+    assert m["module"] == pytest.approx(3.5)
+    assert m["total"] == pytest.approx(17.5 + 0.5 + 3.5 + 200)
+    assert (m["samples"], m["requests"]) == (2000, 400)
+
+
+def test_a_failed_round_fails_the_merged_profile():
+    assert run.merged_profile([profile(10, 2, 50, 150, 100), None]) is None
+    assert run.merged_profile([]) is None
+
+
+def test_own_code_bound():
+    A = {"cpu_us_per_req": 200.0, "profile": profile(0, 0, 50, 150, 100)}
+    B = {"cpu_us_per_req": 230.0, "profile": profile(17.5, 3.0, 50, 150, 100)}
+    # 200 / (200 + 17.5 + 0.5 + 3.0)
+    assert run.own_code_bound(A, B) == pytest.approx(200 / 221)
+    assert run.own_code_bound({"cpu_us_per_req": 200.0}, B) is None
+
+
+@pytest.mark.parametrize("by_rps, by_cpu, bound, met", [
+    (0.96, 0.97, None, True),
+    (0.96, 0.94, None, False),
+    (0.94, 0.97, None, False),
+    # The rounds drifted in B's favour, but its own code alone does not fit in 0.95.
+    (1.12, 1.08, 0.90, False),
+    (0.97, 0.96, 0.955, True),
+])
+def test_b_over_a_met(by_rps, by_cpu, bound, met):
+    assert run.b_over_a_met(by_rps, by_cpu, bound) is met
+
+
+# `go tool trace -d=parsed` output: a call into the engine that returns 5,888 ns later,
+# an ordinary read syscall of another goroutine, and a call still running when the
+# trace ends.
+TRACE = """\
+M=3331 P=0 G=113876 StateTransition Time=23715915805568 GoID=113876 Running->Syscall Reason=""
+TransitionStack=
+	github.com/zt-policy/zt-policy/go-module._Cfunc_ztp_engine_decide @ 0x1badb05
+		_cgo_gotypes.go:189
+	github.com/zt-policy/zt-policy/go-module.(*engine).decide.func1 @ 0x1baf3fd
+M=3331 P=0 G=87215 StateTransition Time=23715915806000 GoID=87215 Running->Syscall Reason=""
+TransitionStack=
+	syscall.read @ 0x518cb7
+		syscall/zsyscall_linux_amd64.go:736
+M=3331 P=0 G=87215 StateTransition Time=23715915809000 GoID=87215 Syscall->Running Reason=""
+M=3331 P=0 G=113876 StateTransition Time=23715915811456 GoID=113876 Syscall->Running Reason=""
+M=3331 P=0 G=113877 StateTransition Time=23715915812000 GoID=113877 Running->Syscall Reason=""
+TransitionStack=
+	github.com/zt-policy/zt-policy/go-module._Cfunc_ztp_engine_decide @ 0x1badb05
+"""
+
+
+def test_cgo_call_times_times_only_the_calls_into_the_engine():
+    assert run.cgo_call_times(TRACE) == [pytest.approx(5.888)]
+
+
+def test_cgo_call_times_without_a_call_is_none():
+    assert run.cgo_call_times("M=1 P=0 G=1 Sync Time=1 N=1\n") is None
+
+
+def test_quantile_interpolates_within_the_buckets():
+    # 100 decisions: 50 within 10 µs, 40 more within 25 µs, the last 10 within 50 µs.
+    buckets = {10e-6: 50, 25e-6: 90, 50e-6: 100, float("inf"): 100}
+    assert run.quantile_us(buckets, 0.5) == pytest.approx(10)
+    assert run.quantile_us(buckets, 0.95) == pytest.approx(37.5)
