@@ -513,21 +513,41 @@ def engine_call_times(b, p, port, token, seconds=1):
     `go tool trace -d=parsed`): from the cgo call's start to the goroutine running Go
     again. None when the trace cannot be had or read."""
     out = b.work / f"trace-{p.pid}.out"
-    load = threading.Thread(target=lambda: b.load(port, *token, seconds=seconds + 1.5))
-    load.start()
-    try:
-        time.sleep(0.5)
+
+    def trace():
         with urllib.request.urlopen(f"http://127.0.0.1:{b.admin[p.pid]}/debug/pprof/trace?seconds={seconds}",
                                     timeout=30) as r:
             out.write_bytes(r.read())
-        text = subprocess.run(["go", "tool", "trace", "-d=parsed", str(out)], capture_output=True, text=True,
+        return subprocess.run(["go", "tool", "trace", "-d=parsed", str(out)], capture_output=True, text=True,
                               timeout=120).stdout
+
+    text, _, _ = during_load(b, p, port, token, lead=0.5, seconds=seconds + 1.5, collect=trace, scratch=out)
+    return cgo_call_times(text) if text is not None else None
+
+
+def during_load(b, p, port, token, lead, seconds, collect, scratch):
+    """Drives Caddy `p` with closed-loop load for `seconds` and calls `collect` `lead`
+    seconds in. Returns what collect returned (None if it failed: no tool, no answer),
+    the load's result and Caddy's CPU seconds over the load. `scratch`, the file collect
+    writes, is removed."""
+    box = {}
+
+    def drive():
+        c0 = cpu_seconds(p.pid)
+        box["run"] = b.load(port, *token, seconds=seconds)
+        box["cpu_s"] = cpu_seconds(p.pid) - c0
+
+    load = threading.Thread(target=drive)
+    load.start()
+    try:
+        time.sleep(lead)
+        got = collect()
     except (OSError, subprocess.SubprocessError):
-        return None
+        got = None
     finally:
         load.join()
-        out.unlink(missing_ok=True)
-    return cgo_call_times(text)
+        scratch.unlink(missing_ok=True)
+    return got, box.get("run"), box.get("cpu_s")
 
 
 def cgo_call_times(text):
@@ -588,32 +608,22 @@ def cpu_profile(b, p, port, token, seconds=3):
     if not shutil.which("perf"):
         return None
     data = b.work / f"perf-{p.pid}.data"
-    box = {}
 
-    def drive():
-        c0 = cpu_seconds(p.pid)
-        box["run"] = b.load(port, *token, seconds=seconds + 2)
-        box["cpu_s"] = cpu_seconds(p.pid) - c0
-
-    load = threading.Thread(target=drive)
-    load.start()
-    try:
-        time.sleep(1)
+    def record():
         subprocess.run(["perf", "record", "-q", "-F", "999", "-p", str(p.pid), "-o", str(data), "--",
                         "sleep", str(seconds)], capture_output=True, timeout=seconds + 60)
-        text = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym",
+        return subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym",
                                "-q", "-n", "-g", "none", "--percent-limit", "0"],
                               capture_output=True, text=True, timeout=120).stdout
-    except (OSError, subprocess.SubprocessError):
+
+    text, r, cpu_s = during_load(b, p, port, token, lead=1, seconds=seconds + 2, collect=record, scratch=data)
+    if text is None:
         return None
-    finally:
-        load.join()
-        data.unlink(missing_ok=True)
     counts = profile_counts(text)
-    n, r = sum(counts.values()), box.get("run")
+    n = sum(counts.values())
     if not n or not r or not r["requests"]:
         return None
-    total = box["cpu_s"] * 1e6 / r["requests"]
+    total = cpu_s * 1e6 / r["requests"]
     out = {k: total * v / n for k, v in counts.items()}
     out.update(total=total, samples=n, requests=r["requests"])
     return out
@@ -718,8 +728,9 @@ def b_over_a_met(by_rps, by_cpu, bound):
     return min(by_rps, by_cpu, 1 if bound is None else bound) >= 0.95
 
 
-def profile_section(A, B0, B):
-    """Where Caddy's CPU per request goes, from perf profiles, and what that bounds B/A by."""
+def profile_section(A, B0, B, bound):
+    """Where Caddy's CPU per request goes, from perf profiles, and what that bounds B/A by
+    (`bound`: own_code_bound(A, B))."""
     rows = [(n, x["profile"]) for n, x in (("A", A), ("B0", B0), ("B", B)) if x.get("profile")]
     if len(rows) < 3:
         return ["Where Caddy's CPU goes: (no perf profile: `perf` missing or not permitted)", ""]
@@ -747,7 +758,7 @@ def profile_section(A, B0, B):
         "misattributes).",
         f"- B/A ≥ 0.95 by CPU leaves B {budget:.1f} µs per request more than A's {a_cpu:.0f} µs "
         "(throughput table). The module's own code alone, not counting the allocation, GC and header work "
-        f"it adds to the rest, bounds B/A by CPU at **{own_code_bound(A, B):.3f}** at best in this run.",
+        f"it adds to the rest, bounds B/A by CPU at **{bound:.3f}** at best in this run.",
         f"- Outside the module's own code, B − A is {pb['kernel'] - pa['kernel']:+.1f} µs in the kernel and "
         f"{pb['rest'] - pa['rest']:+.1f} µs in Caddy and the Go runtime (B0 − A: {p0['kernel'] - pa['kernel']:+.1f} "
         f"and {p0['rest'] - pa['rest']:+.1f} µs).",
@@ -921,7 +932,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
         "the throughput rounds and move with the machine's drift; the profiles below split",
         "the CPU by code, which moves much less.",
         "",
-    ] + engine_call_section(held) + profile_section(A, B0, B) + [
+    ] + engine_call_section(held) + profile_section(A, B0, B, bound) + [
         "How much cold caches cost one decision (encoding and the cgo call, as the handler",
         "makes them), measured in process by `BenchmarkDecideEvicted`, which writes over twice",
         "the L2 cache, or twice the L3 cache, before each decision and times the decision alone:",
