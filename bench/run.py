@@ -359,7 +359,7 @@ def median(xs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=5, help="per setup and round")
+    ap.add_argument("--seconds", type=float, default=3, help="per setup and round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--rate", type=float, default=2000, help="the fixed rate of the latency table")
@@ -413,9 +413,9 @@ def main():
         for ids in (1, 1000, 100000):
             p, port = b.start_caddy(f"B-scale-{ids}", policy=real, cpus=caddy_cpus)
             rss0 = rss_mib(p.pid)
-            # 20,000 requests for one caller and 40 each for 1,000: buckets run dry;
+            # 10,000 requests for one caller and 40 each for 1,000: buckets run dry;
             # 100,000 callers make 2 each (the bucket table and the token cache churn).
-            r = b.load(port, *sign, "-identities", str(ids), n=max(20000, 40 * min(ids, 1000), 2 * ids))
+            r = b.load(port, *sign, "-identities", str(ids), n=max(10000, 40 * min(ids, 1000), 2 * ids))
             r["rss_before_mib"], r["rss_after_mib"] = rss0, rss_mib(p.pid)
             scale[ids] = r
             print("scale", ids, json.dumps(r), flush=True)
@@ -447,7 +447,7 @@ def http_phase(b, a, token, raised, cpus, fixed_rate):
     caddies = {name: b.start_caddy(name, policy=raised, cpus=cpus) for name, _ in SETUPS}
     try:
         for name, (p, port) in caddies.items():
-            b.load(port, *token, seconds=2)  # warm up: connections, caches
+            b.load(port, *token, seconds=1)  # warm up: connections, caches
         held = {name: caddies[name][0] for name in ("B", "B0")}
         hist0 = {name: b.decision_histogram(p) for name, p in held.items()}
         rounds = {name: [] for name in caddies}
@@ -656,7 +656,7 @@ def run_gobench():
     rows = []
     # The evicted-cache runs write over up to twice the L3 cache before each decision,
     # so they get fewer iterations.
-    for pattern, times in (("Decide(Flat|Struct)$|CgoCrossing|ServeHTTP", "200000x"), ("DecideEvicted", "2000x")):
+    for pattern, times in (("Decide(Flat|Struct)$|CgoCrossing|ServeHTTP", "200000x"), ("DecideEvicted", "500x")):
         text = sh("go", "test", "-run", "XXX", "-bench", pattern, "-benchtime", times, "./...",
                   cwd=ROOT / "go-module", env=env)
         # Provisioning logs may interleave with the benchmark lines: pair each name with
@@ -1002,7 +1002,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
         "",
         "Go, across cgo and the whole handler in process",
         "(`cd go-module && go test -run X -bench 'Decide(Flat|Struct)$|Cgo|ServeHTTP' -benchtime 200000x`,",
-        "then `-bench DecideEvicted -benchtime 2000x`):",
+        "then `-bench DecideEvicted -benchtime 500x`):",
         "",
         "```",
         *gobench,

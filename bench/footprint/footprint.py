@@ -59,12 +59,19 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function:
         subprocess.run(["openssl", "x509", "-in", str(ROOT / "examples/policy/certs/alice.pem"), "-outform", "DER",
                         "-out", str(der)], check=True)
         trace = work / "trace"
+        # Lackey traces the whole run (about 300 MB, nearly all of it loading the policy
+        # and the warm-ups); sed keeps only the traced decision's window, in a pipe, so
+        # the rest is never written or parsed.
         with open(trace, "w") as t:
+            window = subprocess.Popen(["sed", "-n", "/^@@FOOTPRINT-START/,/^@@FOOTPRINT-END/p"],
+                                      stdin=subprocess.PIPE, stdout=t)
             p = subprocess.run(["valgrind", "--tool=lackey", "--trace-mem=yes", "--log-fd=2", str(exe), str(policy),
                                 str(ROOT / "examples/policy/idp/jwks.json"), str(der),
-                                str(ROOT / "examples/policy/idp/carol.jwt")], stdout=subprocess.PIPE, stderr=t,
-                               text=True)
-        if p.returncode != 0 or "status 200" not in p.stdout:
+                                str(ROOT / "examples/policy/idp/carol.jwt")], stdout=subprocess.PIPE,
+                               stderr=window.stdin, text=True)
+            window.stdin.close()
+            window.wait()
+        if p.returncode != 0 or "status 200" not in p.stdout or window.returncode != 0:
             raise SystemExit(f"footprint: the traced decision was not allowed: {p.stdout.strip()}")
         addrs, names = symbols(exe)
 
@@ -98,6 +105,8 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function:
                     dlines.add(int(line[3:].split(",", 1)[0], 16) >> 6)
                     if by_function:
                         fn_data.setdefault(s, set()).add(int(line[3:].split(",", 1)[0], 16) >> 6)
+        if ins == 0:
+            raise SystemExit("footprint: the trace has no decision between the @@FOOTPRINT markers")
         result = {
             "instructions": ins,
             "code_lines": len(ilines), "code_pages": len({x >> 6 for x in ilines}),
