@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use cel::common::value::CowVal;
 use cel::context::VariableResolver;
-use cel::{Context, Env};
+use cel::Env;
 
 use crate::body::LazyBody;
 use crate::cert::{CertCache, CertEntry, CertInfo};
@@ -201,12 +201,8 @@ impl Engine {
             .and_then(|j| Indexed::from_json(j, self.policy.max_json_depth).ok());
         let act = self.activation(req, cert.as_deref(), claims.as_ref());
         let _ = act.identity.set(identity.to_owned());
-        let mut ctx = Context::with_env(self.env.clone());
-        ctx.set_variable_resolver(&act);
-        f(&Scope {
-            ctx: &ctx,
-            vars: &act,
-        })
+        let scope = Scope::new(&self.env, &act, &act);
+        f(&scope)
     }
 
     fn lint_in(&self, ctx: &Scope<'_, '_>) -> Vec<(String, String)> {
@@ -383,12 +379,7 @@ impl Engine {
             }
         }
         let act = self.activation(req, cert.as_deref(), token.as_ref().map(|t| &t.value));
-        let mut cel_ctx = Context::with_env(self.env.clone());
-        cel_ctx.set_variable_resolver(&act);
-        let ctx = Scope {
-            ctx: &cel_ctx,
-            vars: &act,
-        };
+        let ctx = Scope::new(&self.env, &act, &act);
 
         let identity = match &self.policy.identity {
             Some(expr) => match expr.eval_string(&ctx) {

@@ -169,18 +169,18 @@ impl Expression {
     }
 
     pub fn eval(&self, scope: &Scope<'_, '_>) -> Result<Value, String> {
-        match Value::resolve(&self.fast, scope.ctx) {
+        match Value::resolve(&self.fast, scope.ctx()) {
             Ok(v) => Ok(v),
             // The flattened form reports a missing field as an undeclared name; the
             // program as written says which key is missing. Errors are the slow path.
-            Err(_) => self.program.execute(scope.ctx).map_err(|e| e.to_string()),
+            Err(_) => self.program.execute(scope.ctx()).map_err(|e| e.to_string()),
         }
     }
 
     /// The program exactly as written, without the flattened paths: what `eval` must
     /// always agree with (the tests compare the two).
     pub fn eval_as_written(&self, scope: &Scope<'_, '_>) -> Result<Value, String> {
-        self.program.execute(scope.ctx).map_err(|e| e.to_string())
+        self.program.execute(scope.ctx()).map_err(|e| e.to_string())
     }
 
     /// What the native evaluator answers, `None` where it leaves the answer to cel
@@ -496,12 +496,6 @@ mod tests {
             &VARIABLES,
         )
         .unwrap();
-        assert_eq!(
-            e.eval_bool(&Scope {
-                ctx: &ctx,
-                vars: &()
-            }),
-            Ok(true)
-        );
+        assert_eq!(e.eval_bool(&Scope::with_context(ctx, &())), Ok(true));
     }
 }

@@ -22,7 +22,10 @@ use crate::policy::LimitConfig;
 /// How many checks pass between two sweeps of stale keys.
 const SWEEP_EVERY: u64 = 4096;
 
-type Map = DashMap<String, InMemoryState>;
+/// Keyed by identity with foldhash, as the caches are, not the default SipHash:
+/// identities are authenticated (a verified certificate or token), and the seed is
+/// random per table.
+type Map = DashMap<String, InMemoryState, foldhash::fast::RandomState>;
 
 /// The state store: governor's own DashMap store behind an `Arc`, so the limit can
 /// also ask whether a key is already live.
@@ -101,7 +104,7 @@ impl LimitState {
             .allow_burst(
                 NonZeroU32::new(config.burst).expect("burst is checked to be >= 1 at load"),
             );
-        let store = KeyStore(Arc::new(DashMap::new()));
+        let store = KeyStore(Arc::new(Map::default()));
         let limiter = RateLimiter::<String, KeyStore, EngineClock, NoOpMiddleware<Instant>>::new(
             quota,
             store.clone(),

@@ -15,13 +15,15 @@
 //!
 //! `tests/expressions.rs` pins that whenever it answers, it agrees with cel.
 
+use std::cell::OnceCell;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
 use cel::common::ast::{operators, Expr, IdedExpr, LiteralValue};
 use cel::common::types::{CelBool, CelInt, CelString, CelUInt};
 use cel::common::value::CowVal;
-use cel::{Context, Value};
+use cel::context::VariableResolver;
+use cel::{Context, Env, Value};
 
 /// A compiled expression: its operations in one vector (children before parents, the
 /// root last), and the names and strings they use in one string. Evaluating it walks
@@ -135,11 +137,58 @@ impl Vars for () {
     }
 }
 
-/// What an evaluation reads: cel's context (for what the native evaluator hands to
-/// cel) and the variables behind it.
+/// What an evaluation reads: the variables, and cel's context for what the native
+/// evaluator hands to cel. The context is built the first time cel needs it: a
+/// decision the native evaluator answers whole never makes one (no clone of the
+/// shared environment's `Arc`, whose count every core's decisions would otherwise
+/// write, no registry and variable map to build and drop).
 pub struct Scope<'c, 'v> {
-    pub(crate) ctx: &'c Context<'c, 'v>,
+    env: Option<&'c Arc<Env>>,
+    resolver: Option<&'v dyn VariableResolver>,
+    ctx: OnceCell<Context<'c, 'v>>,
     pub(crate) vars: &'c dyn Vars,
+}
+
+impl<'c, 'v> Scope<'c, 'v> {
+    /// A scope reading `vars`, whose cel context (when one is needed) runs in `env`
+    /// with `resolver` answering its variables.
+    pub(crate) fn new(
+        env: &'c Arc<Env>,
+        resolver: &'v dyn VariableResolver,
+        vars: &'c dyn Vars,
+    ) -> Self {
+        Scope {
+            env: Some(env),
+            resolver: Some(resolver),
+            ctx: OnceCell::new(),
+            vars,
+        }
+    }
+
+    /// A scope over a context built by the caller, with `vars` for the native reads.
+    #[cfg(test)]
+    pub(crate) fn with_context(ctx: Context<'c, 'v>, vars: &'c dyn Vars) -> Self {
+        Scope {
+            env: None,
+            resolver: None,
+            ctx: OnceCell::from(ctx),
+            vars,
+        }
+    }
+
+    /// cel's context, built on first use.
+    pub(crate) fn ctx(&self) -> &Context<'c, 'v> {
+        self.ctx.get_or_init(|| {
+            let env = self
+                .env
+                .expect("a scope without a context has an environment");
+            let mut ctx = Context::with_env(Arc::clone(env));
+            if let Some(r) = self.resolver {
+                ctx.set_variable_resolver(r);
+            }
+            ctx
+        })
+    }
 }
 
 /// `name` split at its first dot: the root and the path below it.
@@ -391,7 +440,7 @@ impl Program {
                 }
             }
             Operand::Lit(l) => Some(l.to_val()),
-            Operand::Cel(i) => Value::resolve_val(&self.cel[*i as usize], scope.ctx).ok(),
+            Operand::Cel(i) => Value::resolve_val(&self.cel[*i as usize], scope.ctx()).ok(),
         }
     }
 
