@@ -608,11 +608,18 @@ def cpu_profile(b, p, port, token, seconds=3):
     if not shutil.which("perf"):
         return None
     data = b.work / f"perf-{p.pid}.data"
+    # perf keeps a copy of each binary it profiles in a cache keyed by the binary's GNU
+    # build ID, and symbolizes from that copy. Go derives Caddy's build ID from its own
+    # inputs, not from the Rust library's content: a Caddy relinked with a changed
+    # engine keeps the ID of the last one profiled, and its samples would get that
+    # binary's symbols. So perf gets an empty cache of its own and adds nothing to it:
+    # symbols come from the binary that runs.
+    perf = ["perf", "--buildid-dir", str(b.work / "perf-buildids")]
 
     def record():
-        subprocess.run(["perf", "record", "-q", "-F", "999", "-p", str(p.pid), "-o", str(data), "--",
-                        "sleep", str(seconds)], capture_output=True, timeout=seconds + 60)
-        return subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym",
+        subprocess.run([*perf, "record", "--no-buildid-cache", "-q", "-F", "999", "-p", str(p.pid), "-o", str(data),
+                        "--", "sleep", str(seconds)], capture_output=True, timeout=seconds + 60)
+        return subprocess.run([*perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym",
                                "-q", "-n", "-g", "none", "--percent-limit", "0"],
                               capture_output=True, text=True, timeout=120).stdout
 
