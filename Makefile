@@ -18,4 +18,5 @@ bench:
 	xcaddy/build.sh
 	cd e2e/idp && go build -o ../../build/test-idp .
 	cd bench/loadgen && go build -o ../../build/loadgen .
+	cargo bench -q -p zt-policy-core --bench decision --no-run
 	python3 bench/run.py
