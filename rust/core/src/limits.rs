@@ -22,9 +22,9 @@ use crate::policy::LimitConfig;
 /// How many checks pass between two sweeps of stale keys.
 const SWEEP_EVERY: u64 = 4096;
 
-/// Keyed by identity with foldhash, as the caches are, not the default SipHash:
-/// identities are authenticated (a verified certificate or token), and the seed is
-/// random per table.
+/// Hashed with foldhash, as the token and certificate caches are, not the default
+/// SipHash: its seed is random per table, and a table never holds more than the
+/// limit's `max_keys` live keys, whatever a `key` expression makes of a request.
 type Map = DashMap<String, InMemoryState, foldhash::fast::RandomState>;
 
 /// The state store: governor's own DashMap store behind an `Arc`, so the limit can
