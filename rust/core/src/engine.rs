@@ -201,7 +201,7 @@ impl Engine {
             .and_then(|j| Indexed::from_json(j, self.policy.max_json_depth).ok());
         let act = self.activation(req, cert.as_deref(), claims.as_ref());
         let _ = act.identity.set(identity.to_owned());
-        let scope = Scope::new(&self.env, &act, &act);
+        let scope = Scope::new(&self.env, Some(&act), &act);
         f(&scope)
     }
 
@@ -379,7 +379,7 @@ impl Engine {
             }
         }
         let act = self.activation(req, cert.as_deref(), token.as_ref().map(|t| &t.value));
-        let ctx = Scope::new(&self.env, &act, &act);
+        let ctx = Scope::new(&self.env, Some(&act), &act);
 
         let identity = match &self.policy.identity {
             Some(expr) => match expr.eval_string(&ctx) {

@@ -143,7 +143,7 @@ impl Vars for () {
 /// shared environment's `Arc`, whose count every core's decisions would otherwise
 /// write, no registry and variable map to build and drop).
 pub struct Scope<'c, 'v> {
-    env: Option<&'c Arc<Env>>,
+    env: &'c Arc<Env>,
     resolver: Option<&'v dyn VariableResolver>,
     ctx: OnceCell<Context<'c, 'v>>,
     pub(crate) vars: &'c dyn Vars,
@@ -151,27 +151,16 @@ pub struct Scope<'c, 'v> {
 
 impl<'c, 'v> Scope<'c, 'v> {
     /// A scope reading `vars`, whose cel context (when one is needed) runs in `env`
-    /// with `resolver` answering its variables.
+    /// with `resolver`, if any, answering its variables.
     pub(crate) fn new(
         env: &'c Arc<Env>,
-        resolver: &'v dyn VariableResolver,
+        resolver: Option<&'v dyn VariableResolver>,
         vars: &'c dyn Vars,
     ) -> Self {
         Scope {
-            env: Some(env),
-            resolver: Some(resolver),
+            env,
+            resolver,
             ctx: OnceCell::new(),
-            vars,
-        }
-    }
-
-    /// A scope over a context built by the caller, with `vars` for the native reads.
-    #[cfg(test)]
-    pub(crate) fn with_context(ctx: Context<'c, 'v>, vars: &'c dyn Vars) -> Self {
-        Scope {
-            env: None,
-            resolver: None,
-            ctx: OnceCell::from(ctx),
             vars,
         }
     }
@@ -179,10 +168,7 @@ impl<'c, 'v> Scope<'c, 'v> {
     /// cel's context, built on first use.
     pub(crate) fn ctx(&self) -> &Context<'c, 'v> {
         self.ctx.get_or_init(|| {
-            let env = self
-                .env
-                .expect("a scope without a context has an environment");
-            let mut ctx = Context::with_env(Arc::clone(env));
+            let mut ctx = Context::with_env(Arc::clone(self.env));
             if let Some(r) = self.resolver {
                 ctx.set_variable_resolver(r);
             }
