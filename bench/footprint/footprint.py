@@ -71,8 +71,10 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function:
                                stderr=window.stdin, text=True)
             window.stdin.close()
             window.wait()
-        if p.returncode != 0 or "status 200" not in p.stdout or window.returncode != 0:
+        if p.returncode != 0 or "status 200" not in p.stdout:
             raise SystemExit(f"footprint: the traced decision was not allowed: {p.stdout.strip()}")
+        if window.returncode != 0:
+            raise SystemExit(f"footprint: sed could not cut the trace (exit status {window.returncode})")
         addrs, names = symbols(exe)
 
         def name(a):
