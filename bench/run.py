@@ -304,6 +304,9 @@ def bench_policy(work, raise_limits, jwks=None):
     return p
 
 
+# B0's policy: one rule that allows everything, no identity required (the module's floor).
+ONE_RULE_POLICY = '[settings]\nrequire_identity = false\n\n[[rule]]\nname = "all"\neffect = "allow"\nwhen = "true"\n'
+
 SETUPS = [
     ("A", "reverse_proxy, no policy"),
     ("B", "A + zt_policy, example policy, token verified in-process"),
@@ -375,8 +378,7 @@ def main():
         b.start_idp()
         b.start_oauth2_proxy()
         raised = bench_policy(work, raise_limits=True)
-        (work / "policy-one-rule.toml").write_text(
-            '[settings]\nrequire_identity = false\n\n[[rule]]\nname = "all"\neffect = "allow"\nwhen = "true"\n')
+        (work / "policy-one-rule.toml").write_text(ONE_RULE_POLICY)
         # The same requests for every setup: A and D carry the token too.
         token = ["-token", b.token]
         pin = len(cpus) >= 2 and not a.no_pin
@@ -434,7 +436,7 @@ def main():
     sys.path.insert(0, str(ROOT / "bench" / "footprint"))
     import footprint  # noqa: E402
 
-    touched = footprint.measure()
+    touched = {setup: footprint.measure(setup=setup) for setup in ("B", "B0")}
     write_report(Path(a.out), (results, shared, caddy_cpus, cpus), fixed, held_time, (cold, warm, cold_cert, warm_cert),
                  scale, criterion, (gobench, touched), a)
     print(f"wrote {a.out}")
@@ -733,6 +735,59 @@ def own_code_bound(A, B):
     return A["cpu_us_per_req"] / (A["cpu_us_per_req"] + own_code(B["profile"]))
 
 
+def lines_touched(t):
+    """Distinct cache lines, code and data, one decision touches (footprint.measure)."""
+    return t["code_lines"] + t["data_lines"]
+
+
+def line_budget(A, B, B0, touched):
+    """The engine's CPU under load per cache line one decision touches, for B and B0,
+    and how many lines B's engine may touch for B/A to reach the target by CPU at B's
+    rate, once the crossing and the handler's Go are paid; None without profiles."""
+    if not all(x.get("profile") for x in (A, B, B0)):
+        return None
+    pb, p0 = B["profile"], B0["profile"]
+    a_cpu = A["cpu_us_per_req"]
+    per_line = {n: p["engine"] * 1000 / lines_touched(touched[n]) for n, p in (("B", pb), ("B0", p0))}
+    engine_budget = a_cpu / B_OVER_A_TARGET - a_cpu - pb["cgo"] - pb["module"]
+    return {"ns_per_line": per_line, "engine_budget_us": engine_budget,
+            "lines": max(0, int(engine_budget * 1000 / per_line["B"]))}
+
+
+def footprint_section(touched, budget):
+    """What one decision of B and of B0 touches, and the line budget the target sets."""
+    out = [
+        "Under load a decision costs between the L2- and the L3-evicted rows, not the hot one:",
+        "what it costs is mostly the cache lines and pages it touches (code and data), not the",
+        "instructions it runs. That is where the module's cost in Caddy can still be cut. What",
+        "one decision touches, counted by valgrind's lackey (`bench/footprint/footprint.py`,",
+        "`--b0` for B0; unlike the timings these counts do not move with the machine's load):",
+        "",
+        "| setup | instructions | code lines / pages | data lines / pages | allocations |",
+        "| --- | --- | --- | --- | --- |",
+    ] + [f"| {n} | {t['instructions']:,} | {t['code_lines']} / {t['code_pages']} | "
+         f"{t['data_lines']} / {t['data_pages']} | {t['allocations']} |" for n, t in touched.items()] + [""]
+    if budget:
+        b, b0 = lines_touched(touched["B"]), lines_touched(touched["B0"])
+        nb, n0 = budget["ns_per_line"]["B"], budget["ns_per_line"]["B0"]
+        alike = ("nearly the same for both, so a decision's cost under load follows the lines it touches"
+                 if max(nb, n0) <= 1.25 * min(nb, n0) else
+                 "not alike in this run, so the lines alone do not explain the cost under load")
+        out += [
+            f"Divided by those lines, the engine's CPU under load (the profiles above) is {nb:.1f} ns per line "
+            f"for B and {n0:.1f} ns for B0: {alike}. At B's rate, B/A ≥ {B_OVER_A_TARGET} by CPU leaves the engine "
+            f"{budget['engine_budget_us']:.1f} µs once the crossing and the handler's Go are paid, so "
+            f"**{budget['lines']:,} lines** per decision, against B's {b:,} today. B0, which decodes the "
+            f"request, evaluates `true` and encodes the decision, touches {b0:,}, which leaves "
+            f"{max(0, budget['lines'] - b0):,} lines for all the example policy adds to that (the certificate and "
+            f"token caches, the JSON body, its rules and limits), where it takes {b - b0:,} today. What one "
+            "decision touches is the budget to work against, with the footprint tool, in seconds rather "
+            "than minutes of noisy load.",
+            "",
+        ]
+    return out
+
+
 def b_over_a_met(by_rps, by_cpu, bound):
     """The B/A target: met only when the throughput ratio, the CPU ratio and, when
     profiles were taken, the bound B's own code puts on it all reach it."""
@@ -954,17 +1009,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
          f"{evicted.get(lvl + '/one-rule', float('nan')) / 1000:.1f} |"
          for lvl in ("hot", "L2-evicted", "L3-evicted")] + [
         "",
-        "Under load a decision costs between the L2- and the L3-evicted rows, not the hot one:",
-        "what it costs is mostly the cache lines and pages it touches (code and data), not the",
-        "instructions it runs. That is where the module's cost in Caddy can still be cut. What",
-        "one decision of B touches, counted by valgrind's lackey (`bench/footprint/footprint.py`;",
-        "unlike the timings these counts do not move with the machine's load):",
-        "",
-        "| instructions | code lines / pages | data lines / pages | allocations |",
-        "| --- | --- | --- | --- |",
-        f"| {touched['instructions']:,} | {touched['code_lines']} / {touched['code_pages']} | "
-        f"{touched['data_lines']} / {touched['data_pages']} | {touched['allocations']} |",
-        "",
+    ] + footprint_section(touched, line_budget(A, B, B0, touched)) + [
         "## Cold path (B with a static JWKS, one request at a time)",
         "",
         "| requests | p50 µs | p99 µs |",

@@ -77,6 +77,41 @@ def test_b_over_a_met(by_rps, by_cpu, bound, met):
     assert run.b_over_a_met(by_rps, by_cpu, bound) is met
 
 
+def footprint(code, data):
+    return {"instructions": 1000, "code_lines": code, "code_pages": 10, "data_lines": data, "data_pages": 10,
+            "allocations": 1}
+
+
+def test_line_budget():
+    A = {"cpu_us_per_req": 190.0, "profile": profile(0, 0, 50, 150, 100)}
+    B = {"profile": profile(15.0, 2.5, 50, 150, 100)}  # engine, module; cgo is 0.5
+    B0 = {"profile": profile(5.0, 2.0, 50, 150, 100)}
+    touched = {"B": footprint(600, 400), "B0": footprint(250, 150)}
+    b = run.line_budget(A, B, B0, touched)
+    assert b["ns_per_line"] == pytest.approx({"B": 15.0, "B0": 12.5})
+    # 190 / 0.95 - 190 = 10 µs for the module's own code; 3 of them are not the engine.
+    assert b["engine_budget_us"] == pytest.approx(7.0)
+    assert b["lines"] == 466  # 7,000 ns / 15 ns
+    assert run.line_budget(A, B, {"cpu_us_per_req": 1.0}, touched) is None
+
+
+def test_footprint_section_says_whether_the_lines_explain_the_cost():
+    A = {"cpu_us_per_req": 190.0, "profile": profile(0, 0, 50, 150, 100)}
+    B = {"profile": profile(15.0, 2.5, 50, 150, 100)}
+    touched = {"B": footprint(600, 400), "B0": footprint(250, 150)}
+    alike = "\n".join(run.footprint_section(touched, run.line_budget(A, B, {"profile": profile(5.0, 2.0, 50, 150, 100)},
+                                                                    touched)))
+    assert "| B0 | 1,000 | 250 / 10 | 150 / 10 | 1 |" in alike
+    assert "nearly the same for both" in alike and "**466 lines**" in alike and "takes 600 today" in alike
+    # B0's engine at 1 µs: 2.5 ns per line against B's 15, so the lines do not explain it.
+    unlike = "\n".join(run.footprint_section(touched, run.line_budget(A, B, {"profile": profile(1.0, 2.0, 50, 150, 100)},
+                                                                     touched)))
+    assert "not alike in this run" in unlike
+    # Without profiles the table stands alone.
+    bare = run.footprint_section(touched, None)
+    assert not any("ns per line" in line for line in bare)
+
+
 # `go tool trace -d=parsed` output: a call into the engine that returns 5,888 ns later,
 # an ordinary read syscall of another goroutine, and a call still running when the
 # trace ends.

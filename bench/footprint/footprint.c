@@ -43,15 +43,15 @@ static unsigned char *slurp(const char *path, size_t *len) {
   return b;
 }
 
-/* footprint POLICY JWKS CERT.der TOKEN_FILE */
+/* footprint POLICY JWKS|- CERT.der TOKEN_FILE   (- : a policy without a token section) */
 int main(int argc, char **argv) {
   if (argc != 5) {
-    fprintf(stderr, "usage: footprint POLICY JWKS CERT.der TOKEN_FILE\n");
+    fprintf(stderr, "usage: footprint POLICY JWKS|- CERT.der TOKEN_FILE\n");
     return 2;
   }
-  size_t policy_len, jwks_len, cert_len, token_len;
+  size_t policy_len, jwks_len = 0, cert_len, token_len;
   unsigned char *policy = slurp(argv[1], &policy_len);
-  unsigned char *jwks = slurp(argv[2], &jwks_len);
+  unsigned char *jwks = strcmp(argv[2], "-") == 0 ? NULL : slurp(argv[2], &jwks_len);
   unsigned char *cert = slurp(argv[3], &cert_len);
   unsigned char *token = slurp(argv[4], &token_len);
   while (token_len && (token[token_len - 1] == '\n' || token[token_len - 1] == '\r')) token[--token_len] = 0;
@@ -85,7 +85,7 @@ int main(int argc, char **argv) {
   ztp_engine *engine = NULL;
   ztp_buffer *message = NULL;
   if (ztp_engine_new(policy, policy_len, (const unsigned char *)"policy.toml", 11, &engine, &message) != ZTP_OK ||
-      ztp_engine_set_jwks(engine, jwks, jwks_len, &message) != ZTP_OK) {
+      (jwks && ztp_engine_set_jwks(engine, jwks, jwks_len, &message) != ZTP_OK)) {
     size_t n = 0;
     const unsigned char *m = ztp_buffer_data(message, &n);
     fprintf(stderr, "engine: %.*s\n", (int)n, m ? (const char *)m : "");

@@ -14,6 +14,8 @@ by them on a noisy machine.
     python3 bench/footprint/footprint.py --by-function [LIB.a]
         also lists the functions that touch the most lines (code lines they occupy,
         data lines they load or store), to see where a cut would count.
+    python3 bench/footprint/footprint.py --b0 [...]
+        the same for one decision of setup B0 (the one-rule policy).
 """
 
 import bisect
@@ -47,14 +49,24 @@ def symbols(exe: Path):
     return [a for a, _ in table], [s for _, s in table]
 
 
-def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function: bool = False) -> dict:
+def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function: bool = False,
+            setup: str = "B") -> dict:
+    """The footprint of one decision of `setup`: "B" (the example policy, with carol's
+    token verified against the example JWKS) or "B0" (the one-rule policy, which reads
+    neither the token nor the body)."""
     sys.path.insert(0, str(ROOT / "bench"))
-    import run  # noqa: E402  (bench/run.py: the policy setup B uses)
+    import run  # noqa: E402  (bench/run.py: the policies setups B and B0 use)
 
     with tempfile.TemporaryDirectory(prefix="ztp-footprint-") as w:
         work = Path(w)
         exe = build(work, lib)
-        policy = run.bench_policy(work, raise_limits=True)
+        if setup == "B":
+            policy, jwks = run.bench_policy(work, raise_limits=True), str(ROOT / "examples/policy/idp/jwks.json")
+        elif setup == "B0":
+            policy, jwks = work / "policy-one-rule.toml", "-"
+            policy.write_text(run.ONE_RULE_POLICY)
+        else:
+            raise ValueError(f"footprint: no setup {setup!r} (B or B0)")
         der = work / "alice.der"
         subprocess.run(["openssl", "x509", "-in", str(ROOT / "examples/policy/certs/alice.pem"), "-outform", "DER",
                         "-out", str(der)], check=True)
@@ -66,7 +78,7 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function:
             window = subprocess.Popen(["sed", "-n", "/^@@FOOTPRINT-START/,/^@@FOOTPRINT-END/p"],
                                       stdin=subprocess.PIPE, stdout=t)
             p = subprocess.run(["valgrind", "--tool=lackey", "--trace-mem=yes", "--log-fd=2", str(exe), str(policy),
-                                str(ROOT / "examples/policy/idp/jwks.json"), str(der),
+                                jwks, str(der),
                                 str(ROOT / "examples/policy/idp/carol.jwt")], stdout=subprocess.PIPE,
                                stderr=window.stdin, text=True)
             window.stdin.close()
@@ -126,8 +138,9 @@ def measure(lib: Path = ROOT / "target/release/libzt_policy_ffi.a", by_function:
 if __name__ == "__main__":
     args = sys.argv[1:]
     by_function = "--by-function" in args
-    libs = [Path(a) for a in args if a != "--by-function"]
-    r = measure(*libs[:1], by_function=by_function)
+    setup = "B0" if "--b0" in args else "B"
+    libs = [Path(a) for a in args if a not in ("--by-function", "--b0")]
+    r = measure(*libs[:1], by_function=by_function, setup=setup)
     rows = r.pop("by_function", [])
     print(json.dumps(r, indent=1))
     if rows:
