@@ -58,10 +58,11 @@ def test_a_failed_round_fails_the_merged_profile():
 
 
 def test_own_code_bound():
-    A = {"cpu_us_per_req": 200.0, "profile": profile(0, 0, 50, 150, 100)}
+    # A's CPU from its profile (200.5 µs), not from the throughput rounds, which drifted.
+    A = {"cpu_us_per_req": 170.0, "profile": profile(0, 0, 50, 150, 100)}
     B = {"cpu_us_per_req": 230.0, "profile": profile(17.5, 3.0, 50, 150, 100)}
-    # 200 / (200 + 17.5 + 0.5 + 3.0)
-    assert run.own_code_bound(A, B) == pytest.approx(200 / 221)
+    # 200.5 / (200.5 + 17.5 + 0.5 + 3.0)
+    assert run.own_code_bound(A, B) == pytest.approx(200.5 / 221.5)
     assert run.own_code_bound({"cpu_us_per_req": 200.0}, B) is None
 
 
@@ -83,7 +84,7 @@ def footprint(code, data):
 
 
 def test_line_budget():
-    A = {"cpu_us_per_req": 190.0, "profile": profile(0, 0, 50, 150, 100)}
+    A = {"cpu_us_per_req": 170.0, "profile": profile(0, 0, 50, 139.5, 100)}  # 190 µs in its profile
     B = {"profile": profile(15.0, 2.5, 50, 150, 100)}  # engine, module; cgo is 0.5
     B0 = {"profile": profile(5.0, 2.0, 50, 150, 100)}
     touched = {"B": footprint(600, 400), "B0": footprint(250, 150)}
@@ -96,7 +97,7 @@ def test_line_budget():
 
 
 def test_footprint_section_says_whether_the_lines_explain_the_cost():
-    A = {"cpu_us_per_req": 190.0, "profile": profile(0, 0, 50, 150, 100)}
+    A = {"cpu_us_per_req": 170.0, "profile": profile(0, 0, 50, 139.5, 100)}
     B = {"profile": profile(15.0, 2.5, 50, 150, 100)}
     touched = {"B": footprint(600, 400), "B0": footprint(250, 150)}
     alike = "\n".join(run.footprint_section(touched, run.line_budget(A, B, {"profile": profile(5.0, 2.0, 50, 150, 100)},
