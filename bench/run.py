@@ -738,6 +738,13 @@ def own_code_bound(A, B):
     return a_cpu / (a_cpu + own_code(B["profile"]))
 
 
+def own_code_budget(A):
+    """The µs per request B may cost over A, by A's profiled CPU (as in own_code_bound),
+    for B/A to reach the target by CPU."""
+    a_cpu = A["profile"]["total"]
+    return a_cpu / B_OVER_A_TARGET - a_cpu
+
+
 def lines_touched(t):
     """Distinct cache lines, code and data, one decision touches (footprint.measure)."""
     return t["code_lines"] + t["data_lines"]
@@ -750,9 +757,8 @@ def line_budget(A, B, B0, touched):
     if not all(x.get("profile") for x in (A, B, B0)):
         return None
     pb, p0 = B["profile"], B0["profile"]
-    a_cpu = A["profile"]["total"]  # as in own_code_bound
     per_line = {n: p["engine"] * 1000 / lines_touched(touched[n]) for n, p in (("B", pb), ("B0", p0))}
-    engine_budget = a_cpu / B_OVER_A_TARGET - a_cpu - pb["cgo"] - pb["module"]
+    engine_budget = own_code_budget(A) - pb["cgo"] - pb["module"]
     return {"ns_per_line": per_line, "engine_budget_us": engine_budget,
             "lines": max(0, int(engine_budget * 1000 / per_line["B"]))}
 
@@ -818,14 +824,13 @@ def profile_section(A, B0, B, bound):
         out.append(f"| {name} | {x['samples']:,} | {x['total']:.0f} | {x['engine']:.1f} | {x['cgo']:.1f} | "
                    f"{x['module']:.1f} | {x['kernel']:.0f} | {x['rest']:.0f} |")
     pa, p0, pb = A["profile"], B0["profile"], B["profile"]
-    a_cpu = pa["total"]  # as in own_code_bound
-    budget = a_cpu / B_OVER_A_TARGET - a_cpu
+    budget = own_code_budget(A)
     out += [
         "",
         f"- The module's own code (engine + cgo + module) costs B **{own_code(pb):.1f} µs** per request "
         f"and B0 {own_code(p0):.1f} µs (A: {own_code(pa):.1f} µs, which is what this split "
         "misattributes).",
-        f"- B/A ≥ {B_OVER_A_TARGET} by CPU leaves B {budget:.1f} µs per request more than A's {a_cpu:.0f} µs "
+        f"- B/A ≥ {B_OVER_A_TARGET} by CPU leaves B {budget:.1f} µs per request more than A's {pa['total']:.0f} µs "
         "(in these profiles). The module's own code alone, not counting the allocation, GC and header work "
         f"it adds to the rest, bounds B/A by CPU at **{bound:.3f}** at best in this run.",
         f"- Outside the module's own code, B − A is {pb['kernel'] - pa['kernel']:+.1f} µs in the kernel and "
