@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -480,5 +481,34 @@ func TestBodyShorterThanDeclaredIs400(t *testing.T) {
 	c := serve(t, h, r)
 	if c.rec.Code != 400 || c.next || c.errBody["error"]["code"] != "bad_request" {
 		t.Fatalf("got %d next=%v %v", c.rec.Code, c.next, c.errBody)
+	}
+}
+
+// TestRE2CasesAreGoRegexp checks the table the engine's matches() is tested against
+// (rust/core/tests/fixtures/re2_cases.json) row by row with Go's regexp, the RE2
+// implementation cel-go uses, so the recorded answers are RE2's.
+func TestRE2CasesAreGoRegexp(t *testing.T) {
+	b, err := os.ReadFile("../rust/core/tests/fixtures/re2_cases.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []struct {
+		Pattern string `json:"pattern"`
+		Input   string `json:"input"`
+		Match   *bool  `json:"match"`
+	}
+	if err := json.Unmarshal(b, &cases); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		re, err := regexp.Compile(c.Pattern)
+		switch {
+		case c.Match == nil && err == nil:
+			t.Errorf("%q: recorded as refused, Go compiles it", c.Pattern)
+		case c.Match != nil && err != nil:
+			t.Errorf("%q: recorded as valid, Go refuses it: %v", c.Pattern, err)
+		case c.Match != nil && re.MatchString(c.Input) != *c.Match:
+			t.Errorf("%q on %q: recorded %v", c.Pattern, c.Input, *c.Match)
+		}
 	}
 }

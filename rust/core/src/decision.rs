@@ -22,8 +22,11 @@ pub enum Reason {
     LimitTableFull,
     LimitError,
     EngineError,
-    /// The request could not be read (e.g. a header that is not UTF-8).
+    /// The request could not be read (e.g. a header that is not UTF-8, or a header the
+    /// decision reads given twice).
     BadRequest,
+    /// The body is JSON by its Content-Type but not one every reader reads alike.
+    MalformedBody,
 }
 
 impl Reason {
@@ -42,6 +45,7 @@ impl Reason {
             Reason::LimitError => "limit_error",
             Reason::EngineError => "engine_error",
             Reason::BadRequest => "bad_request",
+            Reason::MalformedBody => "malformed_body",
         }
     }
 }

@@ -10,12 +10,14 @@ use cel::context::VariableResolver;
 use cel::Env;
 
 use crate::body::LazyBody;
+use crate::json::Malformed;
+use crate::llm::Llm;
 use crate::cert::{CertCache, CertEntry, CertInfo};
 use crate::clock::EngineClock;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
 use crate::limits::{LimitState, Outcome};
 use crate::native::{self, Scope};
-use crate::policy::{self, Effect, Mode, Policy, PolicyError};
+use crate::policy::{self, Effect, MalformedBody, Mode, Policy, PolicyError};
 use crate::request::{Request, Scalars};
 use crate::token::{JwksError, JwksSummary, TokenError, VerifiedToken, Verifier};
 use crate::values::{self, BoxVal, Indexed};
@@ -55,12 +57,13 @@ impl Engine {
             .token
             .as_ref()
             .map(|t| Verifier::new(t.settings.clone()));
-        let needs_body = policy.rules.iter().any(|r| r.when.reads("body"))
-            || policy.identity.as_ref().is_some_and(|e| e.reads("body"))
+        let reads_body = |e: &crate::expr::Expression| e.reads("body") || e.reads("llm");
+        let needs_body = policy.rules.iter().any(|r| reads_body(&r.when))
+            || policy.identity.as_ref().is_some_and(reads_body)
             || policy.limits.iter().any(|l| {
-                l.key.reads("body")
-                    || l.cost.as_ref().is_some_and(|e| e.reads("body"))
-                    || l.when.as_ref().is_some_and(|e| e.reads("body"))
+                reads_body(&l.key)
+                    || l.cost.as_ref().is_some_and(reads_body)
+                    || l.when.as_ref().is_some_and(reads_body)
             });
         let allow_messages = policy
             .rules
@@ -94,7 +97,8 @@ impl Engine {
         &self.clock
     }
 
-    /// Whether any rule or limit reads `body`: when not, the caller need not buffer it.
+    /// Whether any rule or limit reads `body` or `llm`: when not, the caller need not
+    /// buffer the body.
     pub fn needs_body(&self) -> bool {
         self.needs_body
     }
@@ -280,9 +284,11 @@ impl Engine {
             scalars: req.scalars(),
             request: OnceLock::new(),
             body: OnceLock::new(),
+            empty_body: LazyBody::empty(),
+            llm: OnceLock::new(),
             identity: OnceLock::new(),
-            max_body: self.policy.max_body_bytes,
             max_depth: self.policy.max_json_depth,
+            malformed_body: self.policy.malformed_body,
         }
     }
 
@@ -343,6 +349,17 @@ impl Engine {
         given_cert: Option<Arc<CertEntry>>,
         given_claims: Option<Arc<VerifiedToken>>,
     ) -> Decision<'e> {
+        // 0. Headers the decision reads must be read alike by everyone after us: given
+        //    twice, the engine and the upstream could each take another copy.
+        for name in ["authorization", "content-type"]
+            .into_iter()
+            .chain(self.policy.token.as_ref().map(|t| t.header.as_str()))
+        {
+            if req.header_count(name) > 1 {
+                return Decision::bad_request(format!("more than one {name} header"));
+            }
+        }
+
         // 1. Who is calling: certificate, then token, then the identity key.
         let cert = match (given_cert, req.client_cert_der) {
             (Some(c), _) => Some(c),
@@ -396,6 +413,14 @@ impl Engine {
             None => default_identity(cert.as_deref(), token.as_deref()),
         }
         .filter(|s| !s.is_empty());
+        if let Some(id) = identity.as_deref().filter(|id| !header_value_safe(id)) {
+            // Sent upstream as a header: it must arrive exactly as the decision named it.
+            return Decision::deny(
+                401,
+                Reason::NoIdentity,
+                format!("the identity {id:?} cannot be sent as a header value (control characters or surrounding spaces)"),
+            );
+        }
         let _ = act.identity.set(identity.clone().unwrap_or_default());
         if identity.is_none() && self.policy.require_identity {
             return Decision::deny(
@@ -422,7 +447,14 @@ impl Engine {
             ));
         }
 
-        // 3. Rules: all are evaluated so the decision can name every match.
+        // 3. The body, read as vLLM reads it, or refused before any rule sees it.
+        if self.needs_body {
+            if let Err(e) = act.read_body() {
+                return with_identity(Decision::deny(400, Reason::MalformedBody, e.to_string()));
+            }
+        }
+
+        // 4. Rules: all are evaluated so the decision can name every match.
         let mut matched = Vec::new();
         let mut errors = Vec::new();
         let mut deciding_deny: Option<(&policy::Rule, Option<String>)> = None;
@@ -483,7 +515,7 @@ impl Engine {
             );
         };
 
-        // 4. Limits, only for requests the rules allow.
+        // 5. Limits, only for requests the rules allow.
         // (limit, remaining, reset) of the limit with the fewest cells left.
         let mut tightest: Option<(&policy::LimitConfig, &LimitState, u32, u64)> = None;
         for (cfg, state) in self.policy.limits.iter().zip(&self.limits) {
@@ -656,16 +688,43 @@ struct Activation<'a> {
     req: &'a Request<'a>,
     scalars: Scalars<'a>,
     request: OnceLock<BoxVal<'a>>,
-    body: OnceLock<LazyBody<'a>>,
+    body: OnceLock<Result<LazyBody<'a>, Malformed>>,
+    /// What `body` is when the body was refused (only an identity expression that
+    /// reads the body sees it: the refusal comes right after the identity).
+    empty_body: LazyBody<'static>,
+    llm: OnceLock<Indexed>,
     identity: OnceLock<String>,
-    max_body: u64,
     max_depth: usize,
+    malformed_body: MalformedBody,
 }
 
 impl<'a> Activation<'a> {
-    fn body(&self) -> &LazyBody<'a> {
+    /// The body as vLLM reads it: a JSON object (see `json`), empty when the request
+    /// has no JSON body, or why it was refused.
+    fn read_body(&self) -> Result<&LazyBody<'a>, &Malformed> {
         self.body
-            .get_or_init(|| parse_body(self.req, self.max_body, self.max_depth))
+            .get_or_init(|| {
+                let req = self.req;
+                if req.body.is_empty() || !req.is_json() {
+                    return Ok(LazyBody::empty());
+                }
+                match LazyBody::read(req.body, self.max_depth) {
+                    Err(_) if self.malformed_body == MalformedBody::Empty => Ok(LazyBody::empty()),
+                    read => read,
+                }
+            })
+            .as_ref()
+    }
+
+    fn body(&self) -> &LazyBody<'a> {
+        self.read_body().unwrap_or(&self.empty_body)
+    }
+
+    fn llm(&self) -> &Indexed {
+        self.llm.get_or_init(|| {
+            let view = Llm::read(self.req.path, self.body()).to_json();
+            Indexed::from_json(&view, 2).expect("a flat object is within two levels")
+        })
     }
 
     fn request(&self) -> &(dyn Val + 'a) {
@@ -696,6 +755,8 @@ impl<'a> Activation<'a> {
                 Some(v) => Some(CowVal::Borrowed(v)),
                 None => walk(self.request(), p),
             },
+            ("llm", None) => Some(CowVal::Borrowed(self.llm().root())),
+            ("llm", Some(p)) => self.llm().get(p).map(CowVal::Borrowed),
             ("identity", None) => {
                 Some(CowVal::Owned(values::string(self.identity.get()?.as_str())))
             }
@@ -762,11 +823,8 @@ impl native::Vars for Activation<'_> {
     }
 }
 
-/// `body`: the JSON object of a JSON request within the size limit, else an empty map,
-/// so malformed JSON leaves the decision to the rules.
-fn parse_body<'a>(req: &Request<'a>, max_body: u64, max_depth: usize) -> LazyBody<'a> {
-    if req.body.is_empty() || req.body.len() as u64 > max_body || !req.is_json() {
-        return LazyBody::empty();
-    }
-    LazyBody::parse(req.body, max_depth)
+/// Whether a value reaches the upstream as the same header value: no control
+/// characters (HTTP refuses them) and no surrounding spaces (HTTP trims them).
+fn header_value_safe(v: &str) -> bool {
+    !v.bytes().any(|b| b < 0x20 || b == 0x7f) && v.trim_matches([' ', '\t']) == v
 }

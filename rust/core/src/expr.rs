@@ -11,7 +11,7 @@ use cel::{Env, ExecutionError, Program, Value};
 use crate::native::{self, Scope};
 
 /// The variables a rule may read (DESIGN.md, "What a rule sees").
-pub const VARIABLES: [&str; 5] = ["cert", "claims", "request", "body", "identity"];
+pub const VARIABLES: [&str; 6] = ["cert", "claims", "request", "body", "llm", "identity"];
 
 /// The environment every expression compiles and runs in: the standard library, with
 /// `matches` served from a cache of compiled patterns instead of compiling per call.
@@ -44,13 +44,15 @@ pub(crate) fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, ExecutionErro
     if let Some(re) = cache.read().unwrap_or_else(|p| p.into_inner()).get(pattern) {
         return Ok(re.clone());
     }
+    let bad = |e: String| {
+        ExecutionError::function_error("matches", format!("bad pattern {pattern:?}: {e}"))
+    };
+    let re2 = crate::re2::translate(pattern).map_err(bad)?;
     let re = Arc::new(
-        regex::RegexBuilder::new(pattern)
+        regex::RegexBuilder::new(&re2)
             .size_limit(1 << 20)
             .build()
-            .map_err(|e| {
-                ExecutionError::function_error("matches", format!("bad pattern {pattern:?}: {e}"))
-            })?,
+            .map_err(|e| bad(e.to_string()))?,
     );
     let mut w = cache.write().unwrap_or_else(|p| p.into_inner());
     if w.len() < REGEX_CACHE_MAX {
@@ -68,7 +70,7 @@ pub struct Expression {
     /// The flattened program in native form, for the happy path (see `native`).
     native: native::Node,
     native_value: native::ValueNode,
-    reads: [bool; 5],
+    reads: [bool; VARIABLES.len()],
 }
 
 impl std::fmt::Debug for Expression {
@@ -145,7 +147,7 @@ impl Expression {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut reads = [false; 5];
+        let mut reads = [false; VARIABLES.len()];
         for (i, name) in VARIABLES.iter().enumerate() {
             reads[i] = found.free.iter().any(|(v, _)| v == name);
         }
@@ -310,7 +312,7 @@ fn flatten_entry(entry: &mut IdedEntryExpr, bound: &mut Vec<String>) {
 
 /// A request variable that no comprehension has rebound.
 fn is_root(name: &str, bound: &[String]) -> bool {
-    ["cert", "claims", "request", "body"].contains(&name) && !bound.iter().any(|b| b == name)
+    ["cert", "claims", "request", "body", "llm"].contains(&name) && !bound.iter().any(|b| b == name)
 }
 
 /// `Some("cert.subject.cn")` for a plain select chain rooted at a request variable.

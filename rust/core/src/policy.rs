@@ -18,6 +18,7 @@ pub struct Policy {
     pub require_identity: bool,
     pub max_body_bytes: u64,
     pub max_json_depth: usize,
+    pub malformed_body: MalformedBody,
     pub deny_status: u16,
     pub certificate: CertificateSettings,
     pub token: Option<TokenConfig>,
@@ -32,6 +33,17 @@ pub enum Mode {
     Enforce,
     /// Decisions are computed and reported, and every request passes.
     Audit,
+}
+
+/// What happens to a JSON body (by its Content-Type) that not every reader reads alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MalformedBody {
+    /// 400 `malformed_body` before any rule runs (the default).
+    Refuse,
+    /// The rules see `body` as `{}`: only for routes whose bodies are not JSON, since
+    /// the upstream may still read such a body in a way no rule judged.
+    Empty,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -176,6 +188,8 @@ struct SettingsDef {
     max_body: Size,
     #[serde(default = "default_json_depth")]
     max_json_depth: usize,
+    #[serde(default = "default_malformed_body")]
+    malformed_body: MalformedBody,
     #[serde(default = "default_deny_status")]
     deny_status: u16,
 }
@@ -188,6 +202,7 @@ impl Default for SettingsDef {
             require_identity: true,
             max_body: default_max_body(),
             max_json_depth: default_json_depth(),
+            malformed_body: default_malformed_body(),
             deny_status: default_deny_status(),
         }
     }
@@ -295,6 +310,9 @@ fn default_max_body() -> Size {
 }
 fn default_json_depth() -> usize {
     32
+}
+fn default_malformed_body() -> MalformedBody {
+    MalformedBody::Refuse
 }
 fn default_deny_status() -> u16 {
     403
@@ -468,7 +486,7 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
         l.expr(
             "settings.identity",
             e,
-            &["cert", "claims", "request", "body"],
+            &["cert", "claims", "request", "body", "llm"],
         )
     });
     let max_body_bytes = match size_value(&s.max_body) {
@@ -677,6 +695,7 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
         require_identity: s.require_identity,
         max_body_bytes,
         max_json_depth: s.max_json_depth,
+        malformed_body: s.malformed_body,
         deny_status: s.deny_status,
         certificate: CertificateSettings {
             required: parsed.certificate.required,

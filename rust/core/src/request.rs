@@ -50,13 +50,35 @@ impl<'a> Request<'a> {
             .filter(|t| !t.is_empty())
     }
 
-    /// Whether the body claims to be JSON (`application/json` or `…+json`).
+    /// How many fields named `name` the request has.
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count()
+    }
+
+    /// Whether vLLM (FastAPI) parses the body as JSON: when `Content-Type` is absent or
+    /// empty, or its type is `application/json` or `application/…+json`, as Python's
+    /// `email.message` reads it (the text before `;`, lower-cased, stripped, with
+    /// exactly one `/`).
     pub fn is_json(&self) -> bool {
-        self.header("content-type").is_some_and(|ct| {
-            let mime = ct.split(';').next().unwrap_or("").trim();
-            mime.eq_ignore_ascii_case("application/json")
-                || mime.len() > 5 && mime[mime.len() - 5..].eq_ignore_ascii_case("+json")
-        })
+        let Some(ct) = self.header("content-type") else {
+            return true;
+        };
+        if ct.is_empty() {
+            return true;
+        }
+        let ctype = ct.split(';').next().unwrap_or("").to_ascii_lowercase();
+        // str.strip()'s ASCII whitespace, including the separators \x1c-\x1f.
+        let ctype = ctype.trim_matches(|c: char| {
+            c.is_ascii_whitespace() || c == '\x0b' || ('\x1c'..='\x1f').contains(&c)
+        });
+        if ctype.matches('/').count() != 1 {
+            return false;
+        }
+        let (main, sub) = ctype.split_once('/').unwrap_or_default();
+        main == "application" && (sub == "json" || sub.ends_with("+json"))
     }
 
     /// The string fields of `request`, in the order of `STRING_FIELDS`.

@@ -107,8 +107,10 @@ fn index_paths(
     };
     let depth = depth_left.checked_sub(1).ok_or(TooDeep)?;
     for (k, child) in fields {
-        // A key with a dot cannot be told from a path; `x["a.b"]` still finds it.
-        if k.contains('.') {
+        // A key with a dot cannot be told from a path, and an empty one would make its
+        // fields look like its parent's (`{"": {"admin": true}}` is not `admin`):
+        // neither is indexed. `x["a.b"]` and `x[""]` still find them.
+        if k.is_empty() || k.contains('.') {
             continue;
         }
         let len = prefix.len();

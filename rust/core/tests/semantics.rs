@@ -295,7 +295,7 @@ when = 'identity.startsWith("spiffe://example.internal/svc/")'
 }
 
 #[test]
-fn body_is_parsed_only_when_read_and_malformed_json_leaves_it_empty() {
+fn body_is_parsed_only_when_read_and_a_malformed_one_is_refused_before_rules() {
     let no_body = engine(&policy(
         r#"
 [[rule]]
@@ -305,8 +305,7 @@ when = 'true'
 "#,
     ));
     assert!(!no_body.needs_body());
-    let e = engine(&policy(
-        r#"
+    let rules = r#"
 [[rule]]
 name = "llama-only"
 effect = "allow"
@@ -316,8 +315,8 @@ name = "empty-body"
 effect = "deny"
 status = 400
 when = 'size(body) == 0'
-"#,
-    ));
+"#;
+    let e = engine(&policy(rules));
     assert!(e.needs_body());
     assert!(
         Req::new("POST", "/")
@@ -325,21 +324,38 @@ when = 'size(body) == 0'
             .decide(&e)
             .allowed
     );
-    for bad in [r#"{"model":"llama""#, "not json", r#"["model"]"#, ""] {
+    for bad in [r#"{"model":"llama""#, "not json", r#"["model"]"#] {
         let d = Req::new("POST", "/").json(bad).decide(&e);
-        assert_eq!((d.status, d.rule), (400, Some("empty-body")), "{bad:?}");
+        assert_eq!((d.status, d.reason, d.rule), (400, Reason::MalformedBody, None), "{bad:?}");
+        assert!(d.matched.is_empty(), "no rule ran");
     }
-    // JSON sent as another media type is not parsed.
+    // No body at all is an empty one.
+    let d = Req::new("POST", "/").json("").decide(&e);
+    assert_eq!((d.status, d.rule), (400, Some("empty-body")));
+    // JSON sent as another media type is not parsed (FastAPI does not parse it either).
     let mut r = Req::new("POST", "/").header("Content-Type", "text/plain");
     r.body = br#"{"model":"llama"}"#.to_vec();
-    assert_eq!(r.decide(&e).status, 400);
-    // Nesting deeper than max_json_depth (32 by default) is treated as malformed.
+    assert_eq!(r.decide(&e).rule, Some("empty-body"));
+    // Without a Content-Type FastAPI parses JSON, and so does the engine.
+    let mut r = Req::new("POST", "/");
+    r.body = br#"{"model":"llama"}"#.to_vec();
+    assert!(r.decide(&e).allowed);
+    r.body = br#"{"model":"llama","model":"gpt"}"#.to_vec();
+    assert_eq!(r.decide(&e).reason, Reason::MalformedBody);
+    // Nesting deeper than max_json_depth (32 by default) is malformed.
     let deep = format!(
         r#"{{"model":"llama","x":{}{}}}"#,
         "[".repeat(40),
         "]".repeat(40)
     );
-    assert_eq!(Req::new("POST", "/").json(&deep).decide(&e).status, 400);
+    let d = Req::new("POST", "/").json(&deep).decide(&e);
+    assert_eq!((d.status, d.reason), (400, Reason::MalformedBody));
+    // `malformed_body = "empty"` hands such bodies to the rules as `{}`.
+    let lenient = engine(&format!(
+        "[settings]\nrequire_identity = false\nmalformed_body = \"empty\"\n{rules}"
+    ));
+    let d = Req::new("POST", "/").json("not json").decide(&lenient);
+    assert_eq!((d.status, d.rule), (400, Some("empty-body")));
 }
 
 #[test]
