@@ -76,7 +76,7 @@ type decision struct {
 var reasons = [...]string{
 	"allowed", "no_identity", "invalid_certificate", "invalid_token", "body_too_large",
 	"denied_by_rule", "no_allow_rule", "rate_limited", "cost_exceeds_burst",
-	"limit_table_full", "limit_error", "engine_error", "bad_request",
+	"limit_table_full", "limit_error", "engine_error", "bad_request", "malformed_body",
 }
 
 var errDecision = errors.New("malformed decision from the engine")

@@ -32,7 +32,7 @@ fn check_accepts_the_example_policy() {
     let o = zt(&["check", "examples/policy/policy.toml"]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(
-        stdout(&o).contains("ok: 7 rules (3 allow, 4 deny), 2 limits"),
+        stdout(&o).contains("ok: 9 rules (3 allow, 6 deny), 2 limits"),
         "{}",
         stdout(&o)
     );

@@ -10,12 +10,12 @@ use cel::context::VariableResolver;
 use cel::Env;
 
 use crate::body::LazyBody;
-use crate::json::Malformed;
-use crate::llm::Llm;
 use crate::cert::{CertCache, CertEntry, CertInfo};
 use crate::clock::EngineClock;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
+use crate::json::Malformed;
 use crate::limits::{LimitState, Outcome};
+use crate::llm::Llm;
 use crate::native::{self, Scope};
 use crate::policy::{self, Effect, MalformedBody, Mode, Policy, PolicyError};
 use crate::request::{Request, Scalars};

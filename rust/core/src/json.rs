@@ -104,7 +104,7 @@ fn read_utf8_object(bytes: &[u8], max_depth: usize) -> Result<Vec<Field<'_>>, Ma
         loop {
             let key_at = s.i;
             let key = s.key()?;
-            keys.insert(&key, key_at)?;
+            keys.insert(key.clone(), key_at)?;
             let start = s.i;
             let mut f = Field {
                 key,
@@ -183,7 +183,10 @@ impl<'a> Scanner<'a> {
             Problem::Expected(_) if self.i >= self.b.len() => Problem::End,
             p => p,
         };
-        Malformed { at: self.i, problem }
+        Malformed {
+            at: self.i,
+            problem,
+        }
     }
 
     /// A failure at the byte `next` just consumed.
@@ -400,7 +403,11 @@ impl<'a> Scanner<'a> {
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
-            Some(b'N' | b'I') if [&b"NaN"[..], b"Infinity"].iter().any(|w| self.b[self.i..].starts_with(w)) => {
+            Some(b'N' | b'I')
+                if [&b"NaN"[..], b"Infinity"]
+                    .iter()
+                    .any(|w| self.b[self.i..].starts_with(w)) =>
+            {
                 Err(self.fail(Problem::NotANumber))
             }
             _ => Err(self.fail(Problem::Expected("a JSON value"))),
@@ -471,26 +478,27 @@ impl<'a> Frame<'a> {
     }
 
     /// Adds the key read at byte `at`; a duplicate is refused.
-    fn insert(&mut self, key: &Cow<'a, str>, at: usize) -> Result<(), Malformed> {
+    fn insert(&mut self, key: Cow<'a, str>, at: usize) -> Result<(), Malformed> {
         let dup = match &mut self.set {
-            Some(set) => !set.insert(key.clone()),
-            None if self.keys.len() < LINEAR_KEYS => {
-                let dup = self.keys.contains(key);
-                self.keys.push(key.clone());
-                dup
-            }
-            None => {
-                let mut set: HashSet<Cow<'a, str>> = self.keys.drain(..).collect();
-                let dup = !set.insert(key.clone());
-                self.set = Some(set);
-                dup
-            }
+            Some(set) => set.contains(&key),
+            None => self.keys.contains(&key),
         };
         if dup {
             return Err(Malformed {
                 at,
-                problem: Problem::DuplicateKey(key.to_string()),
+                problem: Problem::DuplicateKey(key.into_owned()),
             });
+        }
+        match &mut self.set {
+            Some(set) => {
+                set.insert(key);
+            }
+            None if self.keys.len() < LINEAR_KEYS => self.keys.push(key),
+            None => {
+                let mut set: HashSet<Cow<'a, str>> = self.keys.drain(..).collect();
+                set.insert(key);
+                self.set = Some(set);
+            }
         }
         Ok(())
     }
@@ -584,7 +592,7 @@ impl<'a> Nested<'a> {
     fn key(&mut self, s: &mut Scanner<'a>, at: usize) -> Result<(), Malformed> {
         let key_at = s.i;
         let key = s.key()?;
-        self.frames[at].insert(&key, key_at)
+        self.frames[at].insert(key, key_at)
     }
 }
 
@@ -735,7 +743,11 @@ mod tests {
 
     #[test]
     fn fields_come_back_as_spans_with_their_strings_and_integers() {
-        let f = read_object(br#"{"model":"m","prompt":[[1,2],[3]],"x":{"a":"\u00e9"}}"#, 8).unwrap();
+        let f = read_object(
+            br#"{"model":"m","prompt":[[1,2],[3]],"x":{"a":"\u00e9"}}"#,
+            8,
+        )
+        .unwrap();
         let keys: Vec<_> = f.iter().map(|f| f.key.as_ref()).collect();
         assert_eq!(keys, ["model", "prompt", "x"]);
         assert_eq!(f[1].raw, b"[[1,2],[3]]");
@@ -745,14 +757,29 @@ mod tests {
 
     #[test]
     fn refuses_what_readers_disagree_on() {
-        assert_eq!(problem(r#"{"a":1,"a":2}"#), Problem::DuplicateKey("a".into()));
-        assert_eq!(problem(r#"{"a":1,"\u0061":2}"#), Problem::DuplicateKey("a".into()));
-        assert_eq!(problem(r#"{"o":{"k":1,"k":1}}"#), Problem::DuplicateKey("k".into()));
+        assert_eq!(
+            problem(r#"{"a":1,"a":2}"#),
+            Problem::DuplicateKey("a".into())
+        );
+        assert_eq!(
+            problem(r#"{"a":1,"\u0061":2}"#),
+            Problem::DuplicateKey("a".into())
+        );
+        assert_eq!(
+            problem(r#"{"o":{"k":1,"k":1}}"#),
+            Problem::DuplicateKey("k".into())
+        );
         assert_eq!(problem(r#"{"a":NaN}"#), Problem::NotANumber);
         assert_eq!(problem(r#"{"a":-Infinity}"#), Problem::NotANumber);
         assert_eq!(problem(r#"{"a":1e400}"#), Problem::NumberOutOfRange);
-        assert_eq!(problem(r#"{"a":18446744073709551616}"#), Problem::NumberOutOfRange);
-        assert_eq!(problem(r#"{"a":-9223372036854775809}"#), Problem::NumberOutOfRange);
+        assert_eq!(
+            problem(r#"{"a":18446744073709551616}"#),
+            Problem::NumberOutOfRange
+        );
+        assert_eq!(
+            problem(r#"{"a":-9223372036854775809}"#),
+            Problem::NumberOutOfRange
+        );
         assert_eq!(problem(r#"{"a":"\ud800"}"#), Problem::LoneSurrogate);
         assert_eq!(problem(r#"{"a":"\udc00\ud800"}"#), Problem::LoneSurrogate);
         assert_eq!(problem(r#"[1]"#), Problem::NotObject);
@@ -763,7 +790,10 @@ mod tests {
         assert_eq!(problem(r#"{"a":1"#), Problem::End);
         assert_eq!(
             read_object(b"{\"a\":\"\xff\"}", 8).unwrap_err(),
-            Malformed { at: 6, problem: Problem::NotUtf8 }
+            Malformed {
+                at: 6,
+                problem: Problem::NotUtf8
+            }
         );
     }
 
@@ -805,7 +835,13 @@ mod tests {
         assert_eq!(string(br#""x\n""#).as_deref(), Some("x\n"));
         assert_eq!(
             array_items(br#"[ [1], "s", 3, {"a":[1]}, 2.5 ]"#).unwrap(),
-            [Item::Array, Item::String, Item::Integer, Item::Other, Item::Other]
+            [
+                Item::Array,
+                Item::String,
+                Item::Integer,
+                Item::Other,
+                Item::Other
+            ]
         );
     }
 }

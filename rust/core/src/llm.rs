@@ -53,16 +53,20 @@ impl Llm {
         };
         let output_cap = output_cap(endpoint, body);
         let sequences = sequences(body);
-        let (strings, token_ids) = PROMPT_FIELDS
-            .iter()
-            .filter_map(|k| body.field(k))
-            .fold((0u64, 0u64), |(s, i), f| {
-                let ids = if f.key == "prompt" { f.integers } else { 0 };
-                (s + f.string_bytes, i + ids)
-            });
+        let (strings, token_ids) =
+            PROMPT_FIELDS
+                .iter()
+                .filter_map(|k| body.field(k))
+                .fold((0u64, 0u64), |(s, i), f| {
+                    let ids = if f.key == "prompt" { f.integers } else { 0 };
+                    (s + f.string_bytes, i + ids)
+                });
         Llm {
             endpoint,
-            model: body.field("model").and_then(|f| json::string(f.raw)).map(|s| s.into_owned()),
+            model: body
+                .field("model")
+                .and_then(|f| json::string(f.raw))
+                .map(|s| s.into_owned()),
             stream: match body.field("stream") {
                 None => Some(false),
                 Some(f) => bool_field(f.raw),
@@ -134,7 +138,10 @@ fn prompts(body: &LazyBody<'_>) -> u64 {
         }
         return (items.len() as u64).max(1);
     }
-    match body.field("messages").and_then(|f| json::array_items(f.raw)) {
+    match body
+        .field("messages")
+        .and_then(|f| json::array_items(f.raw))
+    {
         Some(items) if !items.is_empty() && items.iter().all(|i| *i == Item::Array) => {
             items.len() as u64
         }
@@ -232,7 +239,10 @@ mod tests {
         let c = "/v1/completions";
         assert_eq!(llm(c, "{}").output_cap, Some(16));
         assert_eq!(llm(c, r#"{"max_tokens":null}"#).output_cap, None);
-        assert_eq!(llm(c, r#"{"max_completion_tokens":3}"#).output_cap, Some(16));
+        assert_eq!(
+            llm(c, r#"{"max_completion_tokens":3}"#).output_cap,
+            Some(16)
+        );
     }
 
     #[test]

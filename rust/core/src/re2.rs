@@ -9,8 +9,8 @@
 //! load.
 
 use regex_syntax::ast::{
-    self, AssertionKind, Ast, ClassPerl, ClassPerlKind, ClassSet, ClassSetItem,
-    Flag, LiteralKind, RepetitionKind, RepetitionRange, Span,
+    self, AssertionKind, Ast, ClassPerl, ClassPerlKind, ClassSet, ClassSetItem, Flag, LiteralKind,
+    RepetitionKind, RepetitionRange, Span,
 };
 
 /// RE2's largest repetition count.
@@ -60,7 +60,9 @@ fn perl_class(c: &ClassPerl, in_brackets: bool) -> String {
 }
 
 fn refuse(what: &str) -> Result<(), String> {
-    Err(format!("{what} is not RE2 syntax (CEL's matches() follows RE2)"))
+    Err(format!(
+        "{what} is not RE2 syntax (CEL's matches() follows RE2)"
+    ))
 }
 
 impl ast::Visitor for Rewriter<'_> {
@@ -97,9 +99,7 @@ impl ast::Visitor for Rewriter<'_> {
                         RepetitionRange::Bounded(_, n) => n,
                     };
                     if n > MAX_REPEAT {
-                        return Err(format!(
-                            "a repeat count of {n} is over RE2's {MAX_REPEAT}"
-                        ));
+                        return Err(format!("a repeat count of {n} is over RE2's {MAX_REPEAT}"));
                     }
                 }
             }

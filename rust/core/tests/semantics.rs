@@ -326,7 +326,11 @@ when = 'size(body) == 0'
     );
     for bad in [r#"{"model":"llama""#, "not json", r#"["model"]"#] {
         let d = Req::new("POST", "/").json(bad).decide(&e);
-        assert_eq!((d.status, d.reason, d.rule), (400, Reason::MalformedBody, None), "{bad:?}");
+        assert_eq!(
+            (d.status, d.reason, d.rule),
+            (400, Reason::MalformedBody, None),
+            "{bad:?}"
+        );
         assert!(d.matched.is_empty(), "no rule ran");
     }
     // No body at all is an empty one.

@@ -48,6 +48,7 @@ enum ztp_reason
   ZTP_REASON_LIMIT_ERROR = 10,
   ZTP_REASON_ENGINE_ERROR = 11,
   ZTP_REASON_BAD_REQUEST = 12,
+  ZTP_REASON_MALFORMED_BODY = 13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

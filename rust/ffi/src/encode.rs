@@ -34,6 +34,7 @@ pub fn reason_code(r: Reason) -> ztp_reason {
         Reason::LimitError => ztp_reason::ZTP_REASON_LIMIT_ERROR,
         Reason::EngineError => ztp_reason::ZTP_REASON_ENGINE_ERROR,
         Reason::BadRequest => ztp_reason::ZTP_REASON_BAD_REQUEST,
+        Reason::MalformedBody => ztp_reason::ZTP_REASON_MALFORMED_BODY,
     }
 }
 

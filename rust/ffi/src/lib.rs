@@ -56,6 +56,7 @@ pub enum ztp_reason {
     ZTP_REASON_LIMIT_ERROR = 10,
     ZTP_REASON_ENGINE_ERROR = 11,
     ZTP_REASON_BAD_REQUEST = 12,
+    ZTP_REASON_MALFORMED_BODY = 13,
 }
 
 /// A compiled policy with its caches and rate-limit buckets. Thread-safe: any number
