@@ -14,8 +14,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -297,6 +299,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	for _, name := range h.strip {
 		delete(r.Header, name) // canonical since Provision: Header.Del, without redoing that
 	}
+	if name := h.hopByHopConflict(r); name != "" {
+		// A Connection token would make reverse_proxy drop the header this module sets
+		// after the decision; a trailer would add one after it. Neither is honest.
+		h.logger.Warn("request refused: it names an identity header as hop-by-hop or as a trailer",
+			zap.String("header", name), zap.String("method", r.Method), zap.String("uri", r.RequestURI),
+			zap.String("remote_ip", clientIP(r)))
+		decisions.WithLabelValues("denied", "bad_request", "").Inc()
+		return h.writeError(w, http.StatusBadRequest, "bad_request",
+			fmt.Sprintf("the %s header may not be named in Connection or Trailer", name), nil)
+	}
+	// What reverse_proxy will do (RFC 9110 7.6.1), done before deciding, so the
+	// decision sees the headers the upstream gets: a Content-Type named in Connection
+	// would otherwise reach vLLM absent, and vLLM parses a body without one as JSON.
+	removeConnectionHeaders(r.Header)
 	var cert []byte
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		cert = r.TLS.PeerCertificates[0].Raw
@@ -306,6 +322,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.logger.Warn("reading the request body failed", zap.Error(err))
 		return h.writeError(w, http.StatusBadRequest, "bad_request", "the request body could not be read", nil)
 	}
+	h.guardTrailers(r)
 
 	fields := requestFields{
 		method: r.Method, scheme: scheme(r), host: r.Host, path: r.URL.Path,
@@ -410,6 +427,65 @@ func (h *Handler) readBody(r *http.Request) ([]byte, uint64, error) {
 	}
 	r.Body = &replayBody{read: read, rest: r.Body}
 	return read, uint64(len(read)), nil
+}
+
+// hopByHopConflict returns a header this module strips or sets that the request names
+// in Connection or declares in Trailer, or "".
+func (h *Handler) hopByHopConflict(r *http.Request) string {
+	for _, field := range [...]string{"Connection", "Trailer"} {
+		for _, v := range r.Header[field] {
+			for token := range strings.SplitSeq(v, ",") {
+				name := http.CanonicalHeaderKey(textproto.TrimString(token))
+				if slices.Contains(h.strip, name) {
+					return name
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// removeConnectionHeaders removes the fields the Connection header names, as every
+// proxy must (and reverse_proxy does).
+func removeConnectionHeaders(hd http.Header) {
+	for _, v := range hd["Connection"] {
+		for token := range strings.SplitSeq(v, ",") {
+			if token = textproto.TrimString(token); token != "" {
+				hd.Del(token)
+			}
+		}
+	}
+}
+
+// trailerGuard removes, when the body ends, trailer fields named like the headers the
+// module strips or sets: Go adds every trailer the client sends to r.Trailer then,
+// declared or not, and reverse_proxy forwards what it finds there at that moment.
+type trailerGuard struct {
+	io.ReadCloser
+	req   *http.Request
+	names []string
+}
+
+func (g *trailerGuard) Read(p []byte) (int, error) {
+	n, err := g.ReadCloser.Read(p)
+	if err == io.EOF {
+		for _, name := range g.names {
+			delete(g.req.Trailer, name)
+		}
+	}
+	return n, err
+}
+
+// guardTrailers wraps the body of a request that can carry trailers (chunked, or
+// HTTP/2 and later).
+func (h *Handler) guardTrailers(r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody || (r.ContentLength >= 0 && r.ProtoMajor < 2) {
+		return
+	}
+	for _, name := range h.strip {
+		delete(r.Trailer, name)
+	}
+	r.Body = &trailerGuard{ReadCloser: r.Body, req: r, names: h.strip}
 }
 
 // requestBuffers holds the buffers requests are encoded into for the engine.

@@ -171,8 +171,8 @@ func TestDecisionsAreCountedByOutcomeReasonAndRule(t *testing.T) {
 	d0, a0 := testutil.ToFloat64(denied), testutil.ToFloat64(allowed)
 	n0, s0 := histogram(t)
 	serve(t, h, chat(t, "alice", `{"model":"gpt-4o"}`))
-	serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
-	serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
+	serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct","max_tokens":8}`))
+	serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct","max_tokens":8}`))
 	if got := testutil.ToFloat64(denied) - d0; got != 1 {
 		t.Errorf("denied counted %v times", got)
 	}
@@ -300,7 +300,7 @@ func TestEngineFailureIs500AndNeverReachesUpstream(t *testing.T) {
 	h := &Handler{PolicyFile: examplePolicy}
 	provision(t, h)
 	h.decideFn = func(req, cert, body, out []byte) (int, error) { return 0, selftestPanic() }
-	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
+	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct","max_tokens":8}`))
 	if c.rec.Code != 500 || c.next {
 		t.Fatalf("want 500 without upstream, got %d next=%v", c.rec.Code, c.next)
 	}
@@ -313,7 +313,7 @@ func TestRequestAfterReleaseFailsClosed(t *testing.T) {
 	h := &Handler{PolicyFile: examplePolicy}
 	provision(t, h)
 	h.eng.free()
-	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
+	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct","max_tokens":8}`))
 	if c.rec.Code != 500 || c.next {
 		t.Fatalf("want 500 without upstream, got %d next=%v", c.rec.Code, c.next)
 	}
@@ -327,7 +327,7 @@ func TestRequestOutlivingItsConfigurationIsStillDecided(t *testing.T) {
 	if err := h.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct"}`))
+	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct","max_tokens":8}`))
 	if c.rec.Code != 200 || !c.next {
 		t.Fatalf("want allowed, got %d %v", c.rec.Code, c.errBody)
 	}
