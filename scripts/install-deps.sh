@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need and a fresh machine lacks: xcaddy and
 # oauth2-proxy (Go), cbindgen (Rust), nginx and valgrind (Debian), the openai SDK
-# (PyPI) for the end-to-end client test; with --bench also perf (Debian). Idempotent.
+# (PyPI) for the end-to-end client test and pydantic for the differential test of the
+# llm view; with --bench also perf (Debian). Idempotent.
 set -euo pipefail
 export PATH="$HOME/go/bin:$HOME/.cargo/bin:$PATH"
 
@@ -36,6 +37,10 @@ for mod in pytest yaml; do
     pip_install "$pkg"
   fi
 done
+# pydantic: the differential test of the llm view against vLLM's request models.
+if ! python3 -c 'import pydantic, sys; sys.exit(pydantic.VERSION < "2")' 2>/dev/null; then
+  pip_install 'pydantic>=2.10,<3'
+fi
 if ! python3 -c 'import openai' 2>/dev/null; then
   echo "installing the openai Python SDK"
   pip_install 'openai>=1.40'

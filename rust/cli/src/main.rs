@@ -1,6 +1,7 @@
 //! `zt-policy`: check, test and evaluate zt_policy policies. This is what "policy unit
 //! tests in CI" means for users of the Caddy module: the same engine, the same file.
 
+mod body;
 mod cases;
 mod input;
 
@@ -23,6 +24,11 @@ USAGE:
     zt-policy eval --policy POLICY --input REQUEST.json [--jwks JWKS.json]
         Decide one request; print the decision (identity, every matching rule, the
         limit that fired) as JSON. Exit 0 if allowed, 1 if denied.
+    zt-policy body [--content-type CT] [--path PATH] FILE|-
+        Show how the engine reads a request body, as vLLM reads it: the fields rules
+        see as `body`, the `llm` view, or why it is refused (400 malformed_body).
+        Exit 1 if refused. --jsonl: a body per line ({\"body\": base64, \"content_type\",
+        \"path\"}), an exactly typed answer per line.
 ";
 
 fn main() -> ExitCode {
@@ -31,6 +37,7 @@ fn main() -> ExitCode {
         Some("check") => check(&args[1..]),
         Some("test") => cases::run(&args[1..]),
         Some("eval") => eval(&args[1..]),
+        Some("body") => body::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

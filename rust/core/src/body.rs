@@ -9,7 +9,26 @@ use cel::common::types::{CelMap, CelMapKey};
 use cel::common::value::Val;
 
 use crate::json::{self, Malformed};
+use crate::policy::MalformedBody;
+use crate::request::Request;
 use crate::values::BoxVal;
+
+/// A request's body as vLLM reads it: a JSON object when FastAPI would parse it
+/// (`Request::is_json`), else empty; a JSON body any reader could read otherwise is
+/// refused, or seen as empty where the policy says `malformed_body = "empty"`.
+pub fn read_request<'a>(
+    req: &Request<'a>,
+    max_depth: usize,
+    malformed: MalformedBody,
+) -> Result<LazyBody<'a>, Malformed> {
+    if req.body.is_empty() || !req.is_json() {
+        return Ok(LazyBody::empty());
+    }
+    match LazyBody::read(req.body, max_depth) {
+        Err(_) if malformed == MalformedBody::Empty => Ok(LazyBody::empty()),
+        read => read,
+    }
+}
 
 pub struct LazyBody<'a> {
     /// Top-level fields in document order; keys are unique (duplicates are refused).
@@ -36,6 +55,11 @@ impl<'a> LazyBody<'a> {
             values: Vec::new(),
             whole: OnceLock::new(),
         }
+    }
+
+    /// The top-level keys, in document order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|f| f.key.as_ref())
     }
 
     pub fn has(&self, key: &str) -> bool {

@@ -9,7 +9,7 @@ use cel::common::value::CowVal;
 use cel::context::VariableResolver;
 use cel::Env;
 
-use crate::body::LazyBody;
+use crate::body::{self, LazyBody};
 use crate::cert::{CertCache, CertEntry, CertInfo};
 use crate::clock::EngineClock;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
@@ -256,14 +256,13 @@ impl Engine {
         given: &GivenIdentity,
     ) -> Vec<Evaluations> {
         self.with_given(req, given, "id", |ctx| {
-            let show = |r: Result<cel::Value, String>| r.map(|v| format!("{v:?}"));
             self.policy
                 .rules
                 .iter()
                 .map(|r| Evaluations {
                     rule: r.name.clone(),
-                    flattened: show(r.when.eval(ctx)),
-                    as_written: show(r.when.eval_as_written(ctx)),
+                    flattened: r.when.eval(ctx),
+                    as_written: r.when.eval_as_written(ctx),
                     native_bool: r.when.eval_native_bool(ctx),
                     native_u64: r.when.eval_native_u64(ctx),
                 })
@@ -663,8 +662,8 @@ impl<'e> Explain<'e> {
 #[derive(Debug)]
 pub struct Evaluations {
     pub rule: String,
-    pub flattened: Result<String, String>,
-    pub as_written: Result<String, String>,
+    pub flattened: Result<cel::Value, String>,
+    pub as_written: Result<cel::Value, String>,
     pub native_bool: Option<bool>,
     pub native_u64: Option<u64>,
 }
@@ -703,16 +702,7 @@ impl<'a> Activation<'a> {
     /// has no JSON body, or why it was refused.
     fn read_body(&self) -> Result<&LazyBody<'a>, &Malformed> {
         self.body
-            .get_or_init(|| {
-                let req = self.req;
-                if req.body.is_empty() || !req.is_json() {
-                    return Ok(LazyBody::empty());
-                }
-                match LazyBody::read(req.body, self.max_depth) {
-                    Err(_) if self.malformed_body == MalformedBody::Empty => Ok(LazyBody::empty()),
-                    read => read,
-                }
-            })
+            .get_or_init(|| body::read_request(self.req, self.max_depth, self.malformed_body))
             .as_ref()
     }
 

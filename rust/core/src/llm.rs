@@ -37,6 +37,9 @@ pub struct Llm {
     pub estimated_prompt_tokens: u64,
 }
 
+/// Counts saturate at CEL's largest int, so rules compare them with ints.
+const INT_MAX: u64 = i64::MAX as u64;
+
 /// vLLM's default `max_tokens` for `/v1/completions`.
 const COMPLETIONS_DEFAULT_CAP: u64 = 16;
 
@@ -73,7 +76,9 @@ impl Llm {
             },
             output_cap,
             sequences,
-            max_output_tokens: output_cap.zip(sequences).map(|(c, s)| c.saturating_mul(s)),
+            max_output_tokens: output_cap
+                .zip(sequences)
+                .map(|(c, s)| c.saturating_mul(s).min(INT_MAX)),
             prompt_bytes: strings,
             estimated_prompt_tokens: strings.div_ceil(4).saturating_add(token_ids),
         }
@@ -126,7 +131,7 @@ fn sequences(body: &LazyBody<'_>) -> Option<u64> {
         .iter()
         .map(|k| nullable_int(body, k).map(|n| n.unwrap_or(1).max(1) as u64))
         .try_fold(1u64, |acc, n| n.map(|n| acc.max(n)))?;
-    Some(per_prompt.saturating_mul(prompts(body)))
+    Some(per_prompt.saturating_mul(prompts(body)).min(INT_MAX))
 }
 
 /// How many prompts a request carries: a `prompt` list of strings or of token-id

@@ -5,6 +5,7 @@
 //! every kind of access a rule can make and every shape the native form covers.
 
 mod common;
+use cel::Value;
 use common::*;
 use serde_json::json;
 use zt_policy_core::cert::parse_der;
@@ -156,14 +157,14 @@ fn run(body: &str) {
         assert_eq!(r.flattened, r.as_written, "{context}");
         values += usize::from(r.flattened.is_ok());
         if let Some(b) = r.native_bool {
-            assert_eq!(r.as_written, Ok(format!("Bool({b})")), "native: {context}");
+            assert_eq!(r.as_written, Ok(Value::Bool(b)), "native: {context}");
             native += 1;
             native_true += usize::from(b);
         }
         if let Some(n) = r.native_u64 {
             let written = &r.as_written;
             assert!(
-                *written == Ok(format!("Int({n})")) || *written == Ok(format!("UInt({n})")),
+                *written == Ok(Value::Int(n as i64)) || *written == Ok(Value::UInt(n)),
                 "native u64 {n} against {written:?}: {context}"
             );
         }
@@ -199,29 +200,31 @@ fn they_agree_on_unexpected_types() {
     run(r#"{"model":7,"max_tokens":"5","stream":"yes","messages":{"role":1}}"#);
 }
 
-/// The example policy's expressions never fall back to cel on its happy path.
+/// The example policy's rules never fall back to cel on its happy path.
 #[test]
 fn the_example_policy_runs_natively() {
     let example = [
         r#"cert.issuer.cn != "zt-policy Example Device CA" || !("Example Corp" in cert.issuer.o)"#,
         r#"request.method == "POST" && request.path in ["/v1/chat/completions", "/v1/completions"] && ("ml-users" in cert.subject.ou || (has(claims.groups) && "ml-users" in claims.groups))"#,
         r#"request.method == "GET" && request.path == "/v1/models" && ("ml-users" in cert.subject.ou || "sre" in cert.subject.ou)"#,
-        r#"request.method == "POST" && request.path.startsWith("/v1/") && !has(body.model)"#,
-        r#"has(body.model) && !(body.model in ["llama-3.1-8b-instruct", "qwen2.5-7b-instruct"])"#,
-        "has(body.max_tokens) && !(type(body.max_tokens) == int && body.max_tokens >= 1 && body.max_tokens <= 4096)",
+        r#"request.method == "POST" && request.path.startsWith("/v1/") && !has(llm.model)"#,
+        r#"has(llm.model) && !(llm.model in ["llama-3.1-8b-instruct", "qwen2.5-7b-instruct"])"#,
+        r#"request.method == "POST" && llm.endpoint in ["chat", "completions"] && !has(llm.max_output_tokens)"#,
+        "has(llm.output_cap) && llm.output_cap > 4096",
+        "has(llm.sequences) && llm.sequences > 4",
         r#"request.path.startsWith("/v1/")"#,
-        "has(body.max_tokens) ? body.max_tokens : 1024",
+        "has(llm.max_output_tokens) ? llm.max_output_tokens : 1024",
     ];
     let e = engine(&policy_of(&example));
-    let body = r#"{"model":"llama-3.1-8b-instruct","max_tokens":64}"#;
+    let body = r#"{"model":"llama-3.1-8b-instruct","max_tokens":64,"n":2}"#;
     let (headers, given) = request();
     let req = chat(&headers, body);
     let results = e.compare_evaluations(&req, &given);
-    for r in &results[..7] {
+    for r in &results[..9] {
         let b = r
             .native_bool
             .unwrap_or_else(|| panic!("{} fell back to cel", r.rule));
-        assert_eq!(r.as_written, Ok(format!("Bool({b})")), "{}", r.rule);
+        assert_eq!(r.as_written, Ok(Value::Bool(b)), "{}", r.rule);
     }
-    assert_eq!(results[7].native_u64, Some(64));
+    assert_eq!(results[9].native_u64, Some(128));
 }
