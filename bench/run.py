@@ -290,8 +290,10 @@ def rss_mib(pid):
 def bench_policy(work, raise_limits, jwks=None):
     text = (ROOT / "examples" / "policy" / "policy.toml").read_text()
     if raise_limits:
-        text = (text.replace('rate = "120/m"', 'rate = "1000000/s"').replace("burst = 20", "burst = 100000000")
-                .replace('rate = "100000/h"', 'rate = "1000000/s"').replace("burst = 16384", "burst = 100000000"))
+        for old, new in (('rate = "120/m"', 'rate = "1000000/s"'), ("burst = 20\n", "burst = 100000000\n"),
+                         ('rate = "500000/h"', 'rate = "1000000000/s"'), ("burst = 131072", "burst = 100000000")):
+            assert old in text, f"the example policy no longer has {old!r}"
+            text = text.replace(old, new)
     if jwks:
         text = re.sub(r'jwks_file = ".*"', f'jwks_file = "{jwks}"', text)
         text = text.replace('issuer = "https://idp.example.internal"', 'issuer = "https://bench.example"')

@@ -3,6 +3,7 @@ package ztpolicy
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -20,7 +21,12 @@ func benchServe(b *testing.B, policy string, body string, jwks string) {
 	// Decision log lines are part of the cost, but not of the benchmark's output.
 	h.logger = zap.NewNop()
 	der := cert(b, "alice")
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { return nil })
+	// Like reverse_proxy, the next handler reads the body to its end and closes it.
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		_, err := io.Copy(io.Discard, r.Body)
+		_ = r.Body.Close()
+		return err
+	})
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -40,9 +46,15 @@ func benchServe(b *testing.B, policy string, body string, jwks string) {
 // raisedExamplePolicy is the example policy with its limits raised so far that every
 // iteration of a benchmark is allowed and still checks both limits.
 func raisedExamplePolicy() string {
-	raised := strings.NewReplacer(`rate = "120/m"`, `rate = "1000000/s"`, "burst = 20", "burst = 100000000",
-		`rate = "100000/h"`, `rate = "1000000/s"`, "burst = 16384", "burst = 100000000")
-	return raised.Replace(string(must(readFile(examplePolicy))))
+	policy := string(must(readFile(examplePolicy)))
+	for _, r := range [][2]string{{`rate = "120/m"`, `rate = "1000000/s"`}, {"burst = 20\n", "burst = 100000000\n"},
+		{`rate = "500000/h"`, `rate = "1000000000/s"`}, {"burst = 131072", "burst = 100000000"}} {
+		if !strings.Contains(policy, r[0]) {
+			panic("the example policy no longer has " + r[0])
+		}
+		policy = strings.ReplaceAll(policy, r[0], r[1])
+	}
+	return policy
 }
 
 // oneRulePolicy allows everything with one rule: the module's floor.
@@ -51,6 +63,41 @@ const oneRulePolicy = "[settings]\nrequire_identity = false\n[[rule]]\nname = \"
 func BenchmarkServeHTTPExamplePolicy(b *testing.B) {
 	p := policyFile(b, raisedExamplePolicy())
 	benchServe(b, p, string(benchBody), "../examples/policy/idp/jwks.json")
+}
+
+// chatBody is a chat request of about size bytes: a system prompt, then user and
+// assistant turns of prose (some non-ASCII, some escapes), as long prompts are.
+func chatBody(size int) string {
+	prose := "Zero trust means every hop is verified: the edge checks the device certificate, " +
+		"the token's signature and audience, and the request itself — “quotes”, naïve café, " +
+		`tabs\tand \"escapes\" included` + " — before vLLM sees a byte. "
+	msgs := []string{`{"role":"system","content":"You are a careful assistant."}`}
+	for n, turn := 200, 0; n < size; turn++ {
+		role := [2]string{"user", "assistant"}[turn%2]
+		content := strings.Repeat(prose, min(size-n, 8192)/len(prose)+1)[:min(size-n, 8192)]
+		content = strings.ToValidUTF8(content, "")
+		m := `{"role":"` + role + `","content":"` + strings.TrimSuffix(content, "\\") + `"}`
+		n += len(m) + 1
+		msgs = append(msgs, m)
+	}
+	return `{"model":"llama-3.1-8b-instruct","max_tokens":256,"stream":true,"temperature":0.2,"messages":[` +
+		strings.Join(msgs, ",") + `]}`
+}
+
+// The handler with realistic body sizes (the policy's max_body raised to 2MiB).
+func BenchmarkServeHTTPBody(b *testing.B) {
+	policy := strings.Replace(raisedExamplePolicy(), `max_body = "256KiB"`, `max_body = "2MiB"`, 1)
+	p := policyFile(b, policy)
+	for _, size := range []struct {
+		name string
+		n    int
+	}{{"1KiB", 1 << 10}, {"64KiB", 64 << 10}, {"1MiB", 1 << 20}} {
+		body := chatBody(size.n)
+		b.Run(size.name, func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			benchServe(b, p, body, "../examples/policy/idp/jwks.json")
+		})
+	}
 }
 
 func BenchmarkServeHTTPTrivialPolicy(b *testing.B) {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -296,6 +297,7 @@ func (h *Handler) ruleHeader() string {
 // ServeHTTP decides the request; only an allowed request reaches next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	start := time.Now()
+	forwarded := false
 	for _, name := range h.strip {
 		delete(r.Header, name) // canonical since Provision: Header.Del, without redoing that
 	}
@@ -321,6 +323,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		h.logger.Warn("reading the request body failed", zap.Error(err))
 		return h.writeError(w, http.StatusBadRequest, "bad_request", "the request body could not be read", nil)
+	}
+	if rb, ok := r.Body.(*replayBody); ok {
+		// A request that does not go on leaves its body buffer to the next one.
+		defer func() {
+			if !forwarded {
+				rb.release()
+			}
+		}()
 	}
 	h.guardTrailers(r)
 
@@ -369,6 +379,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r.Header[h.ruleKey] = vals[3:4:4]
 	}
 	decisionSeconds.Observe(time.Since(start).Seconds())
+	forwarded = true // its buffer goes back when the proxy closes the body
 	return next.ServeHTTP(w, r)
 }
 
@@ -411,13 +422,16 @@ func (h *Handler) readBody(r *http.Request) ([]byte, uint64, error) {
 		return nil, uint64(declared), nil
 	}
 	var read []byte
+	var pooled *[]byte
 	if declared > 0 {
 		// net/http's body reader stops at the declared length (a short body is an
-		// error), so exactly that many bytes are read, into a slice of that size.
-		read = make([]byte, declared)
-		if _, err := io.ReadFull(r.Body, read); err != nil {
+		// error), so exactly that many bytes are read, once, into a pooled buffer.
+		pooled = getBodyBuffer(int(declared))
+		if _, err := io.ReadFull(r.Body, *pooled); err != nil {
+			putBodyBuffer(pooled)
 			return nil, 0, err
 		}
+		read = *pooled
 	} else {
 		buf := bytes.NewBuffer(make([]byte, 0, 4096))
 		if _, err := io.Copy(buf, io.LimitReader(r.Body, max+1)); err != nil {
@@ -425,8 +439,38 @@ func (h *Handler) readBody(r *http.Request) ([]byte, uint64, error) {
 		}
 		read = buf.Bytes()
 	}
-	r.Body = &replayBody{read: read, rest: r.Body}
+	r.Body = &replayBody{read: read, rest: r.Body, pooled: pooled}
 	return read, uint64(len(read)), nil
+}
+
+// bodyBuffers pools the buffers request bodies are read into, by power-of-two size
+// class (class c holds buffers of capacity 1<<c): a long prompt costs no allocation,
+// no zeroing and no garbage collection work.
+var bodyBuffers [31]sync.Pool
+
+const minBodyClass = 12 // 4KiB
+
+// getBodyBuffer returns a buffer of length n from the pool of its size class.
+func getBodyBuffer(n int) *[]byte {
+	c := max(bits.Len(uint(n-1)), minBodyClass)
+	if c >= len(bodyBuffers) {
+		b := make([]byte, n)
+		return &b
+	}
+	if p, ok := bodyBuffers[c].Get().(*[]byte); ok {
+		*p = (*p)[:n]
+		return p
+	}
+	b := make([]byte, n, 1<<c)
+	return &b
+}
+
+// putBodyBuffer gives a buffer of getBodyBuffer back; nothing may use it afterwards.
+func putBodyBuffer(p *[]byte) {
+	c := bits.Len(uint(cap(*p) - 1))
+	if c < len(bodyBuffers) && cap(*p) == 1<<c {
+		bodyBuffers[c].Put(p)
+	}
 }
 
 // hopByHopConflict returns a header this module strips or sets that the request names
@@ -492,21 +536,42 @@ func (h *Handler) guardTrailers(r *http.Request) {
 var requestBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // replayBody gives the bytes the decision read, then the rest of the original body.
+// Its buffer goes back to the pool on Close, which the transport may call while
+// another goroutine still reads: the lock keeps a Read from copying out of a buffer
+// that another request already owns.
 type replayBody struct {
-	read []byte
-	rest io.ReadCloser
+	mu     sync.Mutex
+	read   []byte
+	rest   io.ReadCloser
+	pooled *[]byte
 }
 
 func (b *replayBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
 	if len(b.read) > 0 {
 		n := copy(p, b.read)
 		b.read = b.read[n:]
+		b.mu.Unlock()
 		return n, nil
 	}
+	b.mu.Unlock()
 	return b.rest.Read(p)
 }
 
-func (b *replayBody) Close() error { return b.rest.Close() }
+func (b *replayBody) Close() error {
+	b.release()
+	return b.rest.Close()
+}
+
+// release gives the buffer back to the pool; what was not read yet is dropped.
+func (b *replayBody) release() {
+	b.mu.Lock()
+	if b.pooled != nil {
+		putBodyBuffer(b.pooled)
+		b.pooled, b.read = nil, nil
+	}
+	b.mu.Unlock()
+}
 
 func scheme(r *http.Request) string {
 	if r.TLS != nil {

@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
 )
 
 const examplePolicy = "../examples/policy/policy.toml"
@@ -510,5 +512,53 @@ func TestRE2CasesAreGoRegexp(t *testing.T) {
 		case c.Match != nil && re.MatchString(c.Input) != *c.Match:
 			t.Errorf("%q on %q: recorded %v", c.Pattern, c.Input, *c.Match)
 		}
+	}
+}
+
+// Bodies are read into pooled buffers that go back when the proxy closes the body (or
+// at once when the request is denied): under concurrency every upstream still gets
+// its own body, byte for byte, never another request's.
+func TestPooledBodiesNeverMix(t *testing.T) {
+	h := &Handler{PolicyFile: policyFile(t, raisedExamplePolicy()), JWKSFile: "../examples/policy/idp/jwks.json"}
+	provision(t, h)
+	h.logger = zap.NewNop()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 40; i++ {
+				model := "llama-3.1-8b-instruct"
+				if i%3 == 0 {
+					model = "gpt-4o" // denied: its buffer is released at once
+				}
+				body := fmt.Sprintf(`{"model":%q,"max_tokens":8,"messages":[{"role":"user","content":"g%d-i%d %s"}]}`,
+					model, g, i, strings.Repeat("x", (g*997+i*131)%9000))
+				r := chat(t, "alice", body)
+				rec := httptest.NewRecorder()
+				next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+					got, err := io.ReadAll(r.Body)
+					_ = r.Body.Close()
+					if err == nil && string(got) != body {
+						err = fmt.Errorf("g%d i%d: upstream got another body", g, i)
+					}
+					return err
+				})
+				if err := h.ServeHTTP(rec, r, next); err != nil {
+					errs <- err
+					return
+				}
+				if want := map[bool]int{true: 403, false: 200}[i%3 == 0]; rec.Code != want {
+					errs <- fmt.Errorf("g%d i%d: status %d", g, i, rec.Code)
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

@@ -23,16 +23,54 @@ fn der(name: &str) -> Vec<u8> {
 }
 
 fn engine() -> Engine {
-    let policy = std::fs::read_to_string(example("policy.toml"))
-        .unwrap()
-        .replace("rate = \"120/m\"", "rate = \"1000000/s\"")
-        .replace("burst = 20", "burst = 100000000")
-        .replace("rate = \"100000/h\"", "rate = \"1000000/s\"")
-        .replace("burst = 16384", "burst = 100000000");
+    let mut policy = std::fs::read_to_string(example("policy.toml")).unwrap();
+    for (from, to) in [
+        ("rate = \"120/m\"", "rate = \"1000000/s\""),
+        ("burst = 20\n", "burst = 100000000\n"),
+        ("rate = \"500000/h\"", "rate = \"1000000000/s\""),
+        ("burst = 131072", "burst = 100000000"),
+        ("max_body = \"256KiB\"", "max_body = \"2MiB\""),
+    ] {
+        assert!(
+            policy.contains(from),
+            "the example policy no longer has {from}"
+        );
+        policy = policy.replace(from, to);
+    }
     let e = Engine::from_toml(&policy, "policy.toml", EngineClock::system()).unwrap();
     e.set_jwks(&std::fs::read(example("idp/jwks.json")).unwrap())
         .unwrap();
     e
+}
+
+/// A chat request of about `size` bytes: a system prompt, then user and assistant turns
+/// of prose (with some non-ASCII and escapes) until the size is reached, as long RAG
+/// and agent prompts are.
+fn chat_body(size: usize) -> Vec<u8> {
+    let prose = "Zero trust means every hop is verified: the edge checks the device certificate, \
+                 the token's signature and audience, and the request itself — “quotes”, naïve café, \
+                 tabs\tand \"escapes\" included — before vLLM sees a byte. ";
+    let mut messages =
+        vec![r#"{"role":"system","content":"You are a careful assistant."}"#.to_owned()];
+    let mut len = 200;
+    let mut turn = 0;
+    while len < size {
+        let role = if turn % 2 == 0 { "user" } else { "assistant" };
+        let n = (size - len).min(8192);
+        let content: String = prose.chars().cycle().take(n).collect();
+        let m = format!(
+            r#"{{"role":"{role}","content":{}}}"#,
+            serde_json::to_string(&content).unwrap()
+        );
+        len += m.len() + 1;
+        messages.push(m);
+        turn += 1;
+    }
+    format!(
+        r#"{{"model":"llama-3.1-8b-instruct","max_tokens":256,"stream":true,"temperature":0.2,"messages":[{}]}}"#,
+        messages.join(",")
+    )
+    .into_bytes()
 }
 
 const BODY: &[u8] = br#"{"model":"llama-3.1-8b-instruct","max_tokens":256,"stream":true,"temperature":0.2,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Summarise the zero-trust reference architecture in three sentences."}]}"#;
@@ -105,6 +143,21 @@ fn bench(c: &mut Criterion) {
     g.bench_function("chat_cert_token_json_body", |b| {
         b.iter(|| e.decide(std::hint::black_box(&token_chat)))
     });
+    // Realistic sizes: long prompts are the normal case (RAG, agents, long contexts).
+    for (name, size) in [("1KiB", 1 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
+        let body: &'static [u8] = Box::leak(chat_body(size).into_boxed_slice());
+        let req = Request {
+            body,
+            body_size: body.len() as u64,
+            ..cert_chat.clone()
+        };
+        assert_eq!(e.decide(&req).reason, Reason::Allowed, "{name}");
+        g.throughput(criterion::Throughput::Bytes(body.len() as u64));
+        g.bench_function(format!("chat_body_{name}"), |b| {
+            b.iter(|| e.decide(std::hint::black_box(&req)))
+        });
+    }
+    g.throughput(criterion::Throughput::Elements(1));
     g.bench_function("models_cert_no_body", |b| {
         b.iter(|| e.decide(std::hint::black_box(&models)))
     });

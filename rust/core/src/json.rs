@@ -67,6 +67,17 @@ pub struct Field<'a> {
     pub string_bytes: u64,
     /// Integers inside the value (token ids, when the value is a prompt).
     pub integers: u64,
+    /// When the value is an array: its items, and how many are arrays and integers
+    /// (how many prompts a `prompt` list or a batch of chats carries).
+    pub items: Option<Items>,
+}
+
+/// The shape of an array's items.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Items {
+    pub count: u64,
+    pub arrays: u64,
+    pub integers: u64,
 }
 
 /// Checks a whole body and splits it into its top-level fields (see the module docs).
@@ -82,7 +93,7 @@ pub fn read_object(bytes: &[u8], max_depth: usize) -> Result<Vec<Field<'_>>, Mal
 }
 
 fn read_utf8_object(bytes: &[u8], max_depth: usize) -> Result<Vec<Field<'_>>, Malformed> {
-    if let Err(e) = std::str::from_utf8(bytes) {
+    if let Err(e) = simdutf8::compat::from_utf8(bytes) {
         return Err(Malformed {
             at: e.valid_up_to(),
             problem: Problem::NotUtf8,
@@ -111,6 +122,7 @@ fn read_utf8_object(bytes: &[u8], max_depth: usize) -> Result<Vec<Field<'_>>, Ma
                 raw: &[],
                 string_bytes: 0,
                 integers: 0,
+                items: None,
             };
             nested.value(&mut s, max_depth.saturating_sub(1), max_depth, &mut f)?;
             f.raw = &bytes[start..s.i];
@@ -171,6 +183,66 @@ fn string_stops(w: u64) -> u64 {
     let backslash = w ^ (ONES * u64::from(b'\\'));
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     zero(quote) | zero(backslash) | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+}
+
+/// The index of the first byte at or after `i` that ends a plain run of string bytes,
+/// or `b.len()`. Prompts are long strings: this loop is where a body's time goes.
+#[inline]
+fn skip_plain(b: &[u8], mut i: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        i = sse2::skip_plain(b, i);
+    }
+    while i + 8 <= b.len() {
+        let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let stops = string_stops(w);
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && !matches!(b[i], b'"' | b'\\' | 0..=0x1F) {
+        i += 1;
+    }
+    i
+}
+
+/// 32 bytes a step with SSE2, which every x86-64 processor has.
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+
+    /// Like `super::skip_plain`, but may stop early, up to 32 bytes before the end.
+    #[inline]
+    pub fn skip_plain(b: &[u8], mut i: usize) -> usize {
+        // SAFETY: SSE2 is part of x86-64; each load reads 16 bytes that `i + 32 <=
+        // b.len()` keeps inside `b`.
+        unsafe {
+            let quote = _mm_set1_epi8(b'"' as i8);
+            let backslash = _mm_set1_epi8(b'\\' as i8);
+            let control = _mm_set1_epi8(0x1F);
+            let stops = |at: usize| {
+                let v = _mm_loadu_si128(b.as_ptr().add(at) as *const __m128i);
+                let low = _mm_cmpeq_epi8(_mm_max_epu8(v, control), control); // v <= 0x1F
+                let m = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                    low,
+                );
+                _mm_movemask_epi8(m) as u32
+            };
+            while i + 32 <= b.len() {
+                let m = stops(i) | (stops(i + 16) << 16);
+                if m != 0 {
+                    return i + m.trailing_zeros() as usize;
+                }
+                i += 32;
+            }
+        }
+        i
+    }
 }
 
 impl<'a> Scanner<'a> {
@@ -239,15 +311,7 @@ impl<'a> Scanner<'a> {
         let mut escaped = false;
         let b = self.b;
         loop {
-            while i + 8 <= b.len() {
-                let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-                let stops = string_stops(w);
-                if stops != 0 {
-                    i += (stops.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                i += 8;
-            }
+            i = skip_plain(b, i);
             let Some(&c) = b.get(i) else {
                 self.i = i;
                 return Err(self.fail(Problem::End));
@@ -525,7 +589,16 @@ impl<'a> Nested<'a> {
     ) -> Result<(), Malformed> {
         let mut open = 0usize;
         loop {
-            // A value.
+            // A value; an item of the field's own array counts toward its shape.
+            if open == 1 && !self.frames[0].object {
+                let items = field.items.get_or_insert_with(Items::default);
+                items.count += 1;
+                match s.peek() {
+                    Some(b'[') => items.arrays += 1,
+                    Some(b'-' | b'0'..=b'9') if is_integer(&s.b[s.i..]) => items.integers += 1,
+                    _ => {}
+                }
+            }
             match s.peek() {
                 Some(c @ (b'{' | b'[')) => {
                     if open == depth_left {
@@ -535,6 +608,9 @@ impl<'a> Nested<'a> {
                     s.ws();
                     let object = c == b'{';
                     let close = if object { b'}' } else { b']' };
+                    if open == 0 && !object {
+                        field.items = Some(Items::default());
+                    }
                     if s.peek() == Some(close) {
                         s.i += 1;
                     } else {
@@ -594,6 +670,16 @@ impl<'a> Nested<'a> {
         let key = s.key()?;
         self.frames[at].insert(key, key_at)
     }
+}
+
+/// Whether the number at the start of `b` is written as an integer (no `.`, `e`).
+fn is_integer(b: &[u8]) -> bool {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let end = digits
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    !matches!(digits.get(end), Some(b'.' | b'e' | b'E'))
 }
 
 /// Converts a checked value (recursively: nesting was bounded by the check).
@@ -681,56 +767,6 @@ pub fn string(raw: &[u8]) -> Option<Cow<'_, str>> {
     }
     let t = s.string().ok()?;
     (s.i == raw.len()).then(|| decode(&t))
-}
-
-/// The top-level items of a checked array span: for each, whether it is an array
-/// and whether it is an integer. `None` when the span is not an array.
-pub fn array_items(raw: &[u8]) -> Option<Vec<Item>> {
-    let mut s = Scanner::new(raw);
-    if s.peek() != Some(b'[') {
-        return None;
-    }
-    s.i += 1;
-    let mut items = Vec::new();
-    let mut depth = 0usize;
-    let mut start_of_item = true;
-    while let Some(c) = s.peek() {
-        if start_of_item && depth == 0 && !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b']') {
-            items.push(match c {
-                b'[' => Item::Array,
-                b'"' => Item::String,
-                b'-' | b'0'..=b'9' => match s.number().ok()? {
-                    Number::Double(_) => Item::Other,
-                    _ => Item::Integer,
-                },
-                _ => Item::Other,
-            });
-            start_of_item = false;
-            continue;
-        }
-        match c {
-            b'"' => {
-                s.string().ok()?;
-                continue;
-            }
-            b'[' | b'{' => depth += 1,
-            b']' | b'}' if depth == 0 => break,
-            b']' | b'}' => depth -= 1,
-            b',' if depth == 0 => start_of_item = true,
-            _ => {}
-        }
-        s.i += 1;
-    }
-    Some(items)
-}
-
-/// What an array item is, for counting prompts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Item {
-    Array,
-    String,
-    Integer,
-    Other,
 }
 
 #[cfg(test)]
@@ -833,15 +869,20 @@ mod tests {
         assert_eq!(number(b"-0"), Some(Number::Int(0)));
         assert_eq!(number(b"4096.0"), Some(Number::Double(4096.0)));
         assert_eq!(string(br#""x\n""#).as_deref(), Some("x\n"));
-        assert_eq!(
-            array_items(br#"[ [1], "s", 3, {"a":[1]}, 2.5 ]"#).unwrap(),
-            [
-                Item::Array,
-                Item::String,
-                Item::Integer,
-                Item::Other,
-                Item::Other
-            ]
-        );
+        let f = read_object(
+            br#"{"p":[ [1], "s", 3, {"a":[1]}, 2.5, -7 ],"e":[],"o":{"x":[[1]]}}"#,
+            8,
+        )
+        .unwrap();
+        let shape = |count, arrays, integers| {
+            Some(Items {
+                count,
+                arrays,
+                integers,
+            })
+        };
+        assert_eq!(f[0].items, shape(6, 1, 2));
+        assert_eq!(f[1].items, shape(0, 0, 0));
+        assert_eq!(f[2].items, None, "not an array");
     }
 }

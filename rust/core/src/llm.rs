@@ -15,7 +15,7 @@
 //!   uncapped and unknown sequences leave `max_output_tokens` absent, never smaller.
 
 use crate::body::LazyBody;
-use crate::json::{self, Item, Number};
+use crate::json::{self, Number};
 
 /// The `llm` variable's fields.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -137,19 +137,14 @@ fn sequences(body: &LazyBody<'_>) -> Option<u64> {
 /// How many prompts a request carries: a `prompt` list of strings or of token-id
 /// lists, or a batch of conversations, is one completion each.
 fn prompts(body: &LazyBody<'_>) -> u64 {
-    if let Some(items) = body.field("prompt").and_then(|f| json::array_items(f.raw)) {
-        if items.iter().all(|i| *i == Item::Integer) {
+    if let Some(items) = body.field("prompt").and_then(|f| f.items) {
+        if items.integers == items.count {
             return 1; // one prompt of token ids
         }
-        return (items.len() as u64).max(1);
+        return items.count.max(1);
     }
-    match body
-        .field("messages")
-        .and_then(|f| json::array_items(f.raw))
-    {
-        Some(items) if !items.is_empty() && items.iter().all(|i| *i == Item::Array) => {
-            items.len() as u64
-        }
+    match body.field("messages").and_then(|f| f.items) {
+        Some(items) if items.count > 0 && items.arrays == items.count => items.count,
         _ => 1,
     }
 }
