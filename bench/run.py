@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "e2e"))
 from stack import HOST, Stack, free_port, wait_port  # noqa: E402
 
+import sizes  # noqa: E402  (bench/sizes.py: the long-prompt phase)
+
 BUILD = ROOT / "build"
 CHAT_BODY = json.dumps({"model": "llama-3.1-8b-instruct", "max_tokens": 64,
                         "messages": [{"role": "user", "content": "Summarise zero trust in one line."}]})
@@ -149,6 +151,7 @@ http {{
   access_log off;
   client_body_temp_path {d};
   keepalive_requests 1000000;
+  client_max_body_size 4m;
   server {{
     listen 127.0.0.1:{self.ports['upstream']};
     location / {{
@@ -237,15 +240,17 @@ https://{HOST}:{port} {{
 	respond 403"""
         raise ValueError(name)
 
-    def start_caddy(self, name, policy=None, cpus=None):
+    def start_caddy(self, name, policy=None, cpus=None, binary=None, tag=None):
+        """Setup `name` on `binary` (our build by default), logged as `tag`."""
+        tag = tag or name
         port, admin = free_port(), free_port()
-        cf = self.work / f"Caddyfile.{name}"
+        cf = self.work / f"Caddyfile.{tag}"
         cf.write_text(self.caddyfile(port, admin, self.setup_body(name, policy)))
         env = dict(os.environ, HOME=str(self.work), XDG_DATA_HOME=str(self.work / "xdg"),
                    XDG_CONFIG_HOME=str(self.work / "xdg"))
-        p = self.spawn(f"caddy-{name}", [str(BUILD / "caddy"), "run", "--config", str(cf), "--adapter", "caddyfile"],
-                       env=env, cpus=cpus)
-        wait_port(port, p, f"caddy {name}")
+        p = self.spawn(f"caddy-{tag}", [str(binary or BUILD / "caddy"), "run", "--config", str(cf),
+                                        "--adapter", "caddyfile"], env=env, cpus=cpus)
+        wait_port(port, p, f"caddy {tag}")
         self.admin[p.pid] = admin
         return p, port
 
@@ -371,7 +376,13 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     ap.add_argument("--no-pin", action="store_true",
                     help="never give Caddy a core of its own (with 2+ cores it gets one, and a run with all sharing comes first)")
+    ap.add_argument("--sizes-only", action="store_true",
+                    help="only the long-prompt phase (1 KiB / 64 KiB / 1 MiB bodies), printed, no report written")
+    ap.add_argument("--before-caddy", type=Path,
+                    help="a Caddy built from another commit: the long-prompt phase measures it too (B-before)")
     a = ap.parse_args()
+    if a.sizes_only:
+        return sizes_only(a)
     work = Path(tempfile.mkdtemp(prefix="ztp-bench-"))
     b = Bench(work, a.seconds, a.conns)
     cpus = sorted(os.sched_getaffinity(0))
@@ -395,6 +406,9 @@ def main():
             b.confine(set(cpus[:-1]))
         caddy_cpus = {cpus[-1]} if pin else None
         results, fixed, held_time = http_phase(b, a, token, raised, cpus=caddy_cpus, fixed_rate=True)
+        # Long prompts: what the module adds per request as bodies grow.
+        by_size = sizes.phase(b, a, token, raised, caddy_cpus, median, interleaved, cpu_seconds,
+                              other_caddy=a.before_caddy)
 
         # Cold path: every request a token never seen (signature verified), against
         # the same tokens seen before (cache hits). One connection, sequential.
@@ -440,8 +454,30 @@ def main():
 
     touched = {setup: footprint.measure(setup=setup) for setup in ("B", "B0")}
     write_report(Path(a.out), (results, shared, caddy_cpus, cpus), fixed, held_time, (cold, warm, cold_cert, warm_cert),
-                 scale, criterion, (gobench, touched), a)
+                 scale, criterion, (gobench, touched), a, by_size)
     print(f"wrote {a.out}")
+
+
+def sizes_only(a):
+    """`--sizes-only`: the long-prompt phase alone, on the same pinning as a full run."""
+    work = Path(tempfile.mkdtemp(prefix="ztp-bench-"))
+    b = Bench(work, a.seconds, a.conns)
+    cpus = sorted(os.sched_getaffinity(0))
+    try:
+        b.start_upstream()
+        b.start_idp()
+        raised = bench_policy(work, raise_limits=True)
+        caddy_cpus = None
+        if len(cpus) >= 2 and not a.no_pin:
+            b.confine(set(cpus[:-1]))
+            caddy_cpus = {cpus[-1]}
+        result = sizes.phase(b, a, ["-token", b.token], raised, caddy_cpus, median, interleaved, cpu_seconds,
+                             other_caddy=a.before_caddy)
+    finally:
+        b.stop_all()
+        os.sched_setaffinity(0, set(cpus))
+    shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(sizes.section(result, a)))
 
 
 def http_phase(b, a, token, raised, cpus, fixed_rate):
@@ -843,7 +879,7 @@ def profile_section(A, B0, B, bound):
     return out
 
 
-def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, a):
+def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, a, by_size):
     r, shared, caddy_cpus, cpus = runs
     cold, warm, cold_cert, warm_cert = cold_path
     (gobench, evicted), touched = gobench
@@ -925,6 +961,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
         "  cannot check JSON body fields or limit per identity at all.",
         "",
     ]
+    lines += sizes.section(by_size, a)
     if shared:
         lines += throughput(shared[0], " (all sharing every core)", bound)
         lines += [

@@ -43,6 +43,7 @@ func main() {
 	url := flag.String("url", "", "target URL")
 	method := flag.String("method", "POST", "method")
 	body := flag.String("body", "", "request body (JSON)")
+	bodyFile := flag.String("body-file", "", "read the request body from this file (for bodies too long for an argument)")
 	connect := flag.String("connect", "", "host:port to dial instead of the URL's (SNI stays the URL's host)")
 	ca := flag.String("ca", "", "CA file for the server")
 	cert := flag.String("cert", "", "client certificate")
@@ -64,6 +65,12 @@ func main() {
 		"cycling through this many, minted at start and signed by -ca-key")
 	caKey := flag.String("ca-key", "", "key of the -ca CA, for -mint-certs")
 	flag.Parse()
+	if *bodyFile != "" {
+		b, err := os.ReadFile(*bodyFile)
+		check(err)
+		*body = string(b)
+	}
+	payload := []byte(*body)
 
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(256)}
 	if *ca != "" {
@@ -158,7 +165,7 @@ func main() {
 					}
 					time.Sleep(time.Until(scheduled))
 				}
-				req, _ := http.NewRequest(*method, *url, bytes.NewBufferString(*body))
+				req, _ := http.NewRequest(*method, *url, bytes.NewReader(payload))
 				if *body != "" {
 					req.Header.Set("Content-Type", "application/json")
 				}

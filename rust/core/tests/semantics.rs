@@ -401,3 +401,37 @@ when = 'false'
     assert_eq!(d.matched, vec!["a", "b"]);
     assert_eq!(d.rule, Some("a"));
 }
+
+/// A claim key that is empty or holds a dot never makes a path: `{"": {"admin": true}}`
+/// is not `claims.admin` (cel-go: no such key), and `{"a.b": 1}` is not `claims.a.b`.
+#[test]
+fn empty_and_dotted_claim_keys_make_no_paths() {
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "admin"
+effect = "allow"
+when = 'claims.admin == true'
+[[rule]]
+name = "has-admin"
+effect = "allow"
+when = 'has(claims.admin)'
+[[rule]]
+name = "dotted"
+effect = "allow"
+when = 'claims.a.b == 1'
+[[rule]]
+name = "empty-key-by-index"
+effect = "allow"
+when = 'claims[""].admin == true'
+"#,
+    ));
+    let given = zt_policy_core::GivenIdentity {
+        cert: None,
+        claims: Some(serde_json::json!({"sub": "x", "": {"admin": true}, "a.b": 1})),
+    };
+    let d = Req::new("GET", "/").decide_given(&e, &given);
+    assert_eq!(d.matched, vec!["empty-key-by-index"], "{d:?}");
+    let failed: Vec<&str> = d.errors.iter().map(|r| r.rule.as_str()).collect();
+    assert_eq!(failed, ["admin", "dotted"], "no such key, as cel-go says");
+}

@@ -86,6 +86,19 @@ impl Req {
         self
     }
     pub fn decide<'e>(&self, engine: &'e Engine) -> Decision<'e> {
+        self.with_request(|req| engine.decide(req))
+    }
+
+    /// `decide` with the identity given directly (certificate fields, claims).
+    pub fn decide_given<'e>(
+        &self,
+        engine: &'e Engine,
+        given: &zt_policy_core::GivenIdentity,
+    ) -> Decision<'e> {
+        self.with_request(|req| engine.decide_given(req, given))
+    }
+
+    fn with_request<T>(&self, f: impl FnOnce(&Request<'_>) -> T) -> T {
         let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
@@ -103,7 +116,7 @@ impl Req {
             body: &self.body,
             body_size: self.body_size.unwrap_or(self.body.len() as u64),
         };
-        engine.decide(&req)
+        f(&req)
     }
 }
 
