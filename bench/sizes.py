@@ -4,6 +4,7 @@ raised to 2 MiB), Caddy's CPU per request and B/A per size, in interleaved round
 Part of `make bench` (run.py calls `phase` and `section`)."""
 
 import json
+import re
 
 SIZES = (("1 KiB", 1 << 10), ("64 KiB", 64 << 10), ("1 MiB", 1 << 20))
 
@@ -40,13 +41,27 @@ def policy_for_sizes(raised_policy, work):
     return p
 
 
+def other_policy(caddy, work):
+    """The example policy of the checkout a Caddy was built in (`<checkout>/build/caddy`),
+    every limit raised out of the way and max_body 2 MiB, as for B."""
+    text = (caddy.resolve().parent.parent / "examples" / "policy" / "policy.toml").read_text()
+    text = re.sub(r'rate = "[^"]*"', 'rate = "1000000000/s"', text)
+    text = re.sub(r"burst = \d+", "burst = 100000000", text)
+    text = re.sub(r'max_body = "[^"]*"', 'max_body = "2MiB"', text)
+    text = re.sub(r'jwks_file = ".*"\n', "", text)
+    p = work / "policy-before.toml"
+    p.write_text(text)
+    return p
+
+
 def phase(b, a, token, raised_policy, cpus, median, interleaved, cpu_seconds, other_caddy=None):
     """{size: {setup: result}} for A and B (and `B-before` with `other_caddy`, a Caddy
-    built from another commit, to compare against)."""
+    built in another checkout, with that checkout's example policy)."""
     policy = policy_for_sizes(raised_policy, b.work)
     setups = {"A": b.start_caddy("A", cpus=cpus), "B": b.start_caddy("B", policy=policy, cpus=cpus)}
     if other_caddy:
-        setups["B-before"] = b.start_caddy("B", policy=policy, cpus=cpus, binary=other_caddy, tag="B-before")
+        setups["B-before"] = b.start_caddy("B", policy=other_policy(other_caddy, b.work), cpus=cpus,
+                                           binary=other_caddy, tag="B-before")
     out = {}
     try:
         for label, size in SIZES:
