@@ -48,7 +48,9 @@ func benchServe(b *testing.B, policy string, body string, jwks string) {
 func raisedExamplePolicy() string {
 	policy := string(must(readFile(examplePolicy)))
 	for _, r := range [][2]string{{`rate = "120/m"`, `rate = "1000000/s"`}, {"burst = 20\n", "burst = 100000000\n"},
-		{`rate = "500000/h"`, `rate = "1000000000/s"`}, {"burst = 131072", "burst = 100000000"}} {
+		{`rate = "500000/h"`, `rate = "1000000000/s"`}, {"burst = 131072", "burst = 100000000"},
+		// The same expression, but a 1 MiB prompt must not run the bucket dry.
+		{`cost = 'llm.max_output_tokens + llm.estimated_prompt_tokens'`, `cost = 'llm.max_output_tokens + llm.estimated_prompt_tokens / 1000000'`}} {
 		if !strings.Contains(policy, r[0]) {
 			panic("the example policy no longer has " + r[0])
 		}

@@ -30,6 +30,11 @@ fn engine() -> Engine {
         ("rate = \"500000/h\"", "rate = \"1000000000/s\""),
         ("burst = 131072", "burst = 100000000"),
         ("max_body = \"256KiB\"", "max_body = \"2MiB\""),
+        // The same expression, but a 1 MiB prompt must not run the bucket dry.
+        (
+            "cost = 'llm.max_output_tokens + llm.estimated_prompt_tokens'",
+            "cost = 'llm.max_output_tokens + llm.estimated_prompt_tokens / 1000000'",
+        ),
     ] {
         assert!(
             policy.contains(from),
