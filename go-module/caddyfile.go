@@ -33,15 +33,24 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    jwks_min_interval <duration>
 //	    idp_ca_file     <path>
 //	}
+//
+// Each option may be given once; the policy file either as the argument or as
+// policy_file. The JSON config uses the same names.
 func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
+	seen := map[string]bool{}
 	if d.NextArg() {
 		z.PolicyFile = d.Val()
+		seen["policy_file"] = true
 	}
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
+		if seen[d.Val()] {
+			return d.Errf("zt_policy option '%s' is given twice (the policy file counts once, as argument or as policy_file)", d.Val())
+		}
+		seen[d.Val()] = true
 		switch d.Val() {
 		case "policy_file":
 			if !d.AllArgs(&z.PolicyFile) {
@@ -74,7 +83,7 @@ func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			z.Audiences = append(z.Audiences, args...)
+			z.Audience = append(z.Audience, args...)
 		case "jwks_refresh", "jwks_min_interval":
 			opt := d.Val()
 			var v string

@@ -132,9 +132,10 @@ func decodeDecision(b []byte) (decision, error) {
 	return d, nil
 }
 
-// strs interns what decisions repeat (rule names, messages, limit names and policies,
-// identities, matched lists), so decoding a decision allocates next to nothing. It is
-// bounded: once full, new strings are allocated as usual.
+// strs interns the names decisions repeat — the rules and limits of the policies
+// loaded (Provision calls learn) — so decoding a decision allocates next to nothing.
+// It holds only names known from policies, never what a request brings (identities,
+// messages), and it is bounded.
 var strs = interner{strings: map[string]string{}, lists: map[string][]string{}}
 
 const internMax = 8192
@@ -145,6 +146,19 @@ type interner struct {
 	lists   map[string][]string
 }
 
+// learn adds names from a policy, up to internMax in all.
+func (in *interner) learn(names ...string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, s := range names {
+		if len(in.strings) >= internMax {
+			return
+		}
+		in.strings[s] = s
+	}
+}
+
+// intern returns the learned string equal to b, or a new one.
 func (in *interner) intern(b []byte) string {
 	if len(b) == 0 {
 		return ""
@@ -155,18 +169,11 @@ func (in *interner) intern(b []byte) string {
 	if ok {
 		return s
 	}
-	s = string(b)
-	if len(b) <= 256 {
-		in.mu.Lock()
-		if len(in.strings) < internMax {
-			in.strings[s] = s
-		}
-		in.mu.Unlock()
-	}
-	return s
+	return string(b)
 }
 
-// split returns the lines of s; callers must not modify the slice.
+// split returns the lines of s; callers must not modify the slice. Lists made only of
+// learned names are kept (bounded), others are split anew.
 func (in *interner) split(s string) []string {
 	in.mu.RLock()
 	l, ok := in.lists[s]
@@ -176,9 +183,14 @@ func (in *interner) split(s string) []string {
 	}
 	l = strings.Split(s, "\n")
 	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, name := range l {
+		if _, known := in.strings[name]; !known {
+			return l
+		}
+	}
 	if len(in.lists) < internMax {
 		in.lists[s] = l
 	}
-	in.mu.Unlock()
 	return l
 }

@@ -110,7 +110,7 @@ when = 'has(claims.groups) && "ml-users" in claims.groups'
 `
 
 func oidcHandler(t *testing.T, idp *testIdP) *Handler {
-	h := &Handler{PolicyFile: policyFile(t, tokenPolicy), Issuer: idp.srv.URL, Audiences: []string{"local-ai"},
+	h := &Handler{PolicyFile: policyFile(t, tokenPolicy), Issuer: idp.srv.URL, Audience: []string{"local-ai"},
 		JWKSRefresh: 0, JWKSMinInterval: caddyDuration(50 * time.Millisecond)}
 	provision(t, h)
 	return h
@@ -162,7 +162,7 @@ func TestRotatedKeyIsFetchedAtOnceAndRemovedKeyFailsAfterRefresh(t *testing.T) {
 func TestUnknownKeyRefetchesAreRateLimited(t *testing.T) {
 	idp := newTestIdP(t)
 	idp.addKey(t, "k1")
-	h := &Handler{PolicyFile: policyFile(t, tokenPolicy), Issuer: idp.srv.URL, Audiences: []string{"local-ai"},
+	h := &Handler{PolicyFile: policyFile(t, tokenPolicy), Issuer: idp.srv.URL, Audience: []string{"local-ai"},
 		JWKSMinInterval: caddyDuration(time.Hour)}
 	provision(t, h)
 	before := idp.jwksHits.Load()

@@ -8,6 +8,8 @@ package ztpolicy
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,8 +70,9 @@ type Handler struct {
 	// the policy's `[token] issuer`.
 	Issuer string `json:"issuer,omitempty"`
 
-	// Accepted token audiences (`aud`). Overrides the policy's `[token] audience`.
-	Audiences []string `json:"audiences,omitempty"`
+	// Accepted token audiences (`aud`), one or more. Overrides the policy's
+	// `[token] audience`. The same name as in the Caddyfile and the policy.
+	Audience []string `json:"audience,omitempty"`
 
 	// How often the JWKS is refetched from the issuer. Default: 10m.
 	JWKSRefresh caddy.Duration `json:"jwks_refresh,omitempty"`
@@ -142,7 +145,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}()
 	if h.Issuer != "" {
-		if err := eng.configureToken(h.Issuer, h.Audiences); err != nil {
+		if err := eng.configureToken(h.Issuer, h.Audience); err != nil {
 			return fmt.Errorf("zt_policy: issuer: %v", err)
 		}
 	}
@@ -182,7 +185,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.jwks = src
 	}
 
+	// The reload pool is keyed by the policy: its file, or an inline policy's text, so
+	// two sites with inline policies share buckets only when the policies are equal.
 	h.poolKey = "zt_policy:" + name
+	if h.PolicyFile == "" {
+		sum := sha256.Sum256(policy)
+		h.poolKey = "zt_policy:inline:" + hex.EncodeToString(sum[:])
+	}
 	val, _, err := pool.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) { return &sharedState{}, nil })
 	if err != nil {
 		return err
@@ -206,6 +215,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for i, name := range h.strip {
 		h.strip[i] = http.CanonicalHeaderKey(name)
 	}
+	// Decisions name rules and limits of this policy: decoding them allocates nothing.
+	strs.learn(append(append([]string(nil), h.info.Rules...), h.info.Limits...)...)
 	h.identityKey = http.CanonicalHeaderKey(h.identityHeader())
 	h.ruleKey = http.CanonicalHeaderKey(h.ruleHeader())
 	h.logger.Info("policy loaded", zap.String("policy", name), zap.Int("rules", len(h.info.Rules)),

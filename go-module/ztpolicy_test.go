@@ -444,7 +444,9 @@ func TestCaddyfile(t *testing.T) {
 		h.IdentityHeader != "X-User" || len(h.StripHeaders) != 2 {
 		t.Errorf("%+v", h)
 	}
-	for _, bad := range []string{"zt_policy", "zt_policy a b", "zt_policy p {\n nope 1\n}", "zt_policy p {\n strip_headers\n}"} {
+	for _, bad := range []string{"zt_policy", "zt_policy a b", "zt_policy p {\n nope 1\n}", "zt_policy p {\n strip_headers\n}",
+		"zt_policy p {\n policy_file q\n}", "zt_policy {\n policy_file p\n policy_file q\n}",
+		"zt_policy p {\n strip_headers A\n strip_headers B\n}", "zt_policy p {\n audience a\n audience b\n}"} {
 		var h Handler
 		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
 			t.Errorf("accepted %q", bad)
@@ -454,23 +456,34 @@ func TestCaddyfile(t *testing.T) {
 
 func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }
 
-func TestInternedStringsAreExactAndTheTableIsBounded(t *testing.T) {
+func TestInternerHoldsOnlyLearnedNamesAndIsBounded(t *testing.T) {
 	in := interner{strings: map[string]string{}, lists: map[string][]string{}}
-	for i := 0; i < internMax+2000; i++ {
+	in.learn("allow-chat", "model-allowed")
+	for i := 0; i < 3000; i++ {
 		b := []byte(fmt.Sprintf("user-%d@example.com", i))
 		if got := in.intern(b); got != string(b) {
 			t.Fatalf("intern(%q) = %q", b, got)
 		}
-		b[0] = 'X' // the caller's buffer is reused: interned strings must not share it
+		b[0] = 'X' // the caller's buffer is reused: returned strings must not share it
+	}
+	if n := len(in.strings); n != 2 {
+		t.Errorf("a request's strings entered the table: %d kept", n)
+	}
+	b := []byte("allow-chat")
+	if got := in.intern(b); got != "allow-chat" {
+		t.Errorf("learned name: %q", got)
+	}
+	if got := in.split("allow-chat\nmodel-allowed"); len(got) != 2 || got[1] != "model-allowed" || len(in.lists) != 1 {
+		t.Errorf("split of learned names: %q, %d lists kept", got, len(in.lists))
+	}
+	if got := in.split("allow-chat\nsomething-else"); len(got) != 2 || len(in.lists) != 1 {
+		t.Errorf("a list with an unknown name was kept: %q, %d lists", got, len(in.lists))
+	}
+	for i := 0; i < internMax+100; i++ {
+		in.learn(fmt.Sprintf("rule-%d", i))
 	}
 	if n := len(in.strings); n != internMax {
-		t.Errorf("%d strings kept, want the cap %d", n, internMax)
-	}
-	if got := in.intern([]byte("user-1@example.com")); got != "user-1@example.com" {
-		t.Errorf("kept string changed: %q", got)
-	}
-	if got := in.split("a\nb"); len(got) != 2 || got[0] != "a" || got[1] != "b" {
-		t.Errorf("split: %q", got)
+		t.Errorf("%d names kept, want the cap %d", n, internMax)
 	}
 }
 
@@ -560,5 +573,29 @@ func TestPooledBodiesNeverMix(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// Inline policies are pooled by their text: a reload of the same text keeps the
+// buckets, another site's different inline policy never takes them over.
+func TestInlinePoliciesShareBucketsOnlyWhenEqual(t *testing.T) {
+	limited := "[[rule]]\nname = \"all\"\neffect = \"allow\"\nwhen = 'true'\n[[limit]]\nname = \"l\"\nrate = \"1/h\"\nburst = 1\n"
+	site1 := &Handler{Policy: limited}
+	provision(t, site1)
+	serve(t, site1, chat(t, "alice", `{}`))
+	if c := serve(t, site1, chat(t, "alice", `{}`)); c.rec.Code != 429 {
+		t.Fatalf("setup: %d", c.rec.Code)
+	}
+	// Another site, another inline policy with the same limit: its own, full bucket.
+	site2 := &Handler{Policy: limited + "# another site\n"}
+	provision(t, site2)
+	if c := serve(t, site2, chat(t, "alice", `{}`)); c.rec.Code != 200 {
+		t.Fatalf("another inline policy took over the first one's bucket: %d", c.rec.Code)
+	}
+	// A reload of the first site's text keeps its (empty) bucket.
+	reloaded := &Handler{Policy: limited}
+	provision(t, reloaded)
+	if c := serve(t, reloaded, chat(t, "alice", `{}`)); c.rec.Code != 429 {
+		t.Fatalf("bucket did not survive the reload: %d", c.rec.Code)
 	}
 }
