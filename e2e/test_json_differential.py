@@ -120,7 +120,7 @@ def test_every_body_is_read_as_python_reads_it_or_refused(zt_policy, tmp_path, s
     assert accepted > COUNT // 5 and refused > COUNT // 20 and not_json > COUNT // 10, (accepted, refused, not_json)
 
 
-# ---- the llm view against pydantic with vLLM's field types (vLLM main, 2026) ----
+# ---- the llm view against pydantic with vLLM's field types (vLLM main at 002032e, 2026) ----
 
 def models():
     from pydantic import BaseModel, ConfigDict

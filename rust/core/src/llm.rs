@@ -1,7 +1,7 @@
 //! `llm`: the request as vLLM will execute it, so policies and budgets need not
 //! re-derive vLLM's API rules in CEL.
 //!
-//! Follows vLLM's OpenAI protocol (main branch, 2026, `ChatCompletionRequest`,
+//! Follows vLLM's OpenAI protocol (main branch at commit 002032e, 2026: `ChatCompletionRequest`,
 //! `BatchChatCompletionRequest` and `CompletionRequest` with their `build_tok_params`):
 //! - the output cap per sequence is `max_completion_tokens` when it is not null, else
 //!   `max_tokens`; `/v1/completions` reads only `max_tokens`, 16 when it is absent.
