@@ -8,10 +8,10 @@ import (
 	"sync"
 )
 
-// requestFields is what the engine reads of a request, besides certificate and body.
+// requestFields is what the engine reads of a request before its headers (which
+// appendRequestHeaders encodes straight from http.Header), the certificate and the body.
 type requestFields struct {
 	method, scheme, host, path, query, remoteIP string
-	headers                                     [][2]string
 	bodySize                                    uint64
 }
 

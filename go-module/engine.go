@@ -1,9 +1,8 @@
 package ztpolicy
 
 // The only file that talks to the Rust engine. Every call is one cgo crossing; the
-// request goes over as one flat buffer plus the certificate and the body, which
-// BenchmarkDecideFlat measured faster than a struct of pinned pointers
-// (BenchmarkDecideStruct).
+// request goes over as one flat buffer plus the certificate and the body (measured
+// faster than a C struct of pinned Go pointers, which the module no longer has).
 
 /*
 #cgo CFLAGS: -I${SRCDIR}/../rust/ffi/include
@@ -221,48 +220,4 @@ var emptyByte byte
 // error, never as a crash of Caddy.
 func selftestPanic() error {
 	return resultError(C.ztp_selftest_panic())
-}
-
-// decideStruct is decide with the request as a C struct of pinned Go pointers; it
-// exists for BenchmarkDecideStruct, which is how the flat encoding was chosen.
-func (e *engine) decideStruct(f *requestFields, cert, body, out []byte) (int, error) {
-	var pin runtime.Pinner
-	defer pin.Unpin()
-	str := func(s string) C.ztp_str {
-		if len(s) == 0 {
-			return C.ztp_str{}
-		}
-		p := unsafe.StringData(s)
-		pin.Pin(p)
-		return C.ztp_str{ptr: (*C.uint8_t)(unsafe.Pointer(p)), len: C.size_t(len(s))}
-	}
-	bs := func(b []byte) C.ztp_str {
-		if len(b) == 0 {
-			return C.ztp_str{}
-		}
-		pin.Pin(&b[0])
-		return C.ztp_str{ptr: (*C.uint8_t)(unsafe.Pointer(&b[0])), len: C.size_t(len(b))}
-	}
-	headers := make([]C.ztp_header, 0, len(f.headers))
-	for _, h := range f.headers {
-		headers = append(headers, C.ztp_header{name: str(h[0]), value: str(h[1])})
-	}
-	req := &C.ztp_request{
-		method: str(f.method), scheme: str(f.scheme), host: str(f.host),
-		path: str(f.path), query: str(f.query), remote_ip: str(f.remoteIP),
-		header_count:    C.size_t(len(headers)),
-		client_cert_der: bs(cert), body: bs(body), body_size: C.uint64_t(f.bodySize),
-	}
-	if len(headers) > 0 {
-		pin.Pin(&headers[0])
-		req.headers = &headers[0]
-	}
-	pin.Pin(req)
-	var n C.size_t
-	r := C.ztp_engine_decide_request(e.ptr, req, bytesPtr(out), C.size_t(len(out)), &n)
-	runtime.KeepAlive(out)
-	if err := resultError(r); err != nil {
-		return 0, err
-	}
-	return int(n), nil
 }

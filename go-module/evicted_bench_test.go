@@ -30,8 +30,8 @@ func BenchmarkDecideEvicted(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(trivial.free)
-	f, der := benchFields(), cert(b, "alice").Raw
-	f.headers = append(f.headers, [2]string{"Authorization", "Bearer " + strings.TrimSpace(string(must(readFile("../examples/policy/idp/carol.jwt"))))})
+	r, der := newBenchRequest(), cert(b, "alice").Raw
+	r.headers.Set("Authorization", "Bearer "+strings.TrimSpace(string(must(readFile("../examples/policy/idp/carol.jwt")))))
 	for _, level := range []struct {
 		name  string
 		bytes int
@@ -49,14 +49,14 @@ func BenchmarkDecideEvicted(b *testing.B) {
 						junk[i]++
 					}
 					start := time.Now()
-					buf = appendRequest(buf[:0], f)
+					buf = r.appendTo(buf[:0])
 					if _, err := c.eng.decide(buf, der, benchBody, out); err != nil {
 						b.Fatal(err)
 					}
 					held += time.Since(start)
 				}
 				b.StopTimer()
-				n, err := c.eng.decide(appendRequest(buf[:0], f), der, benchBody, out)
+				n, err := c.eng.decide(r.appendTo(buf[:0]), der, benchBody, out)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -416,7 +416,7 @@ func TestDecodeDecisionRefusesTruncatedInput(t *testing.T) {
 	var f requestFields
 	f.method, f.path = "GET", "/v1/models"
 	out := make([]byte, 4096)
-	n, err := h.eng.decide(appendRequest(nil, &f), cert(t, "alice").Raw, nil, out)
+	n, err := h.eng.decide(appendRequestHeaders(appendRequestFields(nil, &f), nil, ""), cert(t, "alice").Raw, nil, out)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -67,37 +67,6 @@ typedef struct ztp_buffer ztp_buffer;
 // [`ztp_engine_clone`].
 typedef struct ztp_engine ztp_engine;
 
-// A borrowed byte string. `ptr` may be NULL only when `len` is 0.
-typedef struct {
-  const uint8_t *ptr;
-  size_t len;
-} ztp_str;
-
-// One request header field.
-typedef struct {
-  ztp_str name;
-  ztp_str value;
-} ztp_header;
-
-// A request as fields, for C callers (the Go module passes the flat encoding of
-// [`ztp_engine_decide`] instead, which measured faster across cgo).
-typedef struct {
-  ztp_str method;
-  ztp_str scheme;
-  ztp_str host;
-  ztp_str path;
-  ztp_str query;
-  ztp_str remote_ip;
-  const ztp_header *headers;
-  size_t header_count;
-  // The verified client certificate, DER; `ptr` NULL when none was presented.
-  ztp_str client_cert_der;
-  // The body bytes read so far (at most the policy's `max_body` + 1).
-  ztp_str body;
-  // Content-Length when known, else the bytes read.
-  uint64_t body_size;
-} ztp_request;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -185,13 +154,6 @@ ztp_result ztp_engine_decide(const ztp_engine *engine,
                              uint8_t *out,
                              size_t out_cap,
                              size_t *out_len);
-
-// [`ztp_engine_decide`] with the request as a struct of borrowed fields.
-ztp_result ztp_engine_decide_request(const ztp_engine *engine,
-                                     const ztp_request *request,
-                                     uint8_t *out,
-                                     size_t out_cap,
-                                     size_t *out_len);
 
 // The bytes of a buffer; `*len_out` gets their length. NULL for NULL.
 const uint8_t *ztp_buffer_data(const ztp_buffer *buffer, size_t *len_out);

@@ -4,7 +4,6 @@
 
 use zt_policy_core::Request;
 
-use crate::{bytes, ztp_request, ztp_str};
 
 /// The encoding itself is broken (truncated, lengths past the end, trailing bytes).
 pub struct Malformed;
@@ -144,49 +143,3 @@ fn build<'a>(
     })
 }
 
-unsafe fn str_of<'a>(s: ztp_str) -> Result<&'a [u8], Malformed> {
-    bytes(s.ptr, s.len).ok_or(Malformed)
-}
-
-/// Reads a `ztp_request`; `Malformed` stands for a NULL pointer with a length.
-#[allow(clippy::type_complexity)]
-pub unsafe fn fields<'a>(
-    r: &'a ztp_request,
-) -> Result<Result<(Request<'a>, Vec<(&'a str, &'a str)>), String>, Malformed> {
-    let raw = [
-        str_of(r.method)?,
-        str_of(r.scheme)?,
-        str_of(r.host)?,
-        str_of(r.path)?,
-        str_of(r.query)?,
-        str_of(r.remote_ip)?,
-    ];
-    let header_structs: &[crate::ztp_header] = if r.header_count == 0 {
-        &[]
-    } else if r.headers.is_null() {
-        return Err(Malformed);
-    } else {
-        std::slice::from_raw_parts(r.headers, r.header_count)
-    };
-    let mut headers = Vec::with_capacity(header_structs.len());
-    let mut bad_header = None;
-    for h in header_structs {
-        add_header(
-            &mut headers,
-            &mut bad_header,
-            str_of(h.name)?,
-            str_of(h.value)?,
-        );
-    }
-    let cert = if r.client_cert_der.ptr.is_null() {
-        None
-    } else {
-        Some(str_of(r.client_cert_der)?)
-    };
-    let body = str_of(r.body)?;
-    Ok(build(raw, r.body_size, bad_header).map(|mut f| {
-        f.client_cert_der = cert;
-        f.body = body;
-        (f, headers)
-    }))
-}

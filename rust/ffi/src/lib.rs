@@ -72,42 +72,6 @@ pub struct ztp_buffer {
     _private: [u8; 0],
 }
 
-/// A borrowed byte string. `ptr` may be NULL only when `len` is 0.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ztp_str {
-    pub ptr: *const u8,
-    pub len: usize,
-}
-
-/// One request header field.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ztp_header {
-    pub name: ztp_str,
-    pub value: ztp_str,
-}
-
-/// A request as fields, for C callers (the Go module passes the flat encoding of
-/// [`ztp_engine_decide`] instead, which measured faster across cgo).
-#[repr(C)]
-pub struct ztp_request {
-    pub method: ztp_str,
-    pub scheme: ztp_str,
-    pub host: ztp_str,
-    pub path: ztp_str,
-    pub query: ztp_str,
-    pub remote_ip: ztp_str,
-    pub headers: *const ztp_header,
-    pub header_count: usize,
-    /// The verified client certificate, DER; `ptr` NULL when none was presented.
-    pub client_cert_der: ztp_str,
-    /// The body bytes read so far (at most the policy's `max_body` + 1).
-    pub body: ztp_str,
-    /// Content-Length when known, else the bytes read.
-    pub body_size: u64,
-}
-
 fn boundary(f: impl FnOnce() -> ztp_result) -> ztp_result {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(ztp_result::ZTP_PANIC)
 }
@@ -387,34 +351,6 @@ pub unsafe extern "C" fn ztp_engine_decide(
             Ok(Ok(mut req)) => {
                 req.client_cert_der = cert;
                 req.body = body;
-                req.headers = &headers;
-                engine.decide(&req)
-            }
-        };
-        write_decision(&decision, out, out_cap, out_len)
-    })
-}
-
-/// [`ztp_engine_decide`] with the request as a struct of borrowed fields.
-#[no_mangle]
-pub unsafe extern "C" fn ztp_engine_decide_request(
-    engine: *const ztp_engine,
-    request: *const ztp_request,
-    out: *mut u8,
-    out_cap: usize,
-    out_len: *mut usize,
-) -> ztp_result {
-    boundary(|| {
-        let (Some(engine), Some(r)) = (engine_ref(engine), request.as_ref()) else {
-            return ztp_result::ZTP_NULL_PARAMETER;
-        };
-        if out.is_null() || out_len.is_null() {
-            return ztp_result::ZTP_NULL_PARAMETER;
-        }
-        let decision = match decode::fields(r) {
-            Err(decode::Malformed) => return ztp_result::ZTP_NULL_PARAMETER,
-            Ok(Err(bad)) => Decision::bad_request(bad),
-            Ok(Ok((mut req, headers))) => {
                 req.headers = &headers;
                 engine.decide(&req)
             }

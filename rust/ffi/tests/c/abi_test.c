@@ -166,19 +166,6 @@ int main(int argc, char **argv) {
   d = decide(e, limited, NULL, 0, &res);
   CHECK(res == ZTP_OK && d.status == 429 && d.reason == ZTP_REASON_RATE_LIMITED, "third request is 429");
 
-  /* The struct form. */
-  ztp_header h = {{(const uint8_t *)"accept", 6}, {(const uint8_t *)"*/*", 3}};
-  ztp_request rq = {0};
-  rq.method = (ztp_str){(const uint8_t *)"POST", 4};
-  rq.path = (ztp_str){(const uint8_t *)"/v1/chat/completions", 20};
-  rq.remote_ip = (ztp_str){(const uint8_t *)"10.1.1.1", 8};
-  rq.headers = &h;
-  rq.header_count = 1;
-  CHECK(ztp_engine_decide_request(e, &rq, out, sizeof out, &out_len) == ZTP_OK && (out[1] & 1), "struct form allows");
-  rq.headers = NULL;
-  CHECK(ztp_engine_decide_request(e, &rq, out, sizeof out, &out_len) == ZTP_NULL_PARAMETER, "struct form: NULL headers with a count");
-  CHECK(ztp_engine_decide_request(e, NULL, out, sizeof out, &out_len) == ZTP_NULL_PARAMETER, "struct form: NULL request");
-
   /* A panic comes back as ZTP_PANIC, and the library keeps working. */
   CHECK(ztp_selftest_panic() == ZTP_PANIC, "panic is caught at the boundary");
   d = decide(e, admin, NULL, 0, &res);
