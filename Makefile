@@ -1,5 +1,5 @@
-# The two commands of the README's quick start, and the benchmark.
-.PHONY: demo test bench
+# The two commands of the README's quick start, the fast inner loop, and the benchmark.
+.PHONY: demo test check bench
 
 # Build the custom Caddy and run the demo stack on loopback (Ctrl-C stops it).
 demo:
@@ -11,6 +11,17 @@ demo:
 # Every test: engine, CLI, example policy cases, C ABI, Go module, end to end.
 test:
 	scripts/test.sh
+
+# The fast inner loop (a few minutes, installs nothing): formatting, lints, the header's
+# drift, the Rust tests, the Go module's tests against a freshly built engine.
+check:
+	cargo fmt --all -- --check
+	@bad=$$(gofmt -l go-module e2e/idp bench/loadgen); if [ -n "$$bad" ]; then echo "gofmt would change: $$bad"; exit 1; fi
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	scripts/gen-header.sh --check
+	cargo test --workspace --quiet
+	cargo build --release --quiet -p zt-policy-ffi
+	cd go-module && go vet ./... && go test -count=1 ./...
 
 # The side-by-side benchmark of the edge, written to bench/RESULTS.md (not part of `make test`).
 bench:

@@ -216,6 +216,25 @@ func (e *engine) decide(req, cert, body, out []byte) (int, error) {
 
 var emptyByte byte
 
+// checkABI refuses a library that speaks another ABI than the header this module was
+// compiled with (a shared library from another build, with the ztp_dynamic tag).
+func checkABI() error {
+	return abiMismatch(uint32(C.ztp_abi_version()), uint32(C.ZTP_ABI_VERSION))
+}
+
+func abiMismatch(lib, want uint32) error {
+	if lib != want {
+		return fmt.Errorf("the linked zt_policy engine speaks ABI %d, this module was built for %d: "+
+			"build Caddy and the engine together (xcaddy/build.sh)", lib, want)
+	}
+	return nil
+}
+
+// librarySourceHash is the hash of the Rust sources the linked library was built from.
+func librarySourceHash() string {
+	return C.GoString(C.ztp_source_hash())
+}
+
 // selftestPanic makes the library panic inside its boundary; it must come back as an
 // error, never as a crash of Caddy.
 func selftestPanic() error {

@@ -130,6 +130,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx); err != nil {
 		return fmt.Errorf("zt_policy: metrics: %v", err)
 	}
+	if err := checkABI(); err != nil {
+		return fmt.Errorf("zt_policy: %v", err)
+	}
 	policy, name, err := h.policyText()
 	if err != nil {
 		return err

@@ -32,7 +32,8 @@ cargo run --quiet -p zt-policy-cli -- test examples/policy
 step "C ABI test, and again under valgrind"
 rust/ffi/tests/c/run.sh
 
-step "Go module tests (go vet, go test)"
+step "Go module tests (go vet, go test; the tests rebuild a stale engine themselves)"
+cargo build --release --quiet -p zt-policy-ffi
 (cd go-module && go vet ./... && go test -count=1 ./...)
 
 step "the benchmark's parsing and arithmetic (pytest; the benchmark itself is make bench)"

@@ -9,6 +9,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+// The version of this ABI. A caller built against one header must refuse a library
+// of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
+// Provision). Raised whenever a function, a result, a reason or an encoding changes.
+#define ZTP_ABI_VERSION 2
+
 // The outcome of every fallible call. Numbers are stable.
 typedef enum {
   ZTP_OK = 0,
@@ -70,6 +75,15 @@ typedef struct ztp_engine ztp_engine;
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// The ABI version this library speaks: [`ZTP_ABI_VERSION`] of the header it was
+// built with.
+uint32_t ztp_abi_version(void);
+
+// A SHA-256 (hex, NUL-terminated, static) of the Rust sources this library was built
+// from (see build.rs): the Go tests compare it with the sources on disk to find a
+// stale library.
+const char *ztp_source_hash(void);
 
 // Compiles a policy (TOML). `name` (may be empty) labels it in error messages, e.g.
 // its file path. On success writes the new engine to `*engine_out`; on

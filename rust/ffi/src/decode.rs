@@ -4,7 +4,6 @@
 
 use zt_policy_core::Request;
 
-
 /// The encoding itself is broken (truncated, lengths past the end, trailing bytes).
 pub struct Malformed;
 
@@ -142,4 +141,3 @@ fn build<'a>(
         body: &[],
     })
 }
-

@@ -17,6 +17,26 @@ use std::sync::Arc;
 
 use zt_policy_core::{Decision, Engine, EngineClock};
 
+/// The version of this ABI. A caller built against one header must refuse a library
+/// of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
+/// Provision). Raised whenever a function, a result, a reason or an encoding changes.
+pub const ZTP_ABI_VERSION: u32 = 2;
+
+/// The ABI version this library speaks: [`ZTP_ABI_VERSION`] of the header it was
+/// built with.
+#[no_mangle]
+pub extern "C" fn ztp_abi_version() -> u32 {
+    ZTP_ABI_VERSION
+}
+
+/// A SHA-256 (hex, NUL-terminated, static) of the Rust sources this library was built
+/// from (see build.rs): the Go tests compare it with the sources on disk to find a
+/// stale library.
+#[no_mangle]
+pub extern "C" fn ztp_source_hash() -> *const std::ffi::c_char {
+    concat!(env!("ZTP_SOURCE_HASH"), "\0").as_ptr().cast()
+}
+
 /// The outcome of every fallible call. Numbers are stable.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
