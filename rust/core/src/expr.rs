@@ -67,9 +67,9 @@ pub struct Expression {
     program: Program,
     /// The program with field paths on the request variables flattened (see `flatten`).
     fast: IdedExpr,
-    /// The flattened program in native form, for the happy path (see `native`).
-    native: native::Node,
-    native_value: native::ValueNode,
+    /// The flattened program in native form, for the happy path (see `native`);
+    /// `None` where the policy turned the native evaluator off.
+    native: Option<(native::Node, native::ValueNode)>,
     reads: [bool; VARIABLES.len()],
 }
 
@@ -156,8 +156,7 @@ impl Expression {
         Ok(Expression {
             source: source.to_owned(),
             program,
-            native: native::compile(&fast),
-            native_value: native::compile_value(&fast),
+            native: Some((native::compile(&fast), native::compile_value(&fast))),
             fast,
             reads,
         })
@@ -188,11 +187,17 @@ impl Expression {
     /// What the native evaluator answers, `None` where it leaves the answer to cel
     /// (exposed so tests can compare it with cel).
     pub fn eval_native_bool(&self, scope: &Scope<'_, '_>) -> Option<bool> {
-        native::truth(&self.native, scope)
+        native::truth(&self.native.as_ref()?.0, scope)
     }
 
     pub fn eval_native_u64(&self, scope: &Scope<'_, '_>) -> Option<u64> {
-        native::unsigned(&self.native_value, scope)
+        native::unsigned(&self.native.as_ref()?.1, scope)
+    }
+
+    /// Evaluates with cel alone from now on (`settings.native_eval = false`).
+    pub(crate) fn without_native(mut self) -> Expression {
+        self.native = None;
+        self
     }
 
     pub fn eval_bool(&self, scope: &Scope<'_, '_>) -> Result<bool, String> {

@@ -190,6 +190,8 @@ struct SettingsDef {
     max_json_depth: usize,
     #[serde(default = "default_malformed_body")]
     malformed_body: MalformedBody,
+    #[serde(default = "yes")]
+    native_eval: bool,
     #[serde(default = "default_deny_status")]
     deny_status: u16,
 }
@@ -203,6 +205,7 @@ impl Default for SettingsDef {
             max_body: default_max_body(),
             max_json_depth: default_json_depth(),
             malformed_body: default_malformed_body(),
+            native_eval: true,
             deny_status: default_deny_status(),
         }
     }
@@ -417,6 +420,8 @@ struct Loader<'s> {
     source: &'s str,
     file: &'s str,
     problems: Vec<String>,
+    /// `settings.native_eval`: expressions may run on the native evaluator.
+    native: bool,
 }
 
 impl Loader<'_> {
@@ -438,7 +443,8 @@ impl Loader<'_> {
         allowed: &[&str],
     ) -> Option<Expression> {
         match Expression::compile(spanned.get_ref(), allowed) {
-            Ok(e) => Some(e),
+            Ok(e) if self.native => Some(e),
+            Ok(e) => Some(e.without_native()),
             Err(errors) => {
                 let line = self.line_of(spanned.span().start);
                 // A multi-line literal starts with a newline that TOML drops.
@@ -479,6 +485,7 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
         source,
         file,
         problems: Vec::new(),
+        native: parsed.settings.native_eval,
     };
 
     let s = &parsed.settings;
