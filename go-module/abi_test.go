@@ -1,6 +1,9 @@
 package ztpolicy
 
 import (
+	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -13,5 +16,24 @@ func TestABIVersionIsChecked(t *testing.T) {
 	err := abiMismatch(1, 2)
 	if err == nil || !strings.Contains(err.Error(), "speaks ABI 1, this module was built for 2") {
 		t.Fatalf("a mismatch: %v", err)
+	}
+}
+
+// Go's reason names are the header's ztp_reason enum, by number: ZTP_REASON_<NAME> = i
+// for reasons[i], and no reason the header has is missing here.
+func TestReasonNamesAreTheHeaders(t *testing.T) {
+	header, err := os.ReadFile("../rust/ffi/include/zt_policy.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := regexp.MustCompile(`ZTP_REASON_([A-Z_]+) = (\d+)`).FindAllStringSubmatch(string(header), -1)
+	if len(found) != len(reasons) {
+		t.Fatalf("the header has %d reasons, Go %d", len(found), len(reasons))
+	}
+	for _, m := range found {
+		i, _ := strconv.Atoi(m[2])
+		if i >= len(reasons) || reasons[i] != strings.ToLower(m[1]) {
+			t.Errorf("ZTP_REASON_%s = %d, Go says %q", m[1], i, reasons[min(i, len(reasons)-1)])
+		}
 	}
 }

@@ -1,5 +1,11 @@
 package ztpolicy
 
+// The wire format's constants come from the header (zt_policy.h), where rust/ffi
+// defines them once.
+
+// #include "zt_policy.h"
+import "C"
+
 import (
 	"encoding/binary"
 	"errors"
@@ -17,7 +23,7 @@ type requestFields struct {
 
 // appendRequestFields appends everything before the headers.
 func appendRequestFields(buf []byte, f *requestFields) []byte {
-	buf = append(buf, 1)
+	buf = append(buf, C.ZTP_REQUEST_VERSION)
 	buf = binary.LittleEndian.AppendUint64(buf, f.bodySize)
 	for _, s := range [...]string{f.method, f.scheme, f.host, f.path, f.query, f.remoteIP} {
 		buf = appendString(buf, s)
@@ -72,7 +78,8 @@ type decision struct {
 	Errors          []string
 }
 
-// reasons by ztp_reason number.
+// reasons by ztp_reason number (TestReasonNamesAreTheHeaders checks them against the
+// header's enum).
 var reasons = [...]string{
 	"allowed", "no_identity", "invalid_certificate", "invalid_token", "body_too_large",
 	"denied_by_rule", "no_allow_rule", "rate_limited", "cost_exceeds_burst",
@@ -83,25 +90,25 @@ var errDecision = errors.New("malformed decision from the engine")
 
 func decodeDecision(b []byte) (decision, error) {
 	var d decision
-	if len(b) < 17 || b[0] != 1 {
+	if len(b) < C.ZTP_DECISION_AT_STRINGS || b[0] != C.ZTP_DECISION_VERSION {
 		return d, errDecision
 	}
-	flags := b[1]
-	d.Allowed = flags&1 != 0
-	d.Audit = flags&2 != 0
-	d.Deny = flags&4 != 0
-	d.HasLimit = flags&8 != 0
-	d.HasRetryAfter = flags&16 != 0
-	d.JWKSMiss = flags&32 != 0
-	d.Status = int(binary.LittleEndian.Uint16(b[2:]))
-	if int(b[4]) >= len(reasons) {
+	flags := b[C.ZTP_DECISION_AT_FLAGS]
+	d.Allowed = flags&C.ZTP_DECISION_ALLOWED != 0
+	d.Audit = flags&C.ZTP_DECISION_AUDIT != 0
+	d.Deny = flags&C.ZTP_DECISION_DENY != 0
+	d.HasLimit = flags&C.ZTP_DECISION_HAS_LIMIT != 0
+	d.HasRetryAfter = flags&C.ZTP_DECISION_HAS_RETRY_AFTER != 0
+	d.JWKSMiss = flags&C.ZTP_DECISION_JWKS_MISS != 0
+	d.Status = int(binary.LittleEndian.Uint16(b[C.ZTP_DECISION_AT_STATUS:]))
+	if int(b[C.ZTP_DECISION_AT_REASON]) >= len(reasons) {
 		return d, errDecision
 	}
-	d.Reason = reasons[b[4]]
-	d.Remaining = binary.LittleEndian.Uint32(b[5:])
-	d.RetryAfter = binary.LittleEndian.Uint64(b[9:])
-	rest := b[17:]
-	var fields [8]string
+	d.Reason = reasons[b[C.ZTP_DECISION_AT_REASON]]
+	d.Remaining = binary.LittleEndian.Uint32(b[C.ZTP_DECISION_AT_REMAINING:])
+	d.RetryAfter = binary.LittleEndian.Uint64(b[C.ZTP_DECISION_AT_RETRY_AFTER:])
+	rest := b[C.ZTP_DECISION_AT_STRINGS:]
+	var fields [C.ZTP_DECISION_STRINGS]string
 	for i := range fields {
 		if len(rest) < 4 {
 			return d, errDecision

@@ -6,22 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "zt_policy.h"
-
-static unsigned char req[8192];
-static size_t req_len;
-
-static void put_u32(unsigned v) {
-  memcpy(req + req_len, &v, 4);
-  req_len += 4;
-}
-
-static void put_str(const char *s) {
-  size_t n = strlen(s);
-  put_u32((unsigned)n);
-  memcpy(req + req_len, s, n);
-  req_len += n;
-}
+#include "wire.h" /* rust/ffi/tests/c: the codec the ABI test uses */
 
 static unsigned char *slurp(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
@@ -60,27 +45,13 @@ int main(int argc, char **argv) {
   static char auth[8192];
   snprintf(auth, sizeof auth, "Bearer %s", (const char *)token);
 
-  req[req_len++] = 1;
-  unsigned long long body_size = strlen(body);
-  memcpy(req + req_len, &body_size, 8);
-  req_len += 8;
-  put_str("POST");
-  put_str("https");
-  put_str("ai.example.internal");
-  put_str("/v1/chat/completions");
-  put_str("");
-  put_str("10.0.0.7");
-  put_u32(5);
-  put_str("Authorization");
-  put_str(auth);
-  put_str("Content-Type");
-  put_str("application/json");
-  put_str("User-Agent");
-  put_str("OpenAI/Python 1.99.0");
-  put_str("Accept");
-  put_str("application/json");
-  put_str("Host");
-  put_str("ai.example.internal");
+  size_t body_size = strlen(body);
+  wire_buf req = wire_request("POST", "/v1/chat/completions", "10.0.0.7", body_size, 5);
+  wire_header(&req, "Authorization", auth);
+  wire_header(&req, "Content-Type", "application/json");
+  wire_header(&req, "User-Agent", "OpenAI/Python 1.99.0");
+  wire_header(&req, "Accept", "application/json");
+  wire_header(&req, "Host", "ai.example.internal");
 
   ztp_engine *engine = NULL;
   ztp_buffer *message = NULL;
@@ -95,16 +66,18 @@ int main(int argc, char **argv) {
   size_t out_len = 0;
   /* Warm up: caches filled, token verified, buckets created. */
   for (int i = 0; i < 5; i++) {
-    ztp_engine_decide(engine, req, req_len, cert, cert_len, (const unsigned char *)body, body_size, out,
+    ztp_engine_decide(engine, req.p, req.len, cert, cert_len, (const unsigned char *)body, body_size, out,
                       sizeof out, &out_len);
   }
   /* The traced decision, between two markers on stderr, where lackey writes too. */
   write(2, "@@FOOTPRINT-START\n", 18);
-  ztp_result r = ztp_engine_decide(engine, req, req_len, cert, cert_len, (const unsigned char *)body, body_size,
+  ztp_result r = ztp_engine_decide(engine, req.p, req.len, cert, cert_len, (const unsigned char *)body, body_size,
                                    out, sizeof out, &out_len);
   write(2, "@@FOOTPRINT-END\n", 16);
-  unsigned status = r == ZTP_OK && out_len > 4 ? (unsigned)(out[2] | (out[3] << 8)) : 0;
+  wire_decision d = r == ZTP_OK ? wire_read_decision(out, out_len) : (wire_decision){0};
+  unsigned status = d.ok ? d.status : 0;
   printf("status %u\n", status);
+  free(req.p);
   ztp_engine_free(engine);
   return status == 200 ? 0 : 1;
 }

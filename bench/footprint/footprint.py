@@ -33,7 +33,8 @@ ALLOC = {"malloc", "realloc", "calloc"}
 def build(work: Path, lib: Path) -> Path:
     exe = work / "footprint"
     # Static, so that libc's allocator has symbols in the same table as the engine.
-    subprocess.run(["gcc", "-O2", "-g", "-static", "-I", str(ROOT / "rust/ffi/include"), str(HERE / "footprint.c"),
+    subprocess.run(["gcc", "-O2", "-g", "-static", "-I", str(ROOT / "rust/ffi/include"),
+                    "-I", str(ROOT / "rust/ffi/tests/c"), str(HERE / "footprint.c"),
                     str(lib), "-lpthread", "-ldl", "-lm", "-o", str(exe)],
                    check=True, capture_output=True)
     return exe

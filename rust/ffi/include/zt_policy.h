@@ -14,6 +14,45 @@
 // Provision). Raised whenever a function, a result, a reason or an encoding changes.
 #define ZTP_ABI_VERSION 2
 
+// The version byte that starts an encoded request.
+#define ZTP_REQUEST_VERSION 1
+
+// The version byte that starts an encoded decision.
+#define ZTP_DECISION_VERSION 1
+
+// Decision flag: the request goes on (also in audit mode).
+#define ZTP_DECISION_ALLOWED 1
+
+// Decision flag: audit mode; effect and status are what enforcement would do.
+#define ZTP_DECISION_AUDIT 2
+
+// Decision flag: the policy's effect is deny.
+#define ZTP_DECISION_DENY 4
+
+// Decision flag: a limit is reported (RateLimit headers).
+#define ZTP_DECISION_HAS_LIMIT 8
+
+// Decision flag: the retry-after field is set.
+#define ZTP_DECISION_HAS_RETRY_AFTER 16
+
+// Decision flag: the token names a key the JWKS lacks (refetch, then decide again).
+#define ZTP_DECISION_JWKS_MISS 32
+
+#define ZTP_DECISION_AT_FLAGS 1
+
+#define ZTP_DECISION_AT_STATUS 2
+
+#define ZTP_DECISION_AT_REASON 4
+
+#define ZTP_DECISION_AT_REMAINING 5
+
+#define ZTP_DECISION_AT_RETRY_AFTER 9
+
+#define ZTP_DECISION_AT_STRINGS 17
+
+// How many strings follow the fixed part of a decision.
+#define ZTP_DECISION_STRINGS 8
+
 // The outcome of every fallible call. Numbers are stable.
 typedef enum {
   ZTP_OK = 0,

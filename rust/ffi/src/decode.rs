@@ -57,7 +57,7 @@ pub fn request<'a>(
     headers: &mut Vec<(&'a str, &'a str)>,
 ) -> Result<Result<Request<'a>, String>, Malformed> {
     let mut r = Reader { buf };
-    if r.take(1)? != [1] {
+    if r.take(1)? != [crate::ZTP_REQUEST_VERSION] {
         return Err(Malformed);
     }
     let body_size = r.u64()?;

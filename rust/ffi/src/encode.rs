@@ -1,23 +1,15 @@
 //! What goes back across the ABI: the encoded decision and the engine description.
 //!
-//! Decision encoding (version 1), little-endian:
-//!
-//! ```text
-//! u8  version (1)
-//! u8  flags: 1 allowed, 2 audit, 4 effect is deny, 8 a limit is reported,
-//!            16 retry-after is set, 32 the token names a key the JWKS lacks
-//! u16 status
-//! u8  reason (ztp_reason)
-//! u32 remaining cells of the reported limit
-//! u64 retry-after seconds
-//! 8 × string (u32 length + bytes): message, rule, identity, limit name,
-//!     RateLimit value, RateLimit-Policy value, matched rules ("\n"-separated),
-//!     rule errors ("rule: error", "\n"-separated)
-//! ```
+//! The decision's layout is defined once, by the `ZTP_DECISION_*` constants in
+//! lib.rs (and so in the header).
 
 use zt_policy_core::{Decision, Effect, Engine, Reason};
 
-use crate::ztp_reason;
+use crate::{
+    ztp_reason, ZTP_DECISION_ALLOWED, ZTP_DECISION_AT_STRINGS, ZTP_DECISION_AUDIT,
+    ZTP_DECISION_DENY, ZTP_DECISION_HAS_LIMIT, ZTP_DECISION_HAS_RETRY_AFTER,
+    ZTP_DECISION_JWKS_MISS, ZTP_DECISION_STRINGS, ZTP_DECISION_VERSION,
+};
 
 pub fn reason_code(r: Reason) -> ztp_reason {
     match r {
@@ -91,8 +83,10 @@ fn errors<'a>(d: &'a Decision<'_>) -> impl Iterator<Item = [&'a str; 3]> + Clone
         .map(|e| [e.rule.as_str(), ": ", e.error.as_str()])
 }
 
-/// Version, flags, status, reason, remaining, retry-after, and the 8 string lengths.
-const FIXED: usize = 17 + 8 * 4;
+/// The fixed part, and the strings' lengths.
+const FIXED: usize = ZTP_DECISION_AT_STRINGS + ZTP_DECISION_STRINGS * 4;
+// `decision_into` writes the strings one by one: eight of them.
+const _: () = assert!(ZTP_DECISION_STRINGS == 8);
 
 /// The encoded decision's length.
 pub fn decision_len(d: &Decision) -> usize {
@@ -114,13 +108,14 @@ pub fn decision_into(d: &Decision, out: &mut [u8]) -> usize {
     let mut w = Writer { out, at: 0 };
     let limit = d.limit.as_ref();
     let retry = limit.and_then(|l| l.retry_after_secs);
-    let flags = u8::from(d.allowed)
-        | (u8::from(d.audit) << 1)
-        | (u8::from(d.effect == Effect::Deny) << 2)
-        | (u8::from(limit.is_some()) << 3)
-        | (u8::from(retry.is_some()) << 4)
-        | (u8::from(d.jwks_miss) << 5);
-    w.put(&[1, flags]);
+    let flag = |on: bool, f: u8| if on { f } else { 0 };
+    let flags = flag(d.allowed, ZTP_DECISION_ALLOWED)
+        | flag(d.audit, ZTP_DECISION_AUDIT)
+        | flag(d.effect == Effect::Deny, ZTP_DECISION_DENY)
+        | flag(limit.is_some(), ZTP_DECISION_HAS_LIMIT)
+        | flag(retry.is_some(), ZTP_DECISION_HAS_RETRY_AFTER)
+        | flag(d.jwks_miss, ZTP_DECISION_JWKS_MISS);
+    w.put(&[ZTP_DECISION_VERSION, flags]);
     w.put(&d.status.to_le_bytes());
     w.put(&[reason_code(d.reason) as u8]);
     w.put(&limit.map_or(0, |l| l.remaining).to_le_bytes());
@@ -153,4 +148,30 @@ pub fn describe(engine: &Engine) -> String {
         })),
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ZTP_DECISION_AT_REASON, ZTP_DECISION_AT_RETRY_AFTER, ZTP_DECISION_AT_STATUS};
+
+    /// The fields sit where the header's offsets say.
+    #[test]
+    fn the_layout_is_the_headers() {
+        let d = Decision::bad_request("nope");
+        let mut out = vec![0; decision_len(&d)];
+        let n = decision_into(&d, &mut out);
+        assert_eq!(n, out.len());
+        assert_eq!(out[0], ZTP_DECISION_VERSION);
+        assert_eq!(out[crate::ZTP_DECISION_AT_FLAGS], ZTP_DECISION_DENY);
+        let at = |i: usize, n: usize| &out[i..i + n];
+        assert_eq!(at(ZTP_DECISION_AT_STATUS, 2), 400u16.to_le_bytes());
+        assert_eq!(
+            out[ZTP_DECISION_AT_REASON],
+            ztp_reason::ZTP_REASON_BAD_REQUEST as u8
+        );
+        assert_eq!(at(ZTP_DECISION_AT_RETRY_AFTER, 8), [0; 8]);
+        assert_eq!(at(ZTP_DECISION_AT_STRINGS, 4), 4u32.to_le_bytes());
+        assert_eq!(at(ZTP_DECISION_AT_STRINGS + 4, 4), b"nope");
+    }
 }

@@ -37,6 +37,44 @@ pub extern "C" fn ztp_source_hash() -> *const std::ffi::c_char {
     concat!(env!("ZTP_SOURCE_HASH"), "\0").as_ptr().cast()
 }
 
+// ---- The wire format: one definition, in the header, for every reader and writer ----
+//
+// A request crosses as one buffer (little-endian): u8 ZTP_REQUEST_VERSION, u64 body
+// size, six strings (method, scheme, host, path, query, remote IP), u32 header count,
+// then a name and a value string per header; a string is a u32 length and its bytes.
+// A decision comes back as: u8 ZTP_DECISION_VERSION at 0, u8 flags at
+// ZTP_DECISION_AT_FLAGS, u16 status at ZTP_DECISION_AT_STATUS, u8 reason
+// (`ztp_reason`) at ZTP_DECISION_AT_REASON, u32 remaining cells of the reported limit
+// at ZTP_DECISION_AT_REMAINING, u64 retry-after seconds at ZTP_DECISION_AT_RETRY_AFTER,
+// then from ZTP_DECISION_AT_STRINGS the ZTP_DECISION_STRINGS strings: message, rule,
+// identity, limit name, RateLimit value, RateLimit-Policy value, matched rules and rule
+// errors ("rule: error"), the last two "\n"-separated.
+
+/// The version byte that starts an encoded request.
+pub const ZTP_REQUEST_VERSION: u8 = 1;
+/// The version byte that starts an encoded decision.
+pub const ZTP_DECISION_VERSION: u8 = 1;
+/// Decision flag: the request goes on (also in audit mode).
+pub const ZTP_DECISION_ALLOWED: u8 = 1;
+/// Decision flag: audit mode; effect and status are what enforcement would do.
+pub const ZTP_DECISION_AUDIT: u8 = 2;
+/// Decision flag: the policy's effect is deny.
+pub const ZTP_DECISION_DENY: u8 = 4;
+/// Decision flag: a limit is reported (RateLimit headers).
+pub const ZTP_DECISION_HAS_LIMIT: u8 = 8;
+/// Decision flag: the retry-after field is set.
+pub const ZTP_DECISION_HAS_RETRY_AFTER: u8 = 16;
+/// Decision flag: the token names a key the JWKS lacks (refetch, then decide again).
+pub const ZTP_DECISION_JWKS_MISS: u8 = 32;
+pub const ZTP_DECISION_AT_FLAGS: usize = 1;
+pub const ZTP_DECISION_AT_STATUS: usize = 2;
+pub const ZTP_DECISION_AT_REASON: usize = 4;
+pub const ZTP_DECISION_AT_REMAINING: usize = 5;
+pub const ZTP_DECISION_AT_RETRY_AFTER: usize = 9;
+pub const ZTP_DECISION_AT_STRINGS: usize = 17;
+/// How many strings follow the fixed part of a decision.
+pub const ZTP_DECISION_STRINGS: usize = 8;
+
 /// The outcome of every fallible call. Numbers are stable.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "zt_policy.h"
+#include "wire.h"
 
 static int passed, failed;
 #define CHECK(cond, what)                                              \
@@ -20,42 +20,13 @@ static const char *POLICY =
     "[[rule]]\nname = \"no-admin\"\neffect = \"deny\"\nwhen = 'request.path.startsWith(\"/admin\")'\n"
     "[[limit]]\nname = \"requests\"\nrate = \"1/h\"\nburst = 2\nkey = 'request.remote_ip'\n";
 
-/* ---- the flat request encoding ---- */
-typedef struct { unsigned char *p; size_t len, cap; } buf;
-static void put(buf *b, const void *d, size_t n) {
-  if (b->len + n > b->cap) { b->cap = (b->len + n) * 2; b->p = realloc(b->p, b->cap); }
-  memcpy(b->p + b->len, d, n); b->len += n;
-}
-static void put_u32(buf *b, uint32_t v) { unsigned char x[4] = {v, v >> 8, v >> 16, v >> 24}; put(b, x, 4); }
-static void put_u64(buf *b, uint64_t v) { for (int i = 0; i < 8; i++) { unsigned char c = v >> (8 * i); put(b, &c, 1); } }
-static void put_s(buf *b, const char *s) { put_u32(b, strlen(s)); put(b, s, strlen(s)); }
+/* The requests the test sends, encoded by the shared codec (wire.h). */
+typedef wire_buf buf;
+typedef wire_decision decision;
 static buf request(const char *method, const char *path, const char *ip, const char *hname, const char *hval) {
-  buf b = {0};
-  unsigned char version = 1;
-  put(&b, &version, 1);
-  put_u64(&b, 0);
-  put_s(&b, method); put_s(&b, "https"); put_s(&b, "ai.example.internal");
-  put_s(&b, path); put_s(&b, ""); put_s(&b, ip);
-  put_u32(&b, hname ? 1 : 0);
-  if (hname) { put_s(&b, hname); put_s(&b, hval); }
+  buf b = wire_request(method, path, ip, 0, hname ? 1 : 0);
+  if (hname) wire_header(&b, hname, hval);
   return b;
-}
-
-/* ---- reading an encoded decision ---- */
-typedef struct { int allowed; uint16_t status; uint8_t reason; char message[512]; char rule[128]; } decision;
-static uint32_t get_u32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
-static decision read_decision(const unsigned char *o, size_t len) {
-  decision d = {0};
-  d.allowed = o[1] & 1;
-  d.status = o[2] | o[3] << 8;
-  d.reason = o[4];
-  size_t at = 1 + 1 + 2 + 1 + 4 + 8;
-  uint32_t n = get_u32(o + at); at += 4;
-  memcpy(d.message, o + at, n < 511 ? n : 511); at += n;
-  n = get_u32(o + at); at += 4;
-  memcpy(d.rule, o + at, n < 127 ? n : 127);
-  (void)len;
-  return d;
 }
 
 static ztp_engine *new_engine(const char *policy) {
@@ -77,7 +48,7 @@ static decision decide(const ztp_engine *e, buf req, const uint8_t *cert, size_t
   size_t out_len = 0;
   *res = ztp_engine_decide(e, req.p, req.len, cert, cert_len, (const uint8_t *)"", 0, out, sizeof out, &out_len);
   decision d = {0};
-  if (*res == ZTP_OK) d = read_decision(out, out_len);
+  if (*res == ZTP_OK) d = wire_read_decision(out, out_len);
   return d;
 }
 
@@ -143,7 +114,7 @@ int main(int argc, char **argv) {
     for (size_t j = 0; j < sizeof g; j++) { seed = seed * 1103515245 + 12345; g[j] = seed >> 16; }
     g[0] = 1; /* right version byte, garbage after it */
     ztp_result r = ztp_engine_decide(e, g, sizeof g, NULL, 0, NULL, 0, out, sizeof out, &out_len);
-    if (r == ZTP_OK && (out[1] & 1)) allowed_garbage++;
+    if (r == ZTP_OK && (out[ZTP_DECISION_AT_FLAGS] & ZTP_DECISION_ALLOWED)) allowed_garbage++;
     if (r != ZTP_OK && r != ZTP_INVALID_INPUT) allowed_garbage += 1000;
   }
   CHECK(allowed_garbage == 0, "garbage requests never pass");

@@ -9,7 +9,7 @@ cargo build --release --quiet -p zt-policy-ffi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 openssl x509 -in examples/policy/certs/alice.pem -outform DER -out "$work/alice.der"
-gcc -std=c11 -Wall -Wextra -Werror -O1 -g -I rust/ffi/include "$here/abi_test.c" \
+gcc -std=c11 -Wall -Wextra -Werror -O1 -g -I rust/ffi/include -I "$here" "$here/abi_test.c" \
   target/release/libzt_policy_ffi.a -lpthread -ldl -lm -o "$work/abi_test"
 echo "--- ABI test"
 "$work/abi_test" "$work/alice.der" 3000
