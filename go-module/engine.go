@@ -61,18 +61,11 @@ func resultError(r C.ztp_result) error {
 	switch r {
 	case C.ZTP_OK:
 		return nil
-	case C.ZTP_NULL_PARAMETER:
-		return fmt.Errorf("%w: a required pointer was NULL", errEngine)
-	case C.ZTP_INVALID_INPUT:
-		return fmt.Errorf("%w: the encoded request was malformed", errEngine)
 	case C.ZTP_BUFFER_TOO_SMALL:
 		return errBufferTooSmall
-	case C.ZTP_PANIC:
-		return fmt.Errorf("%w: the engine panicked", errEngine)
-	case C.ZTP_ENGINE_SHARED:
-		return fmt.Errorf("%w: the engine is shared", errEngine)
 	default:
-		return fmt.Errorf("%w: result %d", errEngine, int(r))
+		// The library describes every result it returns.
+		return fmt.Errorf("%w: %s", errEngine, C.GoString(C.ztp_result_message(C.uint32_t(r))))
 	}
 }
 
@@ -99,23 +92,82 @@ func takeBuffer(b *C.ztp_buffer) string {
 	return C.GoStringN((*C.char)(unsafe.Pointer(p)), C.int(n))
 }
 
-// newEngine compiles a policy; name labels it in error messages (its file path).
-func newEngine(policy []byte, name string) (*engine, error) {
+// builder is an engine being set up (ztp_engine_builder): the policy, then the token
+// issuer and the buckets of the previous engine; build turns it into an immutable
+// engine. A builder is used by one goroutine, then built or freed.
+type builder struct {
+	ptr *C.ztp_engine_builder
+}
+
+// newBuilder compiles a policy; name labels it in error messages (its file path).
+func newBuilder(policy []byte, name string) (*builder, error) {
 	nameBytes := []byte(name)
-	var out *C.ztp_engine
+	var out *C.ztp_engine_builder
 	var msg *C.ztp_buffer
-	r := C.ztp_engine_new(bytesPtr(policy), C.size_t(len(policy)), bytesPtr(nameBytes), C.size_t(len(nameBytes)), &out, &msg)
+	r := C.ztp_engine_builder_new(bytesPtr(policy), C.size_t(len(policy)), bytesPtr(nameBytes), C.size_t(len(nameBytes)), &out, &msg)
 	text := takeBuffer(msg)
 	runtime.KeepAlive(policy)
 	runtime.KeepAlive(nameBytes)
 	switch r {
 	case C.ZTP_OK:
-		return wrap(out), nil
+		return &builder{ptr: out}, nil
 	case C.ZTP_INVALID_POLICY:
 		return nil, errors.New(text)
 	default:
 		return nil, resultError(r)
 	}
+}
+
+// setToken sets the issuer and audiences of bearer tokens.
+func (b *builder) setToken(issuer string, audiences []string) error {
+	iss := []byte(issuer)
+	aud := []byte(strings.Join(audiences, "\n"))
+	r := C.ztp_engine_builder_set_token(b.ptr, bytesPtr(iss), C.size_t(len(iss)), bytesPtr(aud), C.size_t(len(aud)))
+	runtime.KeepAlive(iss)
+	runtime.KeepAlive(aud)
+	return resultError(r)
+}
+
+// inherit takes over the buckets of prev's unchanged limits.
+func (b *builder) inherit(prev *engine) (int, error) {
+	prev.mu.RLock()
+	defer prev.mu.RUnlock()
+	if prev.ptr == nil {
+		return 0, errReleased
+	}
+	var kept C.size_t
+	if err := resultError(C.ztp_engine_builder_inherit(b.ptr, prev.ptr, &kept)); err != nil {
+		return 0, err
+	}
+	return int(kept), nil
+}
+
+// build makes the engine; the builder is gone afterwards.
+func (b *builder) build() (*engine, error) {
+	var out *C.ztp_engine
+	r := C.ztp_engine_builder_build(b.ptr, &out)
+	b.ptr = nil
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	return wrap(out), nil
+}
+
+// free releases a builder that was not built. Safe after build.
+func (b *builder) free() {
+	if b != nil && b.ptr != nil {
+		C.ztp_engine_builder_free(b.ptr)
+		b.ptr = nil
+	}
+}
+
+// newEngine compiles a policy into an engine with nothing else set up.
+func newEngine(policy []byte, name string) (*engine, error) {
+	b, err := newBuilder(policy, name)
+	if err != nil {
+		return nil, err
+	}
+	return b.build()
 }
 
 // clone returns another reference to the same engine.
@@ -151,25 +203,6 @@ func (e *engine) setJWKS(jwks []byte) (string, error) {
 	default:
 		return "", resultError(r)
 	}
-}
-
-// inherit takes over the buckets of prev's unchanged limits; e must not be cloned yet.
-func (e *engine) inherit(prev *engine) (int, error) {
-	var kept C.size_t
-	if err := resultError(C.ztp_engine_inherit(e.ptr, prev.ptr, &kept)); err != nil {
-		return 0, err
-	}
-	return int(kept), nil
-}
-
-// configureToken sets the issuer and audiences of bearer tokens (before any clone).
-func (e *engine) configureToken(issuer string, audiences []string) error {
-	iss := []byte(issuer)
-	aud := []byte(strings.Join(audiences, "\n"))
-	r := C.ztp_engine_configure_token(e.ptr, bytesPtr(iss), C.size_t(len(iss)), bytesPtr(aud), C.size_t(len(aud)))
-	runtime.KeepAlive(iss)
-	runtime.KeepAlive(aud)
-	return resultError(r)
 }
 
 // describe returns the engine's JSON self-description.

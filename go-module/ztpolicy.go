@@ -137,21 +137,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	eng, err := newEngine(policy, name)
+	eng, st, err := h.buildEngine(policy, name)
 	if err != nil {
-		return fmt.Errorf("zt_policy: %v", err)
+		return err
 	}
 	provisioned := false
 	defer func() {
 		if !provisioned {
-			eng.free() // provisioning failed: this handler will never decide with it
+			// Provisioning failed: this handler will never decide with it.
+			eng.free()
+			_, _ = pool.Delete(h.poolKey)
 		}
 	}()
-	if h.Issuer != "" {
-		if err := eng.configureToken(h.Issuer, h.Audience); err != nil {
-			return fmt.Errorf("zt_policy: issuer: %v", err)
-		}
-	}
 	desc, err := eng.describe()
 	if err == nil {
 		err = json.Unmarshal([]byte(desc), &h.info)
@@ -188,24 +185,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.jwks = src
 	}
 
-	// The reload pool is keyed by the policy: its file, or an inline policy's text, so
-	// two sites with inline policies share buckets only when the policies are equal.
-	h.poolKey = "zt_policy:" + name
-	if h.PolicyFile == "" {
-		sum := sha256.Sum256(policy)
-		h.poolKey = "zt_policy:inline:" + hex.EncodeToString(sum[:])
-	}
-	val, _, err := pool.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) { return &sharedState{}, nil })
-	if err != nil {
-		return err
-	}
-	st := val.(*sharedState)
+	// The next configuration's engine takes over this one's buckets.
 	st.mu.Lock()
-	if st.latest != nil {
-		if kept, err := eng.inherit(st.latest); err == nil && kept > 0 {
-			h.logger.Info("rate-limit buckets kept across the reload", zap.Int("limits", kept))
-		}
-	}
 	previous := st.latest
 	st.latest = eng.clone()
 	st.mu.Unlock()
@@ -225,6 +206,48 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger.Info("policy loaded", zap.String("policy", name), zap.Int("rules", len(h.info.Rules)),
 		zap.Int("limits", len(h.info.Limits)), zap.String("mode", h.info.Mode))
 	return nil
+}
+
+// buildEngine compiles the policy with the Caddyfile's token settings into an engine
+// that takes over the buckets of the newest engine of the same policy (the reload
+// pool, whose entry it takes a reference to), every limit whose definition is
+// unchanged: a reload does not reset them.
+func (h *Handler) buildEngine(policy []byte, name string) (*engine, *sharedState, error) {
+	b, err := newBuilder(policy, name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("zt_policy: %v", err)
+	}
+	defer b.free() // a no-op once built
+	if h.Issuer != "" {
+		if err := b.setToken(h.Issuer, h.Audience); err != nil {
+			return nil, nil, fmt.Errorf("zt_policy: issuer: %v", err)
+		}
+	}
+	// The reload pool is keyed by the policy: its file, or an inline policy's text, so
+	// two sites with inline policies share buckets only when the policies are equal.
+	h.poolKey = "zt_policy:" + name
+	if h.PolicyFile == "" {
+		sum := sha256.Sum256(policy)
+		h.poolKey = "zt_policy:inline:" + hex.EncodeToString(sum[:])
+	}
+	val, _, err := pool.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) { return &sharedState{}, nil })
+	if err != nil {
+		return nil, nil, err
+	}
+	st := val.(*sharedState)
+	st.mu.Lock()
+	if st.latest != nil {
+		if kept, err := b.inherit(st.latest); err == nil && kept > 0 {
+			h.logger.Info("rate-limit buckets kept across the reload", zap.Int("limits", kept))
+		}
+	}
+	st.mu.Unlock()
+	eng, err := b.build()
+	if err != nil {
+		_, _ = pool.Delete(h.poolKey)
+		return nil, nil, fmt.Errorf("zt_policy: %v", err)
+	}
+	return eng, st, nil
 }
 
 func (h *Handler) policyText() ([]byte, string, error) {

@@ -53,9 +53,11 @@ int main(int argc, char **argv) {
   wire_header(&req, "Accept", "application/json");
   wire_header(&req, "Host", "ai.example.internal");
 
-  ztp_engine *engine = NULL;
+  ztp_engine_builder *builder = NULL;
+  const ztp_engine *engine = NULL;
   ztp_buffer *message = NULL;
-  if (ztp_engine_new(policy, policy_len, (const unsigned char *)"policy.toml", 11, &engine, &message) != ZTP_OK ||
+  if (ztp_engine_builder_new(policy, policy_len, (const unsigned char *)"policy.toml", 11, &builder, &message) != ZTP_OK ||
+      ztp_engine_builder_build(builder, &engine) != ZTP_OK ||
       (jwks && ztp_engine_set_jwks(engine, jwks, jwks_len, &message) != ZTP_OK)) {
     size_t n = 0;
     const unsigned char *m = ztp_buffer_data(message, &n);

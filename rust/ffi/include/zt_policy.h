@@ -12,7 +12,7 @@
 // The version of this ABI. A caller built against one header must refuse a library
 // of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
 // Provision). Raised whenever a function, a result, a reason or an encoding changes.
-#define ZTP_ABI_VERSION 2
+#define ZTP_ABI_VERSION 3
 
 // The version byte that starts an encoded request.
 #define ZTP_REQUEST_VERSION 1
@@ -69,8 +69,6 @@ typedef enum {
   // The engine panicked. The call had no effect the caller can see; never pass the
   // request.
   ZTP_PANIC = 6,
-  // The engine is shared (cloned) and cannot be changed.
-  ZTP_ENGINE_SHARED = 7,
 } ztp_result;
 
 // Why a decision came out as it did (the `reason` byte of an encoded decision).
@@ -106,10 +104,15 @@ typedef uint8_t ztp_reason;
 // [`ztp_buffer_data`], release with [`ztp_buffer_free`].
 typedef struct ztp_buffer ztp_buffer;
 
-// A compiled policy with its caches and rate-limit buckets. Thread-safe: any number
-// of threads may decide with one engine at once. Reference-counted: see
+// A compiled policy with its caches and rate-limit buckets, immutable once built
+// (its caches, buckets and JWKS are runtime state). Thread-safe: any number of
+// threads may decide with one engine at once. Reference-counted: see
 // [`ztp_engine_clone`].
 typedef struct ztp_engine ztp_engine;
+
+// An engine being set up: owned by one caller, changed by the `ztp_engine_builder_*`
+// calls, then built ([`ztp_engine_builder_build`]) or freed.
+typedef struct ztp_engine_builder ztp_engine_builder;
 
 #ifdef __cplusplus
 extern "C" {
@@ -124,44 +127,58 @@ uint32_t ztp_abi_version(void);
 // stale library.
 const char *ztp_source_hash(void);
 
-// Compiles a policy (TOML). `name` (may be empty) labels it in error messages, e.g.
-// its file path. On success writes the new engine to `*engine_out`; on
+// A description of a result, NUL-terminated, static; `"unknown result"` for a number
+// this library does not define.
+const char *ztp_result_message(uint32_t result);
+
+// Compiles a policy (TOML) into a builder. `name` (may be empty) labels it in error
+// messages, e.g. its file path. On success writes the builder to `*builder_out`; on
 // `ZTP_INVALID_POLICY` writes the message to `*message_out` if that is not NULL.
-ztp_result ztp_engine_new(const uint8_t *policy,
-                          size_t policy_len,
-                          const uint8_t *name,
-                          size_t name_len,
-                          ztp_engine **engine_out,
-                          ztp_buffer **message_out);
+ztp_result ztp_engine_builder_new(const uint8_t *policy,
+                                  size_t policy_len,
+                                  const uint8_t *name,
+                                  size_t name_len,
+                                  ztp_engine_builder **builder_out,
+                                  ztp_buffer **message_out);
+
+// Sets the issuer and the accepted audiences (newline-separated; empty keeps the
+// policy's) of bearer tokens, adding token verification to a policy that has no
+// `[token]` table.
+ztp_result ztp_engine_builder_set_token(ztp_engine_builder *builder,
+                                        const uint8_t *issuer,
+                                        size_t issuer_len,
+                                        const uint8_t *audiences,
+                                        size_t audiences_len);
+
+// Takes over the buckets of every limit of `previous` whose definition is unchanged
+// (a config reload). Writes the number of limits kept to `*kept_out` (if not NULL).
+ztp_result ztp_engine_builder_inherit(ztp_engine_builder *builder,
+                                      const ztp_engine *previous,
+                                      size_t *kept_out);
+
+// Builds the engine, which is immutable from now on, and consumes the builder
+// (whatever the result, once `builder` is not NULL): writes the engine to
+// `*engine_out`, released with [`ztp_engine_free`].
+ztp_result ztp_engine_builder_build(ztp_engine_builder *builder, const ztp_engine **engine_out);
+
+// Frees a builder that was not built. NULL is ignored.
+void ztp_engine_builder_free(ztp_engine_builder *builder);
 
 // Another reference to the same engine (same caches and buckets). Each reference is
 // released with [`ztp_engine_free`]. Returns NULL for NULL.
-ztp_engine *ztp_engine_clone(const ztp_engine *engine);
+const ztp_engine *ztp_engine_clone(const ztp_engine *engine);
 
 // Releases one reference; the engine is freed with the last one. NULL is ignored.
-void ztp_engine_free(ztp_engine *engine);
+void ztp_engine_free(const ztp_engine *engine);
 
 // Hands in the JWKS (JSON) that bearer tokens are verified against, replacing the
-// previous one. On success `*message_out` (if not NULL) says how many keys loaded and
-// which were skipped; on `ZTP_INVALID_JWKS` why the set was refused.
+// previous one (runtime state, as keys rotate). On success `*message_out` (if not
+// NULL) says how many keys loaded and which were skipped; on `ZTP_INVALID_JWKS` why
+// the set was refused.
 ztp_result ztp_engine_set_jwks(const ztp_engine *engine,
                                const uint8_t *jwks,
                                size_t jwks_len,
                                ztp_buffer **message_out);
-
-// Makes `engine` take over the buckets of every limit of `previous` whose definition
-// is unchanged (a config reload). `engine` must not have been cloned yet. Writes the
-// number of limits kept to `*kept_out` (if not NULL).
-ztp_result ztp_engine_inherit(ztp_engine *engine, const ztp_engine *previous, size_t *kept_out);
-
-// Sets the issuer and the accepted audiences (newline-separated; empty keeps the
-// policy's) of bearer tokens, adding token verification to a policy that has no
-// `[token]` table. `engine` must not have been cloned yet.
-ztp_result ztp_engine_configure_token(ztp_engine *engine,
-                                      const uint8_t *issuer,
-                                      size_t issuer_len,
-                                      const uint8_t *audiences,
-                                      size_t audiences_len);
 
 // Describes the engine as JSON for the caller's setup: `needs_body`, `max_body`,
 // `mode`, `limits`, `rules` and the `token` settings (`header`, `jwks_file`,

@@ -1,7 +1,13 @@
-//! The C ABI of the zt_policy engine, in the manner of rustls-ffi: opaque handles,
-//! one result enum with stable numbers, a panic boundary around every export,
+//! The C ABI of the zt_policy engine, in the manner of rustls-ffi: opaque handles cast
+//! only through `castable`, one result enum with stable numbers and a description
+//! ([`ztp_result_message`]), one panic boundary for every export (`panic`),
 //! out-parameters written only on success, null-safe `_free`, one symbol prefix
 //! (`ztp_`). Inputs are (pointer, length) pairs borrowed for the call only.
+//!
+//! An engine is made by a builder ([`ztp_engine_builder_new`]: the policy; then the
+//! token issuer and the buckets of a previous engine), which [`ztp_engine_builder_build`]
+//! turns into an immutable engine shared by reference count: nothing changes an engine
+//! once it is shared but its runtime state (caches, buckets, the JWKS it is handed).
 //!
 //! A decision crosses back as one encoded buffer the caller provides (see
 //! [`ztp_engine_decide`]), so a request costs a single call across the boundary.
@@ -9,18 +15,22 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
+mod castable;
 mod decode;
 mod encode;
+mod panic;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
-
+use castable::{
+    arc_clone, arc_free, arc_into_ptr, arc_ref, box_free, box_into_ptr, box_mut, box_ref,
+    box_take, ArcCastable, BoxCastable, Castable,
+};
+use panic::ffi_panic_boundary;
 use zt_policy_core::{Decision, Engine, EngineClock};
 
 /// The version of this ABI. A caller built against one header must refuse a library
 /// of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
 /// Provision). Raised whenever a function, a result, a reason or an encoding changes.
-pub const ZTP_ABI_VERSION: u32 = 2;
+pub const ZTP_ABI_VERSION: u32 = 3;
 
 /// The ABI version this library speaks: [`ZTP_ABI_VERSION`] of the header it was
 /// built with.
@@ -93,8 +103,43 @@ pub enum ztp_result {
     /// The engine panicked. The call had no effect the caller can see; never pass the
     /// request.
     ZTP_PANIC = 6,
-    /// The engine is shared (cloned) and cannot be changed.
-    ZTP_ENGINE_SHARED = 7,
+    // 7 was ZTP_ENGINE_SHARED: engines are no longer changed after they are built.
+}
+
+impl ztp_result {
+    fn message(self) -> &'static str {
+        match self {
+            ztp_result::ZTP_OK => "ok\0",
+            ztp_result::ZTP_NULL_PARAMETER => "a required pointer was NULL\0",
+            ztp_result::ZTP_INVALID_POLICY => "the policy did not load (the message buffer names the rule and line)\0",
+            ztp_result::ZTP_INVALID_JWKS => "the JWKS was refused; the previous keys stay\0",
+            ztp_result::ZTP_INVALID_INPUT => "the encoded request was malformed (truncated, bad lengths) or not UTF-8\0",
+            ztp_result::ZTP_BUFFER_TOO_SMALL => "the output buffer is too small for the decision\0",
+            ztp_result::ZTP_PANIC => "the engine panicked; never pass the request\0",
+        }
+    }
+}
+
+/// A description of a result, NUL-terminated, static; `"unknown result"` for a number
+/// this library does not define.
+#[no_mangle]
+pub extern "C" fn ztp_result_message(result: u32) -> *const std::ffi::c_char {
+    ffi_panic_boundary! {
+        let all = [
+            ztp_result::ZTP_OK,
+            ztp_result::ZTP_NULL_PARAMETER,
+            ztp_result::ZTP_INVALID_POLICY,
+            ztp_result::ZTP_INVALID_JWKS,
+            ztp_result::ZTP_INVALID_INPUT,
+            ztp_result::ZTP_BUFFER_TOO_SMALL,
+            ztp_result::ZTP_PANIC,
+        ];
+        let text = all
+            .into_iter()
+            .find(|r| *r as u32 == result)
+            .map_or("unknown result\0", ztp_result::message);
+        text.as_ptr().cast()
+    }
 }
 
 /// Why a decision came out as it did (the `reason` byte of an encoded decision).
@@ -117,12 +162,29 @@ pub enum ztp_reason {
     ZTP_REASON_MALFORMED_BODY = 13,
 }
 
-/// A compiled policy with its caches and rate-limit buckets. Thread-safe: any number
-/// of threads may decide with one engine at once. Reference-counted: see
+/// A compiled policy with its caches and rate-limit buckets, immutable once built
+/// (its caches, buckets and JWKS are runtime state). Thread-safe: any number of
+/// threads may decide with one engine at once. Reference-counted: see
 /// [`ztp_engine_clone`].
 pub struct ztp_engine {
     _private: [u8; 0],
 }
+
+impl Castable for ztp_engine {
+    type RustType = Engine;
+}
+impl ArcCastable for ztp_engine {}
+
+/// An engine being set up: owned by one caller, changed by the `ztp_engine_builder_*`
+/// calls, then built ([`ztp_engine_builder_build`]) or freed.
+pub struct ztp_engine_builder {
+    _private: [u8; 0],
+}
+
+impl Castable for ztp_engine_builder {
+    type RustType = Engine;
+}
+impl BoxCastable for ztp_engine_builder {}
 
 /// Bytes owned by the library (a message, a description). Read with
 /// [`ztp_buffer_data`], release with [`ztp_buffer_free`].
@@ -130,9 +192,10 @@ pub struct ztp_buffer {
     _private: [u8; 0],
 }
 
-fn boundary(f: impl FnOnce() -> ztp_result) -> ztp_result {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or(ztp_result::ZTP_PANIC)
+impl Castable for ztp_buffer {
+    type RustType = Vec<u8>;
 }
+impl BoxCastable for ztp_buffer {}
 
 unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
     if len == 0 {
@@ -144,31 +207,27 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
     }
 }
 
-unsafe fn engine_ref<'a>(engine: *const ztp_engine) -> Option<&'a Engine> {
-    (engine as *const Engine).as_ref()
-}
-
 fn new_buffer(bytes: Vec<u8>) -> *mut ztp_buffer {
-    Box::into_raw(Box::new(bytes)) as *mut ztp_buffer
+    box_into_ptr(bytes)
 }
 
-/// Compiles a policy (TOML). `name` (may be empty) labels it in error messages, e.g.
-/// its file path. On success writes the new engine to `*engine_out`; on
+/// Compiles a policy (TOML) into a builder. `name` (may be empty) labels it in error
+/// messages, e.g. its file path. On success writes the builder to `*builder_out`; on
 /// `ZTP_INVALID_POLICY` writes the message to `*message_out` if that is not NULL.
 #[no_mangle]
-pub unsafe extern "C" fn ztp_engine_new(
+pub unsafe extern "C" fn ztp_engine_builder_new(
     policy: *const u8,
     policy_len: usize,
     name: *const u8,
     name_len: usize,
-    engine_out: *mut *mut ztp_engine,
+    builder_out: *mut *mut ztp_engine_builder,
     message_out: *mut *mut ztp_buffer,
 ) -> ztp_result {
-    boundary(|| {
+    ffi_panic_boundary! {
         let (Some(policy), Some(name)) = (bytes(policy, policy_len), bytes(name, name_len)) else {
             return ztp_result::ZTP_NULL_PARAMETER;
         };
-        if engine_out.is_null() {
+        if builder_out.is_null() {
             return ztp_result::ZTP_NULL_PARAMETER;
         }
         let name = String::from_utf8_lossy(name);
@@ -188,41 +247,112 @@ pub unsafe extern "C" fn ztp_engine_new(
         };
         match Engine::from_toml(text, &name, EngineClock::system()) {
             Ok(engine) => {
-                *engine_out = Arc::into_raw(Arc::new(engine)) as *mut ztp_engine;
+                *builder_out = box_into_ptr(engine);
                 ztp_result::ZTP_OK
             }
             Err(e) => fail(e.to_string()),
         }
-    })
+    }
+}
+
+/// Sets the issuer and the accepted audiences (newline-separated; empty keeps the
+/// policy's) of bearer tokens, adding token verification to a policy that has no
+/// `[token]` table.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_builder_set_token(
+    builder: *mut ztp_engine_builder,
+    issuer: *const u8,
+    issuer_len: usize,
+    audiences: *const u8,
+    audiences_len: usize,
+) -> ztp_result {
+    ffi_panic_boundary! {
+        let (Some(e), Some(issuer), Some(audiences)) = (
+            box_mut(builder),
+            bytes(issuer, issuer_len),
+            bytes(audiences, audiences_len),
+        ) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        let (Ok(issuer), Ok(audiences)) =
+            (std::str::from_utf8(issuer), std::str::from_utf8(audiences))
+        else {
+            return ztp_result::ZTP_INVALID_INPUT;
+        };
+        let audiences = audiences
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        e.configure_token(issuer.to_owned(), audiences);
+        ztp_result::ZTP_OK
+    }
+}
+
+/// Takes over the buckets of every limit of `previous` whose definition is unchanged
+/// (a config reload). Writes the number of limits kept to `*kept_out` (if not NULL).
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_builder_inherit(
+    builder: *mut ztp_engine_builder,
+    previous: *const ztp_engine,
+    kept_out: *mut usize,
+) -> ztp_result {
+    ffi_panic_boundary! {
+        let (Some(e), Some(prev)) = (box_mut(builder), arc_ref(previous)) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        let kept = e.inherit_state(prev);
+        if !kept_out.is_null() {
+            *kept_out = kept;
+        }
+        ztp_result::ZTP_OK
+    }
+}
+
+/// Builds the engine, which is immutable from now on, and consumes the builder
+/// (whatever the result, once `builder` is not NULL): writes the engine to
+/// `*engine_out`, released with [`ztp_engine_free`].
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_builder_build(
+    builder: *mut ztp_engine_builder,
+    engine_out: *mut *const ztp_engine,
+) -> ztp_result {
+    ffi_panic_boundary! {
+        let Some(engine) = box_take(builder) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        if engine_out.is_null() {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        }
+        *engine_out = arc_into_ptr(*engine);
+        ztp_result::ZTP_OK
+    }
+}
+
+/// Frees a builder that was not built. NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_builder_free(builder: *mut ztp_engine_builder) {
+    ffi_panic_boundary! { box_free(builder) }
 }
 
 /// Another reference to the same engine (same caches and buckets). Each reference is
 /// released with [`ztp_engine_free`]. Returns NULL for NULL.
 #[no_mangle]
-pub unsafe extern "C" fn ztp_engine_clone(engine: *const ztp_engine) -> *mut ztp_engine {
-    catch_unwind(AssertUnwindSafe(|| {
-        if engine.is_null() {
-            return std::ptr::null_mut();
-        }
-        Arc::increment_strong_count(engine as *const Engine);
-        engine as *mut ztp_engine
-    }))
-    .unwrap_or(std::ptr::null_mut())
+pub unsafe extern "C" fn ztp_engine_clone(engine: *const ztp_engine) -> *const ztp_engine {
+    ffi_panic_boundary! { arc_clone(engine) }
 }
 
 /// Releases one reference; the engine is freed with the last one. NULL is ignored.
 #[no_mangle]
-pub unsafe extern "C" fn ztp_engine_free(engine: *mut ztp_engine) {
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        if !engine.is_null() {
-            drop(Arc::from_raw(engine as *const Engine));
-        }
-    }));
+pub unsafe extern "C" fn ztp_engine_free(engine: *const ztp_engine) {
+    ffi_panic_boundary! { arc_free(engine) }
 }
 
 /// Hands in the JWKS (JSON) that bearer tokens are verified against, replacing the
-/// previous one. On success `*message_out` (if not NULL) says how many keys loaded and
-/// which were skipped; on `ZTP_INVALID_JWKS` why the set was refused.
+/// previous one (runtime state, as keys rotate). On success `*message_out` (if not
+/// NULL) says how many keys loaded and which were skipped; on `ZTP_INVALID_JWKS` why
+/// the set was refused.
 #[no_mangle]
 pub unsafe extern "C" fn ztp_engine_set_jwks(
     engine: *const ztp_engine,
@@ -230,8 +360,8 @@ pub unsafe extern "C" fn ztp_engine_set_jwks(
     jwks_len: usize,
     message_out: *mut *mut ztp_buffer,
 ) -> ztp_result {
-    boundary(|| {
-        let (Some(engine), Some(jwks)) = (engine_ref(engine), bytes(jwks, jwks_len)) else {
+    ffi_panic_boundary! {
+        let (Some(engine), Some(jwks)) = (arc_ref(engine), bytes(jwks, jwks_len)) else {
             return ztp_result::ZTP_NULL_PARAMETER;
         };
         let (result, msg) = match engine.set_jwks(jwks) {
@@ -249,79 +379,7 @@ pub unsafe extern "C" fn ztp_engine_set_jwks(
             *message_out = new_buffer(msg.into_bytes());
         }
         result
-    })
-}
-
-/// Makes `engine` take over the buckets of every limit of `previous` whose definition
-/// is unchanged (a config reload). `engine` must not have been cloned yet. Writes the
-/// number of limits kept to `*kept_out` (if not NULL).
-#[no_mangle]
-pub unsafe extern "C" fn ztp_engine_inherit(
-    engine: *mut ztp_engine,
-    previous: *const ztp_engine,
-    kept_out: *mut usize,
-) -> ztp_result {
-    boundary(|| {
-        if engine.is_null() || previous.is_null() {
-            return ztp_result::ZTP_NULL_PARAMETER;
-        }
-        // Borrow the Arc without taking over the caller's reference.
-        let mut arc = std::mem::ManuallyDrop::new(Arc::from_raw(engine as *const Engine));
-        let Some(e) = Arc::get_mut(&mut arc) else {
-            return ztp_result::ZTP_ENGINE_SHARED;
-        };
-        let Some(prev) = engine_ref(previous) else {
-            return ztp_result::ZTP_NULL_PARAMETER;
-        };
-        if std::ptr::eq(e as *const Engine, prev as *const Engine) {
-            return ztp_result::ZTP_ENGINE_SHARED;
-        }
-        let kept = e.inherit_state(prev);
-        if !kept_out.is_null() {
-            *kept_out = kept;
-        }
-        ztp_result::ZTP_OK
-    })
-}
-
-/// Sets the issuer and the accepted audiences (newline-separated; empty keeps the
-/// policy's) of bearer tokens, adding token verification to a policy that has no
-/// `[token]` table. `engine` must not have been cloned yet.
-#[no_mangle]
-pub unsafe extern "C" fn ztp_engine_configure_token(
-    engine: *mut ztp_engine,
-    issuer: *const u8,
-    issuer_len: usize,
-    audiences: *const u8,
-    audiences_len: usize,
-) -> ztp_result {
-    boundary(|| {
-        let (Some(issuer), Some(audiences)) =
-            (bytes(issuer, issuer_len), bytes(audiences, audiences_len))
-        else {
-            return ztp_result::ZTP_NULL_PARAMETER;
-        };
-        if engine.is_null() {
-            return ztp_result::ZTP_NULL_PARAMETER;
-        }
-        let (Ok(issuer), Ok(audiences)) =
-            (std::str::from_utf8(issuer), std::str::from_utf8(audiences))
-        else {
-            return ztp_result::ZTP_INVALID_INPUT;
-        };
-        let mut arc = std::mem::ManuallyDrop::new(Arc::from_raw(engine as *const Engine));
-        let Some(e) = Arc::get_mut(&mut arc) else {
-            return ztp_result::ZTP_ENGINE_SHARED;
-        };
-        let audiences = audiences
-            .lines()
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .map(str::to_owned)
-            .collect();
-        e.configure_token(issuer.to_owned(), audiences);
-        ztp_result::ZTP_OK
-    })
+    }
 }
 
 /// Describes the engine as JSON for the caller's setup: `needs_body`, `max_body`,
@@ -332,8 +390,8 @@ pub unsafe extern "C" fn ztp_engine_describe(
     engine: *const ztp_engine,
     json_out: *mut *mut ztp_buffer,
 ) -> ztp_result {
-    boundary(|| {
-        let Some(engine) = engine_ref(engine) else {
+    ffi_panic_boundary! {
+        let Some(engine) = arc_ref(engine) else {
             return ztp_result::ZTP_NULL_PARAMETER;
         };
         if json_out.is_null() {
@@ -341,7 +399,7 @@ pub unsafe extern "C" fn ztp_engine_describe(
         }
         *json_out = new_buffer(encode::describe(engine).into_bytes());
         ztp_result::ZTP_OK
-    })
+    }
 }
 
 /// Decides one request given in the flat encoding:
@@ -386,8 +444,8 @@ pub unsafe extern "C" fn ztp_engine_decide(
     out_cap: usize,
     out_len: *mut usize,
 ) -> ztp_result {
-    boundary(|| {
-        let Some(engine) = engine_ref(engine) else {
+    ffi_panic_boundary! {
+        let Some(engine) = arc_ref(engine) else {
             return ztp_result::ZTP_NULL_PARAMETER;
         };
         let (Some(request), Some(body)) = (bytes(request, request_len), bytes(body, body_len))
@@ -414,7 +472,7 @@ pub unsafe extern "C" fn ztp_engine_decide(
             }
         };
         write_decision(&decision, out, out_cap, out_len)
-    })
+    }
 }
 
 unsafe fn write_decision(
@@ -441,37 +499,32 @@ pub unsafe extern "C" fn ztp_buffer_data(
     buffer: *const ztp_buffer,
     len_out: *mut usize,
 ) -> *const u8 {
-    catch_unwind(AssertUnwindSafe(|| {
-        let Some(v) = (buffer as *const Vec<u8>).as_ref() else {
+    ffi_panic_boundary! {
+        let Some(v) = box_ref(buffer) else {
             return std::ptr::null();
         };
         if !len_out.is_null() {
             *len_out = v.len();
         }
         v.as_ptr()
-    }))
-    .unwrap_or(std::ptr::null())
+    }
 }
 
 /// Frees a buffer. NULL is ignored.
 #[no_mangle]
 pub unsafe extern "C" fn ztp_buffer_free(buffer: *mut ztp_buffer) {
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        if !buffer.is_null() {
-            drop(Box::from_raw(buffer as *mut Vec<u8>));
-        }
-    }));
+    ffi_panic_boundary! { box_free(buffer) }
 }
 
 /// Panics inside the panic boundary and returns what the boundary made of it
 /// (`ZTP_PANIC`): lets callers and tests check that a panic never crosses into them.
 #[no_mangle]
 pub extern "C" fn ztp_selftest_panic() -> ztp_result {
-    boundary(|| panic!("ztp_selftest_panic: deliberate panic to test the boundary"))
+    ffi_panic_boundary! { panic!("ztp_selftest_panic: deliberate panic to test the boundary") }
 }
 
 /// The library version, NUL-terminated, static.
 #[no_mangle]
 pub extern "C" fn ztp_version() -> *const std::ffi::c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const std::ffi::c_char
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }

@@ -29,10 +29,10 @@ static buf request(const char *method, const char *path, const char *ip, const c
   return b;
 }
 
-static ztp_engine *new_engine(const char *policy) {
-  ztp_engine *e = NULL;
+static ztp_engine_builder *new_builder(const char *policy) {
+  ztp_engine_builder *b = NULL;
   ztp_buffer *msg = NULL;
-  ztp_result r = ztp_engine_new((const uint8_t *)policy, strlen(policy), (const uint8_t *)"t.toml", 6, &e, &msg);
+  ztp_result r = ztp_engine_builder_new((const uint8_t *)policy, strlen(policy), (const uint8_t *)"t.toml", 6, &b, &msg);
   if (r != ZTP_OK) {
     size_t n = 0;
     const uint8_t *d = ztp_buffer_data(msg, &n);
@@ -40,6 +40,13 @@ static ztp_engine *new_engine(const char *policy) {
     ztp_buffer_free(msg);
     return NULL;
   }
+  return b;
+}
+
+static const ztp_engine *new_engine(const char *policy) {
+  ztp_engine_builder *b = new_builder(policy);
+  const ztp_engine *e = NULL;
+  if (!b || ztp_engine_builder_build(b, &e) != ZTP_OK) return NULL;
   return e;
 }
 
@@ -63,11 +70,21 @@ int main(int argc, char **argv) {
 
   CHECK(ztp_version() != NULL && strlen(ztp_version()) > 0, "version");
 
+  /* Every result describes itself. */
+  CHECK(strstr(ztp_result_message(ZTP_PANIC), "panicked") != NULL, "result message");
+  CHECK(strcmp(ztp_result_message(99), "unknown result") == 0, "unknown result message");
+  CHECK(ztp_abi_version() == ZTP_ABI_VERSION, "ABI version");
+
   /* NULL parameters */
-  ztp_engine *e = NULL;
-  CHECK(ztp_engine_new(NULL, 10, NULL, 0, &e, NULL) == ZTP_NULL_PARAMETER, "new: NULL policy with a length");
-  CHECK(ztp_engine_new((const uint8_t *)"x", 1, NULL, 0, NULL, NULL) == ZTP_NULL_PARAMETER, "new: NULL engine_out");
-  CHECK(e == NULL, "engine_out untouched on failure");
+  ztp_engine_builder *b = NULL;
+  const ztp_engine *e = NULL;
+  CHECK(ztp_engine_builder_new(NULL, 10, NULL, 0, &b, NULL) == ZTP_NULL_PARAMETER, "new: NULL policy with a length");
+  CHECK(ztp_engine_builder_new((const uint8_t *)"x", 1, NULL, 0, NULL, NULL) == ZTP_NULL_PARAMETER, "new: NULL builder_out");
+  CHECK(b == NULL, "builder_out untouched on failure");
+  CHECK(ztp_engine_builder_build(NULL, &e) == ZTP_NULL_PARAMETER && e == NULL, "build(NULL)");
+  CHECK(ztp_engine_builder_inherit(NULL, NULL, NULL) == ZTP_NULL_PARAMETER, "inherit(NULL)");
+  CHECK(ztp_engine_builder_set_token(NULL, NULL, 0, NULL, 0) == ZTP_NULL_PARAMETER, "set_token(NULL)");
+  ztp_engine_builder_free(NULL);
   ztp_engine_free(NULL);
   ztp_buffer_free(NULL);
   CHECK(ztp_engine_clone(NULL) == NULL, "clone(NULL)");
@@ -76,16 +93,16 @@ int main(int argc, char **argv) {
   /* A broken policy is refused with a message naming the rule and line. */
   const char *broken = "[[rule]]\nname = \"oops\"\neffect = \"allow\"\nwhen = 'request.path =='\n";
   ztp_buffer *msg = NULL;
-  CHECK(ztp_engine_new((const uint8_t *)broken, strlen(broken), (const uint8_t *)"b.toml", 6, &e, &msg) == ZTP_INVALID_POLICY, "broken policy refused");
+  CHECK(ztp_engine_builder_new((const uint8_t *)broken, strlen(broken), (const uint8_t *)"b.toml", 6, &b, &msg) == ZTP_INVALID_POLICY, "broken policy refused");
   size_t n = 0;
   const uint8_t *text = ztp_buffer_data(msg, &n);
   CHECK(text && n > 0 && strstr((const char *)text, "b.toml:4: rule \"oops\" when") != NULL, "message names file, line, rule");
   ztp_buffer_free(msg);
-  CHECK(e == NULL, "no engine for a broken policy");
+  CHECK(b == NULL, "no builder for a broken policy");
   unsigned char garbage[64];
   for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (unsigned char)(i * 37 + 200);
   msg = NULL;
-  CHECK(ztp_engine_new(garbage, sizeof garbage, NULL, 0, &e, &msg) == ZTP_INVALID_POLICY, "garbage bytes as policy");
+  CHECK(ztp_engine_builder_new(garbage, sizeof garbage, NULL, 0, &b, &msg) == ZTP_INVALID_POLICY, "garbage bytes as policy");
   ztp_buffer_free(msg);
 
   e = new_engine(POLICY);
@@ -147,16 +164,20 @@ int main(int argc, char **argv) {
   CHECK(ztp_engine_set_jwks(e, (const uint8_t *)"{}", 2, &msg) == ZTP_INVALID_JWKS, "policy without [token] takes no JWKS");
   ztp_buffer_free(msg);
 
-  /* Reference counting and reload inheritance. */
-  ztp_engine *next = new_engine(POLICY);
+  /* Reference counting and reload inheritance (by the builder of the next engine). */
+  ztp_engine_builder *nb = new_builder(POLICY);
   size_t kept = 99;
-  CHECK(ztp_engine_inherit(next, e, &kept) == ZTP_OK && kept == 1, "reload keeps the unchanged limit");
+  CHECK(ztp_engine_builder_inherit(nb, e, &kept) == ZTP_OK && kept == 1, "reload keeps the unchanged limit");
+  CHECK(ztp_engine_builder_set_token(nb, (const uint8_t *)"https://idp.example", 19, (const uint8_t *)"a\nb", 3) == ZTP_OK, "token issuer set");
+  const ztp_engine *next = NULL;
+  CHECK(ztp_engine_builder_build(nb, &next) == ZTP_OK && next != NULL, "built");
   d = decide(next, limited, NULL, 0, &res);
   CHECK(d.status == 429, "the bucket came along");
-  ztp_engine *again = ztp_engine_clone(next);
+  const ztp_engine *again = ztp_engine_clone(next);
   CHECK(again == next, "clone is the same engine");
-  CHECK(ztp_engine_inherit(next, e, &kept) == ZTP_ENGINE_SHARED, "a shared engine cannot inherit");
   ztp_engine_free(again);
+  ztp_engine_builder *unused = new_builder(POLICY);
+  ztp_engine_builder_free(unused); /* a builder never built is freed (valgrind checks) */
   ztp_engine_free(e);
   d = decide(next, limited, NULL, 0, &res);
   CHECK(res == ZTP_OK && d.status == 429, "buckets outlive the engine they came from");
@@ -165,9 +186,9 @@ int main(int argc, char **argv) {
   /* Many create/decide/free cycles: valgrind (run.sh) reports any leak. */
   int cycle_failures = 0;
   for (long i = 0; i < cycles; i++) {
-    ztp_engine *c = new_engine(POLICY);
+    const ztp_engine *c = new_engine(POLICY);
     if (!c) { cycle_failures++; break; }
-    ztp_engine *c2 = ztp_engine_clone(c);
+    const ztp_engine *c2 = ztp_engine_clone(c);
     decision x = decide(c2, ok, der, der_len, &res);
     if (res != ZTP_OK || !x.allowed) cycle_failures++;
     ztp_buffer *desc = NULL;
