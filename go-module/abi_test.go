@@ -6,14 +6,16 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 // The module refuses, at Provision, an engine library that speaks another ABI.
 func TestABIVersionIsChecked(t *testing.T) {
-	if err := checkABI(); err != nil {
+	if err := engine.CheckABI(); err != nil {
 		t.Fatalf("the library built with this module: %v", err)
 	}
-	err := abiMismatch(1, 2)
+	err := engine.ABIMismatch(1, 2)
 	if err == nil || !strings.Contains(err.Error(), "speaks ABI 1, this module was built for 2") {
 		t.Fatalf("a mismatch: %v", err)
 	}
@@ -27,13 +29,13 @@ func TestReasonNamesAreTheHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	found := regexp.MustCompile(`ZTP_REASON_([A-Z_]+) = (\d+)`).FindAllStringSubmatch(string(header), -1)
-	if len(found) != len(reasons) {
-		t.Fatalf("the header has %d reasons, Go %d", len(found), len(reasons))
+	if len(found) != len(engine.Reasons) {
+		t.Fatalf("the header has %d reasons, Go %d", len(found), len(engine.Reasons))
 	}
 	for _, m := range found {
 		i, _ := strconv.Atoi(m[2])
-		if i >= len(reasons) || reasons[i] != strings.ToLower(m[1]) {
-			t.Errorf("ZTP_REASON_%s = %d, Go says %q", m[1], i, reasons[min(i, len(reasons)-1)])
+		if i >= len(engine.Reasons) || engine.Reasons[i] != strings.ToLower(m[1]) {
+			t.Errorf("ZTP_REASON_%s = %d, Go says %q", m[1], i, engine.Reasons[min(i, len(engine.Reasons)-1)])
 		}
 	}
 }

@@ -4,19 +4,21 @@ import (
 	"net/http"
 	"os"
 	"testing"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 // benchRequest is the request the engine benchmarks decide: its fields, and its
 // headers as net/http hands them to the handler.
 type benchRequest struct {
-	fields  requestFields
+	fields  engine.RequestFields
 	headers http.Header
 }
 
 func newBenchRequest() *benchRequest {
 	return &benchRequest{
-		fields: requestFields{method: "POST", scheme: "https", host: "ai.example.internal",
-			path: "/v1/chat/completions", remoteIP: "10.0.0.7", bodySize: 100},
+		fields: engine.RequestFields{Method: "POST", Scheme: "https", Host: "ai.example.internal",
+			Path: "/v1/chat/completions", RemoteIP: "10.0.0.7", BodySize: 100},
 		headers: http.Header{"Content-Type": {"application/json"}, "User-Agent": {"OpenAI/Python 1.99.0"},
 			"Accept": {"application/json"}, "Accept-Encoding": {"gzip"}},
 	}
@@ -24,21 +26,21 @@ func newBenchRequest() *benchRequest {
 
 // appendTo appends the flat encoding of ztp_engine_decide, as the handler does.
 func (r *benchRequest) appendTo(buf []byte) []byte {
-	return appendRequestHeaders(appendRequestFields(buf, &r.fields), r.headers, r.fields.host)
+	return engine.AppendRequestHeaders(engine.AppendRequestFields(buf, &r.fields), r.headers, r.fields.Host)
 }
 
 var benchBody = []byte(`{"model":"llama-3.1-8b-instruct","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`)
 
-func benchEngine(b *testing.B) *engine {
+func benchEngine(b *testing.B) *engine.Engine {
 	p, err := os.ReadFile(examplePolicy)
 	if err != nil {
 		b.Fatal(err)
 	}
-	e, err := newEngine(p, "policy.toml")
+	e, err := engine.New(p, "policy.toml")
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(e.free)
+	b.Cleanup(e.Free)
 	return e
 }
 
@@ -50,7 +52,7 @@ func BenchmarkDecideFlat(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		buf = r.appendTo(buf[:0])
-		if _, err := e.decide(buf, der, benchBody, out); err != nil {
+		if _, err := e.Decide(buf, der, benchBody, out); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -61,7 +63,7 @@ func BenchmarkCgoCrossing(b *testing.B) {
 	e := benchEngine(b)
 	out := make([]byte, 16)
 	for b.Loop() {
-		_, _ = e.decide(nil, nil, nil, out)
+		_, _ = e.Decide(nil, nil, nil, out)
 	}
 }
 

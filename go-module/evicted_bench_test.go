@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 // In Caddy under load a decision does not find the engine in the CPU caches: TLS,
@@ -17,19 +19,19 @@ import (
 func BenchmarkDecideEvicted(b *testing.B) {
 	// The request setup B of bench/run.py sends, on the path it takes: alice's device
 	// certificate, carol's token, a chat completion, under the raised limits.
-	example, err := newEngine([]byte(raisedExamplePolicy()), "policy.toml")
+	example, err := engine.New([]byte(raisedExamplePolicy()), "policy.toml")
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(example.free)
-	if _, err := example.setJWKS(must(readFile("../examples/policy/idp/jwks.json"))); err != nil {
+	b.Cleanup(example.Free)
+	if _, err := example.SetJWKS(must(readFile("../examples/policy/idp/jwks.json"))); err != nil {
 		b.Fatal(err)
 	}
-	trivial, err := newEngine([]byte(oneRulePolicy), "one-rule.toml")
+	trivial, err := engine.New([]byte(oneRulePolicy), "one-rule.toml")
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(trivial.free)
+	b.Cleanup(trivial.Free)
 	r, der := newBenchRequest(), cert(b, "alice").Raw
 	r.headers.Set("Authorization", "Bearer "+strings.TrimSpace(string(must(readFile("../examples/policy/idp/carol.jwt")))))
 	for _, level := range []struct {
@@ -38,7 +40,7 @@ func BenchmarkDecideEvicted(b *testing.B) {
 	}{{"hot", 0}, {"L2-evicted", 2 * cacheSize(2, 512<<10)}, {"L3-evicted", 2 * cacheSize(3, 32<<20)}} {
 		for _, c := range []struct {
 			name string
-			eng  *engine
+			eng  *engine.Engine
 		}{{"example", example}, {"one-rule", trivial}} {
 			b.Run(level.name+"/"+c.name, func(b *testing.B) {
 				junk := make([]byte, level.bytes)
@@ -50,17 +52,17 @@ func BenchmarkDecideEvicted(b *testing.B) {
 					}
 					start := time.Now()
 					buf = r.appendTo(buf[:0])
-					if _, err := c.eng.decide(buf, der, benchBody, out); err != nil {
+					if _, err := c.eng.Decide(buf, der, benchBody, out); err != nil {
 						b.Fatal(err)
 					}
 					held += time.Since(start)
 				}
 				b.StopTimer()
-				n, err := c.eng.decide(r.appendTo(buf[:0]), der, benchBody, out)
+				n, err := c.eng.Decide(r.appendTo(buf[:0]), der, benchBody, out)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if d, err := decodeDecision(out[:n]); err != nil || !d.Allowed {
+				if d, err := engine.DecodeDecision(out[:n]); err != nil || !d.Allowed {
 					b.Fatalf("the benchmark request must be allowed: %+v %v", d, err)
 				}
 				b.ReportMetric(float64(held.Nanoseconds())/float64(b.N), "ns/op")

@@ -6,6 +6,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 // decisions counts decisions by outcome, reason and deciding rule — never by identity,
@@ -45,7 +47,7 @@ func registerMetrics(ctx caddy.Context) error {
 	return nil
 }
 
-func countDecision(d *decision) {
+func countDecision(d *engine.Decision) {
 	outcome := "allowed"
 	switch {
 	case d.Audit && d.Deny:

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 // jwksSource keeps the engine's JWKS current from an OIDC issuer: discovery, then the
@@ -25,7 +27,7 @@ import (
 type jwksSource struct {
 	issuer      string
 	client      *http.Client
-	eng         *engine
+	eng         *engine.Engine
 	logger      *zap.Logger
 	interval    time.Duration
 	minInterval time.Duration
@@ -38,7 +40,7 @@ type jwksSource struct {
 
 const maxIdPResponse = 1 << 20
 
-func newJWKSSource(issuer, caFile string, eng *engine, logger *zap.Logger, interval, minInterval time.Duration) (*jwksSource, error) {
+func newJWKSSource(issuer, caFile string, eng *engine.Engine, logger *zap.Logger, interval, minInterval time.Duration) (*jwksSource, error) {
 	u, err := url.Parse(issuer)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		return nil, fmt.Errorf("zt_policy: issuer %q is not an http(s) URL", issuer)
@@ -125,7 +127,7 @@ func (s *jwksSource) fetch(ctx context.Context) error {
 	if err := s.get(ctx, s.jwksURI, &jwks); err != nil {
 		return fmt.Errorf("JWKS: %w", err)
 	}
-	msg, err := s.eng.setJWKS(jwks)
+	msg, err := s.eng.SetJWKS(jwks)
 	if err != nil {
 		return fmt.Errorf("JWKS from %s refused: %w", s.jwksURI, err)
 	}

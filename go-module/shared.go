@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 // pool holds, per policy, the newest engine, so that the next configuration (Caddy
@@ -14,14 +16,14 @@ var pool = caddy.NewUsagePool()
 
 type sharedState struct {
 	mu     sync.Mutex
-	latest *engine
+	latest *engine.Engine
 }
 
 // Destruct releases the pool's reference to the newest engine.
 func (s *sharedState) Destruct() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.latest.free()
+	s.latest.Free()
 	s.latest = nil
 	return nil
 }

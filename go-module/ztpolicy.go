@@ -30,6 +30,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 func init() {
@@ -83,7 +85,7 @@ type Handler struct {
 	// A PEM file of the CA(s) that sign the issuer's TLS certificate, for private IdPs.
 	IdPCAFile string `json:"idp_ca_file,omitempty"`
 
-	eng      *engine
+	eng      *engine.Engine
 	jwks     *jwksSource
 	info     engineInfo
 	poolKey  string
@@ -130,7 +132,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx); err != nil {
 		return fmt.Errorf("zt_policy: metrics: %v", err)
 	}
-	if err := checkABI(); err != nil {
+	if err := engine.CheckABI(); err != nil {
 		return fmt.Errorf("zt_policy: %v", err)
 	}
 	policy, name, err := h.policyText()
@@ -145,11 +147,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	defer func() {
 		if !provisioned {
 			// Provisioning failed: this handler will never decide with it.
-			eng.free()
+			eng.Free()
 			_, _ = pool.Delete(h.poolKey)
 		}
 	}()
-	desc, err := eng.describe()
+	desc, err := eng.Describe()
 	if err == nil {
 		err = json.Unmarshal([]byte(desc), &h.info)
 	}
@@ -188,19 +190,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// The next configuration's engine takes over this one's buckets.
 	st.mu.Lock()
 	previous := st.latest
-	st.latest = eng.clone()
+	st.latest = eng.Clone()
 	st.mu.Unlock()
-	previous.free()
+	previous.Free()
 
 	provisioned = true
 	h.eng = eng
-	h.decideFn = eng.decide
+	h.decideFn = eng.Decide
 	h.strip = append([]string{h.identityHeader(), h.ruleHeader()}, h.StripHeaders...)
 	for i, name := range h.strip {
 		h.strip[i] = http.CanonicalHeaderKey(name)
 	}
 	// Decisions name rules and limits of this policy: decoding them allocates nothing.
-	strs.learn(append(append([]string(nil), h.info.Rules...), h.info.Limits...)...)
+	engine.Names.Learn(append(append([]string(nil), h.info.Rules...), h.info.Limits...)...)
 	h.identityKey = http.CanonicalHeaderKey(h.identityHeader())
 	h.ruleKey = http.CanonicalHeaderKey(h.ruleHeader())
 	h.logger.Info("policy loaded", zap.String("policy", name), zap.Int("rules", len(h.info.Rules)),
@@ -212,14 +214,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // that takes over the buckets of the newest engine of the same policy (the reload
 // pool, whose entry it takes a reference to), every limit whose definition is
 // unchanged: a reload does not reset them.
-func (h *Handler) buildEngine(policy []byte, name string) (*engine, *sharedState, error) {
-	b, err := newBuilder(policy, name)
+func (h *Handler) buildEngine(policy []byte, name string) (*engine.Engine, *sharedState, error) {
+	b, err := engine.NewBuilder(policy, name)
 	if err != nil {
 		return nil, nil, fmt.Errorf("zt_policy: %v", err)
 	}
-	defer b.free() // a no-op once built
+	defer b.Free() // a no-op once built
 	if h.Issuer != "" {
-		if err := b.setToken(h.Issuer, h.Audience); err != nil {
+		if err := b.SetToken(h.Issuer, h.Audience); err != nil {
 			return nil, nil, fmt.Errorf("zt_policy: issuer: %v", err)
 		}
 	}
@@ -237,12 +239,12 @@ func (h *Handler) buildEngine(policy []byte, name string) (*engine, *sharedState
 	st := val.(*sharedState)
 	st.mu.Lock()
 	if st.latest != nil {
-		if kept, err := b.inherit(st.latest); err == nil && kept > 0 {
+		if kept, err := b.Inherit(st.latest); err == nil && kept > 0 {
 			h.logger.Info("rate-limit buckets kept across the reload", zap.Int("limits", kept))
 		}
 	}
 	st.mu.Unlock()
-	eng, err := b.build()
+	eng, err := b.Build()
 	if err != nil {
 		_, _ = pool.Delete(h.poolKey)
 		return nil, nil, fmt.Errorf("zt_policy: %v", err)
@@ -271,7 +273,7 @@ func (h *Handler) policyText() ([]byte, string, error) {
 	}
 }
 
-func (h *Handler) loadJWKS(eng *engine, policyName string) error {
+func (h *Handler) loadJWKS(eng *engine.Engine, policyName string) error {
 	path := h.JWKSFile
 	if path == "" && h.info.Token != nil && h.info.Token.JWKSFile != "" {
 		path = h.info.Token.JWKSFile
@@ -286,7 +288,7 @@ func (h *Handler) loadJWKS(eng *engine, policyName string) error {
 	if err != nil {
 		return fmt.Errorf("zt_policy: reading the JWKS: %v", err)
 	}
-	msg, err := eng.setJWKS(b)
+	msg, err := eng.SetJWKS(b)
 	if err != nil {
 		return fmt.Errorf("zt_policy: %s: %v", path, err)
 	}
@@ -371,13 +373,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.guardTrailers(r)
 
-	fields := requestFields{
-		method: r.Method, scheme: scheme(r), host: r.Host, path: r.URL.Path,
-		query: r.URL.RawQuery, remoteIP: clientIP(r), bodySize: bodySize,
+	fields := engine.RequestFields{
+		Method: r.Method, Scheme: scheme(r), Host: r.Host, Path: r.URL.Path,
+		Query: r.URL.RawQuery, RemoteIP: clientIP(r), BodySize: bodySize,
 	}
 	bp := requestBuffers.Get().(*[]byte)
 	defer requestBuffers.Put(bp)
-	req := appendRequestHeaders(appendRequestFields((*bp)[:0], &fields), r.Header, r.Host)
+	req := engine.AppendRequestHeaders(engine.AppendRequestFields((*bp)[:0], &fields), r.Header, r.Host)
 	*bp = req
 	d, err := h.decide(req, cert, body)
 	if err == nil && d.JWKSMiss && h.jwks != nil && h.jwks.refreshForUnknownKey(r.Context()) {
@@ -389,7 +391,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		decisionSeconds.Observe(time.Since(start).Seconds())
 		decisions.WithLabelValues("error", "engine_error", "").Inc()
 		h.logger.Error("decision failed; request refused", zap.Error(err),
-			zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.String("remote_ip", fields.remoteIP))
+			zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.String("remote_ip", fields.RemoteIP))
 		return h.writeError(w, http.StatusInternalServerError, "engine_error", "the policy engine failed", nil)
 	}
 	h.log(r, &fields, &d)
@@ -425,20 +427,20 @@ var decisionBuffers = sync.Pool{New: func() any { b := make([]byte, 4096); retur
 
 // decide calls the engine with a pooled output buffer, growing it when a decision does
 // not fit. The decoded decision copies what it keeps, so the buffer goes back at once.
-func (h *Handler) decide(req, cert, body []byte) (decision, error) {
+func (h *Handler) decide(req, cert, body []byte) (engine.Decision, error) {
 	bp := decisionBuffers.Get().(*[]byte)
 	defer decisionBuffers.Put(bp)
 	out := *bp
 	for {
 		n, err := h.decideFn(req, cert, body, out)
-		if errors.Is(err, errBufferTooSmall) && len(out) < 1<<20 {
+		if errors.Is(err, engine.ErrBufferTooSmall) && len(out) < 1<<20 {
 			out = make([]byte, len(out)*4)
 			continue
 		}
 		if err != nil {
-			return decision{}, err
+			return engine.Decision{}, err
 		}
-		return decodeDecision(out[:n])
+		return engine.DecodeDecision(out[:n])
 	}
 }
 
@@ -629,7 +631,7 @@ func clientIP(r *http.Request) string {
 }
 
 // log writes the one structured line every decision gets.
-func (h *Handler) log(r *http.Request, f *requestFields, d *decision) {
+func (h *Handler) log(r *http.Request, f *engine.RequestFields, d *engine.Decision) {
 	msg, level := "allowed", zapcore.InfoLevel
 	switch {
 	case d.Audit && d.Deny:
@@ -644,8 +646,8 @@ func (h *Handler) log(r *http.Request, f *requestFields, d *decision) {
 	fields := []zap.Field{
 		zap.Int("status", d.Status), zap.String("reason", d.Reason), zap.String("rule", d.Rule),
 		zap.String("identity", d.Identity), zap.Strings("matched", d.Matched),
-		zap.String("message", d.Message), zap.String("method", f.method), zap.String("uri", r.RequestURI),
-		zap.String("remote_ip", f.remoteIP),
+		zap.String("message", d.Message), zap.String("method", f.Method), zap.String("uri", r.RequestURI),
+		zap.String("remote_ip", f.RemoteIP),
 	}
 	if d.Limit != "" {
 		fields = append(fields, zap.String("limit", d.Limit), zap.Uint32("remaining", d.Remaining))
@@ -658,7 +660,7 @@ func (h *Handler) log(r *http.Request, f *requestFields, d *decision) {
 
 // setVars makes the decision available to later handlers and to access logs:
 // {http.vars.zt_policy.identity}, .rule, .reason, and user_id in the access log.
-func (h *Handler) setVars(r *http.Request, d *decision) {
+func (h *Handler) setVars(r *http.Request, d *engine.Decision) {
 	ctx := r.Context()
 	// What caddyhttp.SetVar does for a non-nil value, with one context lookup for three.
 	if vars, ok := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
@@ -691,7 +693,7 @@ func errorType(status int) string {
 	}
 }
 
-func (h *Handler) writeDeny(w http.ResponseWriter, d *decision) error {
+func (h *Handler) writeDeny(w http.ResponseWriter, d *engine.Decision) error {
 	msg := d.Message
 	if d.Rule != "" && !strings.Contains(msg, d.Rule) {
 		msg = fmt.Sprintf("%s (rule %q)", msg, d.Rule)
@@ -706,7 +708,7 @@ func (h *Handler) writeDeny(w http.ResponseWriter, d *decision) error {
 }
 
 // writeError writes the OpenAI error shape: {"error":{"message","type","code"}}.
-func (h *Handler) writeError(w http.ResponseWriter, status int, code, message string, d *decision) error {
+func (h *Handler) writeError(w http.ResponseWriter, status int, code, message string, d *engine.Decision) error {
 	body := map[string]any{"error": map[string]any{
 		"message": message,
 		"type":    errorType(status),

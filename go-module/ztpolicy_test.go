@@ -27,6 +27,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 const examplePolicy = "../examples/policy/policy.toml"
@@ -301,7 +303,7 @@ func TestBodyUnderTheLimitGoesOnByteForByte(t *testing.T) {
 func TestEngineFailureIs500AndNeverReachesUpstream(t *testing.T) {
 	h := &Handler{PolicyFile: examplePolicy}
 	provision(t, h)
-	h.decideFn = func(req, cert, body, out []byte) (int, error) { return 0, selftestPanic() }
+	h.decideFn = func(req, cert, body, out []byte) (int, error) { return 0, engine.SelftestPanic() }
 	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct","max_tokens":8}`))
 	if c.rec.Code != 500 || c.next {
 		t.Fatalf("want 500 without upstream, got %d next=%v", c.rec.Code, c.next)
@@ -314,7 +316,7 @@ func TestEngineFailureIs500AndNeverReachesUpstream(t *testing.T) {
 func TestRequestAfterReleaseFailsClosed(t *testing.T) {
 	h := &Handler{PolicyFile: examplePolicy}
 	provision(t, h)
-	h.eng.free()
+	h.eng.Free()
 	c := serve(t, h, chat(t, "alice", `{"model":"llama-3.1-8b-instruct","max_tokens":8}`))
 	if c.rec.Code != 500 || c.next {
 		t.Fatalf("want 500 without upstream, got %d next=%v", c.rec.Code, c.next)
@@ -345,40 +347,40 @@ func TestUnreachableEnginesAreReleased(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := releasedUnreachable.Load()
+	before := engine.ReleasedUnreachable.Load()
 	for i := 0; i < 10; i++ {
-		if _, err := newEngine(p, "policy.toml"); err != nil {
+		if _, err := engine.New(p, "policy.toml"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Cleanups run on their own goroutine after a collection: poll, nothing is timed.
-	for i := 0; i < 500 && releasedUnreachable.Load()-before < 10; i++ {
+	for i := 0; i < 500 && engine.ReleasedUnreachable.Load()-before < 10; i++ {
 		runtime.GC()
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := releasedUnreachable.Load() - before; got < 10 {
+	if got := engine.ReleasedUnreachable.Load() - before; got < 10 {
 		t.Errorf("%d of 10 unreachable engines released", got)
 	}
 	// An engine freed explicitly is not released a second time.
-	e, err := newEngine(p, "policy.toml")
+	e, err := engine.New(p, "policy.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.free()
-	before = releasedUnreachable.Load()
+	e.Free()
+	before = engine.ReleasedUnreachable.Load()
 	e = nil
 	for i := 0; i < 20; i++ {
 		runtime.GC()
 		time.Sleep(5 * time.Millisecond)
 	}
-	if got := releasedUnreachable.Load() - before; got != 0 {
+	if got := engine.ReleasedUnreachable.Load() - before; got != 0 {
 		t.Errorf("a freed engine was released again (%d)", got)
 	}
 }
 
 func TestPanicComesBackAsAnError(t *testing.T) {
-	err := selftestPanic()
-	if !errors.Is(err, errEngine) || !strings.Contains(err.Error(), "panicked") {
+	err := engine.SelftestPanic()
+	if !errors.Is(err, engine.ErrEngine) || !strings.Contains(err.Error(), "panicked") {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -413,18 +415,18 @@ func TestReloadKeepsBucketsOfUnchangedLimits(t *testing.T) {
 func TestDecodeDecisionRefusesTruncatedInput(t *testing.T) {
 	h := &Handler{PolicyFile: examplePolicy}
 	provision(t, h)
-	var f requestFields
-	f.method, f.path = "GET", "/v1/models"
+	var f engine.RequestFields
+	f.Method, f.Path = "GET", "/v1/models"
 	out := make([]byte, 4096)
-	n, err := h.eng.decide(appendRequestHeaders(appendRequestFields(nil, &f), nil, ""), cert(t, "alice").Raw, nil, out)
+	n, err := h.eng.Decide(engine.AppendRequestHeaders(engine.AppendRequestFields(nil, &f), nil, ""), cert(t, "alice").Raw, nil, out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d, err := decodeDecision(out[:n]); err != nil || !d.Allowed || d.Rule != "list-models" {
+	if d, err := engine.DecodeDecision(out[:n]); err != nil || !d.Allowed || d.Rule != "list-models" {
 		t.Fatalf("%v %+v", err, d)
 	}
 	for cut := 0; cut < n; cut++ {
-		if _, err := decodeDecision(out[:cut]); err == nil {
+		if _, err := engine.DecodeDecision(out[:cut]); err == nil {
 			t.Fatalf("accepted a decision cut at %d of %d", cut, n)
 		}
 	}
@@ -455,37 +457,6 @@ func TestCaddyfile(t *testing.T) {
 }
 
 func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }
-
-func TestInternerHoldsOnlyLearnedNamesAndIsBounded(t *testing.T) {
-	in := interner{strings: map[string]string{}, lists: map[string][]string{}}
-	in.learn("allow-chat", "model-allowed")
-	for i := 0; i < 3000; i++ {
-		b := []byte(fmt.Sprintf("user-%d@example.com", i))
-		if got := in.intern(b); got != string(b) {
-			t.Fatalf("intern(%q) = %q", b, got)
-		}
-		b[0] = 'X' // the caller's buffer is reused: returned strings must not share it
-	}
-	if n := len(in.strings); n != 2 {
-		t.Errorf("a request's strings entered the table: %d kept", n)
-	}
-	b := []byte("allow-chat")
-	if got := in.intern(b); got != "allow-chat" {
-		t.Errorf("learned name: %q", got)
-	}
-	if got := in.split("allow-chat\nmodel-allowed"); len(got) != 2 || got[1] != "model-allowed" || len(in.lists) != 1 {
-		t.Errorf("split of learned names: %q, %d lists kept", got, len(in.lists))
-	}
-	if got := in.split("allow-chat\nsomething-else"); len(got) != 2 || len(in.lists) != 1 {
-		t.Errorf("a list with an unknown name was kept: %q, %d lists", got, len(in.lists))
-	}
-	for i := 0; i < internMax+100; i++ {
-		in.learn(fmt.Sprintf("rule-%d", i))
-	}
-	if n := len(in.strings); n != internMax {
-		t.Errorf("%d names kept, want the cap %d", n, internMax)
-	}
-}
 
 // A body shorter than its Content-Length cannot be decided on: 400, never upstream.
 func TestBodyShorterThanDeclaredIs400(t *testing.T) {

@@ -1,4 +1,4 @@
-package ztpolicy
+package engine
 
 // The wire format's constants come from the header (zt_policy.h), where rust/ffi
 // defines them once.
@@ -14,26 +14,26 @@ import (
 	"sync"
 )
 
-// requestFields is what the engine reads of a request before its headers (which
-// appendRequestHeaders encodes straight from http.Header), the certificate and the body.
-type requestFields struct {
-	method, scheme, host, path, query, remoteIP string
-	bodySize                                    uint64
+// RequestFields is what the engine reads of a request before its headers (which
+// AppendRequestHeaders encodes straight from http.Header), the certificate and the body.
+type RequestFields struct {
+	Method, Scheme, Host, Path, Query, RemoteIP string
+	BodySize                                    uint64
 }
 
-// appendRequestFields appends everything before the headers.
-func appendRequestFields(buf []byte, f *requestFields) []byte {
+// AppendRequestFields appends everything before the headers.
+func AppendRequestFields(buf []byte, f *RequestFields) []byte {
 	buf = append(buf, C.ZTP_REQUEST_VERSION)
-	buf = binary.LittleEndian.AppendUint64(buf, f.bodySize)
-	for _, s := range [...]string{f.method, f.scheme, f.host, f.path, f.query, f.remoteIP} {
+	buf = binary.LittleEndian.AppendUint64(buf, f.BodySize)
+	for _, s := range [...]string{f.Method, f.Scheme, f.Host, f.Path, f.Query, f.RemoteIP} {
 		buf = appendString(buf, s)
 	}
 	return buf
 }
 
-// appendRequestHeaders appends the headers of an http.Request (plus Host, which Go
+// AppendRequestHeaders appends the headers of an http.Request (plus Host, which Go
 // keeps apart) without building a list of them first.
-func appendRequestHeaders(buf []byte, h http.Header, host string) []byte {
+func AppendRequestHeaders(buf []byte, h http.Header, host string) []byte {
 	at := len(buf)
 	buf = binary.LittleEndian.AppendUint32(buf, 0)
 	n := uint32(0)
@@ -56,8 +56,8 @@ func appendString(buf []byte, s string) []byte {
 	return append(buf, s...)
 }
 
-// decision is a decoded ztp decision.
-type decision struct {
+// Decision is a decoded ztp decision.
+type Decision struct {
 	Allowed         bool
 	Audit           bool
 	Deny            bool
@@ -78,20 +78,20 @@ type decision struct {
 	Errors          []string
 }
 
-// reasons by ztp_reason number (TestReasonNamesAreTheHeaders checks them against the
+// Reasons by ztp_reason number (TestReasonNamesAreTheHeaders checks them against the
 // header's enum).
-var reasons = [...]string{
+var Reasons = [...]string{
 	"allowed", "no_identity", "invalid_certificate", "invalid_token", "body_too_large",
 	"denied_by_rule", "no_allow_rule", "rate_limited", "cost_exceeds_burst",
 	"limit_table_full", "limit_error", "engine_error", "bad_request", "malformed_body",
 }
 
-var errDecision = errors.New("malformed decision from the engine")
+var ErrDecision = errors.New("malformed decision from the engine")
 
-func decodeDecision(b []byte) (decision, error) {
-	var d decision
+func DecodeDecision(b []byte) (Decision, error) {
+	var d Decision
 	if len(b) < C.ZTP_DECISION_AT_STRINGS || b[0] != C.ZTP_DECISION_VERSION {
-		return d, errDecision
+		return d, ErrDecision
 	}
 	flags := b[C.ZTP_DECISION_AT_FLAGS]
 	d.Allowed = flags&C.ZTP_DECISION_ALLOWED != 0
@@ -101,37 +101,37 @@ func decodeDecision(b []byte) (decision, error) {
 	d.HasRetryAfter = flags&C.ZTP_DECISION_HAS_RETRY_AFTER != 0
 	d.JWKSMiss = flags&C.ZTP_DECISION_JWKS_MISS != 0
 	d.Status = int(binary.LittleEndian.Uint16(b[C.ZTP_DECISION_AT_STATUS:]))
-	if int(b[C.ZTP_DECISION_AT_REASON]) >= len(reasons) {
-		return d, errDecision
+	if int(b[C.ZTP_DECISION_AT_REASON]) >= len(Reasons) {
+		return d, ErrDecision
 	}
-	d.Reason = reasons[b[C.ZTP_DECISION_AT_REASON]]
+	d.Reason = Reasons[b[C.ZTP_DECISION_AT_REASON]]
 	d.Remaining = binary.LittleEndian.Uint32(b[C.ZTP_DECISION_AT_REMAINING:])
 	d.RetryAfter = binary.LittleEndian.Uint64(b[C.ZTP_DECISION_AT_RETRY_AFTER:])
 	rest := b[C.ZTP_DECISION_AT_STRINGS:]
 	var fields [C.ZTP_DECISION_STRINGS]string
 	for i := range fields {
 		if len(rest) < 4 {
-			return d, errDecision
+			return d, ErrDecision
 		}
 		n := binary.LittleEndian.Uint32(rest)
 		rest = rest[4:]
 		if uint64(n) > uint64(len(rest)) {
-			return d, errDecision
+			return d, ErrDecision
 		}
 		if i == 4 {
 			fields[i] = string(rest[:n]) // RateLimit: its remaining count changes
 		} else {
-			fields[i] = strs.intern(rest[:n])
+			fields[i] = Names.Intern(rest[:n])
 		}
 		rest = rest[n:]
 	}
 	if len(rest) != 0 {
-		return d, errDecision
+		return d, ErrDecision
 	}
 	d.Message, d.Rule, d.Identity, d.Limit = fields[0], fields[1], fields[2], fields[3]
 	d.RateLimit, d.RateLimitPolicy = fields[4], fields[5]
 	if fields[6] != "" {
-		d.Matched = strs.split(fields[6])
+		d.Matched = Names.Split(fields[6])
 	}
 	if fields[7] != "" {
 		d.Errors = strings.Split(fields[7], "\n")
@@ -139,34 +139,34 @@ func decodeDecision(b []byte) (decision, error) {
 	return d, nil
 }
 
-// strs interns the names decisions repeat — the rules and limits of the policies
-// loaded (Provision calls learn) — so decoding a decision allocates next to nothing.
+// Names interns the names decisions repeat — the rules and limits of the policies
+// loaded (Provision calls Learn) — so decoding a decision allocates next to nothing.
 // It holds only names known from policies, never what a request brings (identities,
 // messages), and it is bounded.
-var strs = interner{strings: map[string]string{}, lists: map[string][]string{}}
+var Names = Interner{strings: map[string]string{}, lists: map[string][]string{}}
 
-const internMax = 8192
+const InternMax = 8192
 
-type interner struct {
+type Interner struct {
 	mu      sync.RWMutex
 	strings map[string]string
 	lists   map[string][]string
 }
 
-// learn adds names from a policy, up to internMax in all.
-func (in *interner) learn(names ...string) {
+// Learn adds names from a policy, up to InternMax in all.
+func (in *Interner) Learn(names ...string) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	for _, s := range names {
-		if len(in.strings) >= internMax {
+		if len(in.strings) >= InternMax {
 			return
 		}
 		in.strings[s] = s
 	}
 }
 
-// intern returns the learned string equal to b, or a new one.
-func (in *interner) intern(b []byte) string {
+// Intern returns the learned string equal to b, or a new one.
+func (in *Interner) Intern(b []byte) string {
 	if len(b) == 0 {
 		return ""
 	}
@@ -179,9 +179,9 @@ func (in *interner) intern(b []byte) string {
 	return string(b)
 }
 
-// split returns the lines of s; callers must not modify the slice. Lists made only of
+// Split returns the lines of s; callers must not modify the slice. Lists made only of
 // learned names are kept (bounded), others are split anew.
-func (in *interner) split(s string) []string {
+func (in *Interner) Split(s string) []string {
 	in.mu.RLock()
 	l, ok := in.lists[s]
 	in.mu.RUnlock()
@@ -196,7 +196,7 @@ func (in *interner) split(s string) []string {
 			return l
 		}
 	}
-	if len(in.lists) < internMax {
+	if len(in.lists) < InternMax {
 		in.lists[s] = l
 	}
 	return l

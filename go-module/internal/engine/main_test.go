@@ -1,0 +1,10 @@
+package engine_test
+
+import (
+	"testing"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/enginetest"
+)
+
+// TestMain runs the tests against the engine built from the sources on disk.
+func TestMain(m *testing.M) { enginetest.Main(m, "../../..") }
