@@ -21,8 +21,8 @@ mod encode;
 mod panic;
 
 use castable::{
-    arc_clone, arc_free, arc_into_ptr, arc_ref, box_free, box_into_ptr, box_mut, box_ref,
-    box_take, ArcCastable, BoxCastable, Castable,
+    arc_clone, arc_free, arc_into_ptr, arc_ref, box_free, box_into_ptr, box_mut, box_ref, box_take,
+    ArcCastable, BoxCastable, Castable,
 };
 use panic::ffi_panic_boundary;
 use zt_policy_core::{Decision, Engine, EngineClock};
@@ -111,9 +111,13 @@ impl ztp_result {
         match self {
             ztp_result::ZTP_OK => "ok\0",
             ztp_result::ZTP_NULL_PARAMETER => "a required pointer was NULL\0",
-            ztp_result::ZTP_INVALID_POLICY => "the policy did not load (the message buffer names the rule and line)\0",
+            ztp_result::ZTP_INVALID_POLICY => {
+                "the policy did not load (the message buffer names the rule and line)\0"
+            }
             ztp_result::ZTP_INVALID_JWKS => "the JWKS was refused; the previous keys stay\0",
-            ztp_result::ZTP_INVALID_INPUT => "the encoded request was malformed (truncated, bad lengths) or not UTF-8\0",
+            ztp_result::ZTP_INVALID_INPUT => {
+                "the encoded request was malformed (truncated, bad lengths) or not UTF-8\0"
+            }
             ztp_result::ZTP_BUFFER_TOO_SMALL => "the output buffer is too small for the decision\0",
             ztp_result::ZTP_PANIC => "the engine panicked; never pass the request\0",
         }
