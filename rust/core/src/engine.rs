@@ -13,6 +13,7 @@ use crate::body::{self, LazyBody};
 use crate::cert::{CertCache, CertEntry, CertInfo};
 use crate::clock::EngineClock;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
+use crate::expr::EvalError;
 use crate::json::Malformed;
 use crate::limits::{LimitState, Outcome};
 use crate::llm::Llm;
@@ -211,9 +212,9 @@ impl Engine {
 
     fn lint_in(&self, ctx: &Scope<'_, '_>) -> Vec<(String, String)> {
         let mut found = Vec::new();
-        let mut probe = |place: String, result: Result<(), String>| {
+        let mut probe = |place: String, result: Result<(), EvalError>| {
             if let Err(e) = result {
-                found.push((place, e));
+                found.push((place, e.to_string()));
             }
         };
         if let Some(e) = &self.policy.identity {
@@ -475,11 +476,11 @@ impl Engine {
                     // Fail closed: an error in a deny rule denies; in an allow rule it
                     // simply does not allow.
                     if rule.effect == Effect::Deny && deciding_deny.is_none() {
-                        deciding_deny = Some((rule, Some(e.clone())));
+                        deciding_deny = Some((rule, Some(e.to_string())));
                     }
                     errors.push(RuleError {
                         rule: rule.name.clone(),
-                        error: e,
+                        error: e.to_string(),
                     });
                 }
             }
@@ -532,7 +533,7 @@ impl Engine {
                 match when.eval_bool(&ctx) {
                     Ok(true) => {}
                     Ok(false) => continue,
-                    Err(e) => return limit_error(explain, "when", e),
+                    Err(e) => return limit_error(explain, "when", e.to_string()),
                 }
             }
             // The default key is the identity itself: no need to run CEL for it.
@@ -542,7 +543,10 @@ impl Engine {
                     .map(Cow::Borrowed)
                     .ok_or_else(|| "no identity".to_owned())
             } else {
-                cfg.key.eval_string(&ctx).map(Cow::Owned)
+                cfg.key
+                    .eval_string(&ctx)
+                    .map(Cow::Owned)
+                    .map_err(|e| e.to_string())
             };
             let key = match key {
                 Ok(k) if !k.is_empty() => k,
@@ -553,7 +557,7 @@ impl Engine {
                 None => 1,
                 Some(c) => match c.eval_u64(&ctx) {
                     Ok(n) => n,
-                    Err(e) => return limit_error(explain, "cost", e),
+                    Err(e) => return limit_error(explain, "cost", e.to_string()),
                 },
             };
             let (status, reason, message, retry_after) = match state.check(cfg, &key, cost) {
@@ -662,8 +666,8 @@ impl<'e> Explain<'e> {
 #[derive(Debug)]
 pub struct Evaluations {
     pub rule: String,
-    pub flattened: Result<cel::Value, String>,
-    pub as_written: Result<cel::Value, String>,
+    pub flattened: Result<cel::Value, EvalError>,
+    pub as_written: Result<cel::Value, EvalError>,
     pub native_bool: Option<bool>,
     pub native_u64: Option<u64>,
 }

@@ -61,6 +61,29 @@ pub(crate) fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, ExecutionErro
     Ok(re)
 }
 
+/// Why an expression could not give the value its use needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    /// cel failed (a missing key, a type mismatch, a function error), as cel says it.
+    #[error("{0}")]
+    Cel(String),
+    #[error("expected a bool, got {0}")]
+    NotBool(&'static str),
+    #[error("expected a string, got {0}")]
+    NotString(&'static str),
+    #[error("expected a non-negative number, got {0}")]
+    Negative(i64),
+    #[error("expected a non-negative integer, got {0}")]
+    NotUnsigned(&'static str),
+}
+
+impl From<ExecutionError> for EvalError {
+    fn from(e: ExecutionError) -> Self {
+        EvalError::Cel(e.to_string())
+    }
+}
+
 /// A compiled expression and the variables it reads.
 pub struct Expression {
     pub source: String,
@@ -169,19 +192,19 @@ impl Expression {
             .is_some_and(|i| self.reads[i])
     }
 
-    pub fn eval(&self, scope: &Scope<'_, '_>) -> Result<Value, String> {
+    pub fn eval(&self, scope: &Scope<'_, '_>) -> Result<Value, EvalError> {
         match Value::resolve(&self.fast, scope.ctx()) {
             Ok(v) => Ok(v),
             // The flattened form reports a missing field as an undeclared name; the
             // program as written says which key is missing. Errors are the slow path.
-            Err(_) => self.program.execute(scope.ctx()).map_err(|e| e.to_string()),
+            Err(_) => Ok(self.program.execute(scope.ctx())?),
         }
     }
 
     /// The program exactly as written, without the flattened paths: what `eval` must
     /// always agree with (the tests compare the two).
-    pub fn eval_as_written(&self, scope: &Scope<'_, '_>) -> Result<Value, String> {
-        self.program.execute(scope.ctx()).map_err(|e| e.to_string())
+    pub fn eval_as_written(&self, scope: &Scope<'_, '_>) -> Result<Value, EvalError> {
+        Ok(self.program.execute(scope.ctx())?)
     }
 
     /// What the native evaluator answers, `None` where it leaves the answer to cel
@@ -200,26 +223,26 @@ impl Expression {
         self
     }
 
-    pub fn eval_bool(&self, scope: &Scope<'_, '_>) -> Result<bool, String> {
+    pub fn eval_bool(&self, scope: &Scope<'_, '_>) -> Result<bool, EvalError> {
         if let Some(b) = self.eval_native_bool(scope) {
             return Ok(b);
         }
         match self.eval(scope)? {
             Value::Bool(b) => Ok(b),
-            other => Err(format!("expected a bool, got {}", type_name(&other))),
+            other => Err(EvalError::NotBool(type_name(&other))),
         }
     }
 
-    pub fn eval_string(&self, scope: &Scope<'_, '_>) -> Result<String, String> {
+    pub fn eval_string(&self, scope: &Scope<'_, '_>) -> Result<String, EvalError> {
         match self.eval(scope)? {
             Value::String(s) => Ok(s.to_string()),
             Value::Int(i) => Ok(i.to_string()),
             Value::UInt(u) => Ok(u.to_string()),
-            other => Err(format!("expected a string, got {}", type_name(&other))),
+            other => Err(EvalError::NotString(type_name(&other))),
         }
     }
 
-    pub fn eval_u64(&self, scope: &Scope<'_, '_>) -> Result<u64, String> {
+    pub fn eval_u64(&self, scope: &Scope<'_, '_>) -> Result<u64, EvalError> {
         if let Some(n) = self.eval_native_u64(scope) {
             return Ok(n);
         }
@@ -227,11 +250,8 @@ impl Expression {
             Value::Int(i) if i >= 0 => Ok(i as u64),
             Value::UInt(u) => Ok(u),
             Value::Float(f) if f >= 0.0 && f.is_finite() && f.fract() == 0.0 => Ok(f as u64),
-            Value::Int(i) => Err(format!("expected a non-negative number, got {i}")),
-            other => Err(format!(
-                "expected a non-negative integer, got {}",
-                type_name(&other)
-            )),
+            Value::Int(i) => Err(EvalError::Negative(i)),
+            other => Err(EvalError::NotUnsigned(type_name(&other))),
         }
     }
 }

@@ -23,5 +23,6 @@ pub mod values;
 pub use clock::EngineClock;
 pub use decision::{Decision, LimitReport, Reason, RuleError};
 pub use engine::{Engine, GivenIdentity};
-pub use policy::{Effect, Mode, Policy, PolicyError};
+pub use expr::EvalError;
+pub use policy::{Effect, Mode, Policy, PolicyError, Problem};
 pub use request::Request;

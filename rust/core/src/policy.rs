@@ -146,15 +146,39 @@ impl std::fmt::Display for Rate {
     }
 }
 
-/// Every problem found in a policy, one line each.
+/// Every problem found in a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyError {
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+/// One problem: the file, the line when it is known, and what is wrong (naming the
+/// rule, limit or setting, and for an expression the line and column inside it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
 }
 
 impl std::fmt::Display for PolicyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.problems.join("\n"))
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
     }
 }
 
@@ -419,7 +443,7 @@ pub fn parse_rate(text: &str) -> Result<Rate, String> {
 struct Loader<'s> {
     source: &'s str,
     file: &'s str,
-    problems: Vec<String>,
+    problems: Vec<Problem>,
     /// `settings.native_eval`: expressions may run on the native evaluator.
     native: bool,
 }
@@ -433,7 +457,15 @@ impl Loader<'_> {
     }
 
     fn problem(&mut self, msg: String) {
-        self.problems.push(format!("{}: {msg}", self.file));
+        self.problem_at(None, msg);
+    }
+
+    fn problem_at(&mut self, line: Option<usize>, message: String) {
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line,
+            message,
+        });
     }
 
     fn expr(
@@ -457,10 +489,10 @@ impl Loader<'_> {
                 } in errors
                 {
                     let file_line = line + l - 1 + usize::from(starts_on_next);
-                    self.problems.push(format!(
-                        "{}:{file_line}: {what}: line {l}, column {column} of the expression: {message}",
-                        self.file
-                    ));
+                    self.problem_at(
+                        Some(file_line),
+                        format!("{what}: line {l}, column {column} of the expression: {message}"),
+                    );
                 }
                 None
             }
@@ -479,7 +511,14 @@ fn size_value(s: &Size) -> Result<u64, String> {
 /// Loads a policy from TOML. `file` names it in error messages.
 pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
     let parsed: File = toml::from_str(source).map_err(|e| PolicyError {
-        problems: vec![format!("{file}: {}", e.to_string().trim_end())],
+        problems: vec![Problem {
+            file: file.to_owned(),
+            // toml's message shows the line itself; the line number is data too.
+            line: e
+                .span()
+                .map(|s| source[..s.start.min(source.len())].matches('\n').count() + 1),
+            message: e.to_string().trim_end().to_owned(),
+        }],
     })?;
     let mut l = Loader {
         source,
