@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, the fast inner loop, and the benchmark.
-.PHONY: demo test check bench
+.PHONY: demo test check bench bench-deep bench-build
 
 # Build the custom Caddy and run the demo stack on loopback (Ctrl-C stops it).
 demo:
@@ -24,10 +24,19 @@ check:
 	cd go-module && go vet ./... && go test -count=1 ./...
 
 # The side-by-side benchmark of the edge, written to bench/RESULTS.md (not part of `make test`).
-bench:
-	scripts/install-deps.sh --bench
+bench: bench-build
+	python3 bench/run.py
+
+# The same with the lab notebook: perf profiles split by code, the engine call's trace,
+# cold caches, what one decision touches (valgrind's lackey). A few minutes more.
+bench-deep: BENCH_DEPS = --bench
+bench-deep: bench-build
+	python3 bench/run.py --deep
+
+# What both benchmarks run: our Caddy, the test IdP, the load generator, criterion.
+bench-build:
+	scripts/install-deps.sh $(BENCH_DEPS)
 	xcaddy/build.sh
 	cd e2e/idp && go build -o ../../build/test-idp .
 	cd bench/loadgen && go build -o ../../build/loadgen .
 	cargo bench -q -p zt-policy-core --bench decision --no-run
-	python3 bench/run.py

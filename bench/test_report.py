@@ -3,7 +3,8 @@
 
 import pytest
 
-import run
+import deep
+import harness
 
 # `perf report --stdio --no-children --sort dso,sym -q -n -g none` lines, as printed for
 # Caddy with zt_policy (one of each kind of code).
@@ -26,7 +27,7 @@ PERF = """
 
 
 def test_profile_counts_puts_each_sample_where_its_code_is():
-    assert run.profile_counts(PERF) == {
+    assert deep.profile_counts(PERF) == {
         "kernel": 516,
         "engine": 106 + 58 + 36 + 15,
         "module": 71 + 1,
@@ -36,7 +37,7 @@ def test_profile_counts_puts_each_sample_where_its_code_is():
 
 
 def test_profile_counts_ignores_what_is_not_a_sample_line():
-    assert sum(run.profile_counts("# Samples: 3K of event 'cpu-clock:ppp'\n\n#\n").values()) == 0
+    assert sum(deep.profile_counts("# Samples: 3K of event 'cpu-clock:ppp'\n\n#\n").values()) == 0
 
 
 def profile(engine, module, kernel, rest, requests):
@@ -45,7 +46,7 @@ def profile(engine, module, kernel, rest, requests):
 
 
 def test_merged_profile_weights_rounds_by_their_requests():
-    m = run.merged_profile([profile(10, 2, 50, 150, 100), profile(20, 4, 50, 150, 300)])
+    m = deep.merged_profile([profile(10, 2, 50, 150, 100), profile(20, 4, 50, 150, 300)])
     assert m["engine"] == pytest.approx(17.5)
     assert m["module"] == pytest.approx(3.5)
     assert m["total"] == pytest.approx(17.5 + 0.5 + 3.5 + 200)
@@ -53,8 +54,8 @@ def test_merged_profile_weights_rounds_by_their_requests():
 
 
 def test_a_failed_round_fails_the_merged_profile():
-    assert run.merged_profile([profile(10, 2, 50, 150, 100), None]) is None
-    assert run.merged_profile([]) is None
+    assert deep.merged_profile([profile(10, 2, 50, 150, 100), None]) is None
+    assert deep.merged_profile([]) is None
 
 
 def test_own_code_bound():
@@ -62,8 +63,8 @@ def test_own_code_bound():
     A = {"cpu_us_per_req": 170.0, "profile": profile(0, 0, 50, 150, 100)}
     B = {"cpu_us_per_req": 230.0, "profile": profile(17.5, 3.0, 50, 150, 100)}
     # 200.5 / (200.5 + 17.5 + 0.5 + 3.0)
-    assert run.own_code_bound(A, B) == pytest.approx(200.5 / 221.5)
-    assert run.own_code_bound({"cpu_us_per_req": 200.0}, B) is None
+    assert deep.own_code_bound(A, B) == pytest.approx(200.5 / 221.5)
+    assert deep.own_code_bound({"cpu_us_per_req": 200.0}, B) is None
 
 
 @pytest.mark.parametrize("by_rps, by_cpu, bound, met", [
@@ -75,7 +76,7 @@ def test_own_code_bound():
     (0.97, 0.96, 0.955, True),
 ])
 def test_b_over_a_met(by_rps, by_cpu, bound, met):
-    assert run.b_over_a_met(by_rps, by_cpu, bound) is met
+    assert deep.b_over_a_met(by_rps, by_cpu, bound) is met
 
 
 def footprint(code, data):
@@ -88,28 +89,28 @@ def test_line_budget():
     B = {"profile": profile(15.0, 2.5, 50, 150, 100)}  # engine, module; cgo is 0.5
     B0 = {"profile": profile(5.0, 2.0, 50, 150, 100)}
     touched = {"B": footprint(600, 400), "B0": footprint(250, 150)}
-    b = run.line_budget(A, B, B0, touched)
+    b = deep.line_budget(A, B, B0, touched)
     assert b["ns_per_line"] == pytest.approx({"B": 15.0, "B0": 12.5})
     # 190 / 0.95 - 190 = 10 µs for the module's own code; 3 of them are not the engine.
     assert b["engine_budget_us"] == pytest.approx(7.0)
     assert b["lines"] == 466  # 7,000 ns / 15 ns
-    assert run.line_budget(A, B, {"cpu_us_per_req": 1.0}, touched) is None
+    assert deep.line_budget(A, B, {"cpu_us_per_req": 1.0}, touched) is None
 
 
 def test_footprint_section_says_whether_the_lines_explain_the_cost():
     A = {"cpu_us_per_req": 170.0, "profile": profile(0, 0, 50, 139.5, 100)}
     B = {"profile": profile(15.0, 2.5, 50, 150, 100)}
     touched = {"B": footprint(600, 400), "B0": footprint(250, 150)}
-    alike = "\n".join(run.footprint_section(touched, run.line_budget(A, B, {"profile": profile(5.0, 2.0, 50, 150, 100)},
+    alike = "\n".join(deep.footprint_section(touched, deep.line_budget(A, B, {"profile": profile(5.0, 2.0, 50, 150, 100)},
                                                                     touched)))
     assert "| B0 | 1,000 | 250 / 10 | 150 / 10 | 1 |" in alike
     assert "nearly the same for both" in alike and "**466 lines**" in alike and "takes 600 today" in alike
     # B0's engine at 1 µs: 2.5 ns per line against B's 15, so the lines do not explain it.
-    unlike = "\n".join(run.footprint_section(touched, run.line_budget(A, B, {"profile": profile(1.0, 2.0, 50, 150, 100)},
+    unlike = "\n".join(deep.footprint_section(touched, deep.line_budget(A, B, {"profile": profile(1.0, 2.0, 50, 150, 100)},
                                                                      touched)))
     assert "not alike in this run" in unlike
     # Without profiles the table stands alone.
-    bare = run.footprint_section(touched, None)
+    bare = deep.footprint_section(touched, None)
     assert not any("ns per line" in line for line in bare)
 
 
@@ -135,15 +136,15 @@ TransitionStack=
 
 
 def test_cgo_call_times_times_only_the_calls_into_the_engine():
-    assert run.cgo_call_times(TRACE) == [pytest.approx(5.888)]
+    assert deep.cgo_call_times(TRACE) == [pytest.approx(5.888)]
 
 
 def test_cgo_call_times_without_a_call_is_none():
-    assert run.cgo_call_times("M=1 P=0 G=1 Sync Time=1 N=1\n") is None
+    assert deep.cgo_call_times("M=1 P=0 G=1 Sync Time=1 N=1\n") is None
 
 
 def test_quantile_interpolates_within_the_buckets():
     # 100 decisions: 50 within 10 µs, 40 more within 25 µs, the last 10 within 50 µs.
     buckets = {10e-6: 50, 25e-6: 90, 50e-6: 100, float("inf"): 100}
-    assert run.quantile_us(buckets, 0.5) == pytest.approx(10)
-    assert run.quantile_us(buckets, 0.95) == pytest.approx(37.5)
+    assert harness.quantile_us(buckets, 0.5) == pytest.approx(10)
+    assert harness.quantile_us(buckets, 0.95) == pytest.approx(37.5)
