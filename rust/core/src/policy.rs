@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::expr::{CompileError, Expression, VARIABLES};
+use crate::eval::expr::{CompileError, Expression, VARIABLES};
 
 /// A loaded, compiled policy.
 #[derive(Debug)]

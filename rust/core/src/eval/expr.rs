@@ -1,14 +1,15 @@
 //! CEL expressions: one shared environment, compilation with errors that say where,
 //! and evaluation against a request's variables.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, IdedExpr, LiteralValue};
 use cel::common::types::{CelBool, CelString};
 use cel::{Env, ExecutionError, Program, Value};
 
-use crate::native::{self, Scope};
+use super::names;
+use super::native::{self, Scope};
+use super::re2;
 
 /// The variables a rule may read (DESIGN.md, "What a rule sees").
 pub const VARIABLES: [&str; 6] = ["cert", "claims", "request", "body", "llm", "identity"];
@@ -28,37 +29,10 @@ pub fn env() -> Arc<Env> {
     .clone()
 }
 
-const REGEX_CACHE_MAX: usize = 1024;
-
 fn matches(this: &CelString<'_>, pattern: &CelString<'_>) -> Result<CelBool, ExecutionError> {
     Ok(CelBool::from(
-        compiled(pattern.inner())?.is_match(this.inner()),
+        re2::compiled(pattern.inner())?.is_match(this.inner()),
     ))
-}
-
-/// Patterns are compiled once and kept; literal patterns (the common case) are also
-/// compiled when the expression compiles, so a bad one fails at policy load.
-pub(crate) fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
-    static CACHE: OnceLock<RwLock<HashMap<String, Arc<regex::Regex>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(re) = cache.read().unwrap_or_else(|p| p.into_inner()).get(pattern) {
-        return Ok(re.clone());
-    }
-    let bad = |e: String| {
-        ExecutionError::function_error("matches", format!("bad pattern {pattern:?}: {e}"))
-    };
-    let re2 = crate::re2::translate(pattern).map_err(bad)?;
-    let re = Arc::new(
-        regex::RegexBuilder::new(&re2)
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| bad(e.to_string()))?,
-    );
-    let mut w = cache.write().unwrap_or_else(|p| p.into_inner());
-    if w.len() < REGEX_CACHE_MAX {
-        w.insert(pattern.to_owned(), re.clone());
-    }
-    Ok(re)
 }
 
 /// Why an expression could not give the value its use needs.
@@ -158,7 +132,7 @@ impl Expression {
             }
         }
         for (pattern, id) in &found.patterns {
-            if let Err(e) = compiled(pattern) {
+            if let Err(e) = re2::compiled(pattern) {
                 let (line, column) = position(*id);
                 errors.push(CompileError {
                     line,
@@ -289,7 +263,7 @@ fn flatten(e: &mut IdedExpr, bound: &mut Vec<String>) {
                 _ => dotted_path(&sel.operand, bound),
             };
             if let Some(parent) = parent {
-                e.expr = Expr::Ident(format!("has({parent}.{})", sel.field));
+                e.expr = Expr::Ident(names::presence(&parent, &sel.field));
                 return;
             }
         }

@@ -8,10 +8,41 @@
 //! 1000) is refused, so a pattern either means what it means in cel-go or fails to
 //! load.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use cel::ExecutionError;
 use regex_syntax::ast::{
     self, AssertionKind, Ast, ClassPerl, ClassPerlKind, ClassSet, ClassSetItem, Flag, LiteralKind,
     RepetitionKind, RepetitionRange, Span,
 };
+
+const REGEX_CACHE_MAX: usize = 1024;
+
+/// Patterns are compiled once and kept; literal patterns (the common case) are also
+/// compiled when the expression compiles, so a bad one fails at policy load.
+pub(crate) fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
+    static CACHE: OnceLock<RwLock<HashMap<String, Arc<regex::Regex>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(re) = cache.read().unwrap_or_else(|p| p.into_inner()).get(pattern) {
+        return Ok(re.clone());
+    }
+    let bad = |e: String| {
+        ExecutionError::function_error("matches", format!("bad pattern {pattern:?}: {e}"))
+    };
+    let re2 = translate(pattern).map_err(bad)?;
+    let re = Arc::new(
+        regex::RegexBuilder::new(&re2)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| bad(e.to_string()))?,
+    );
+    let mut w = cache.write().unwrap_or_else(|p| p.into_inner());
+    if w.len() < REGEX_CACHE_MAX {
+        w.insert(pattern.to_owned(), re.clone());
+    }
+    Ok(re)
+}
 
 /// RE2's largest repetition count.
 const MAX_REPEAT: u32 = 1000;

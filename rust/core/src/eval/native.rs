@@ -25,6 +25,9 @@ use cel::common::value::CowVal;
 use cel::context::VariableResolver;
 use cel::{Context, Env, Value};
 
+use super::names::{presence_test, split_path};
+use super::re2;
+
 /// A compiled expression: its operations in one vector (children before parents, the
 /// root last), and the names and strings they use in one string. Evaluating it walks
 /// memory that sits together instead of a tree of separate allocations: under load a
@@ -177,23 +180,9 @@ impl<'c, 'v> Scope<'c, 'v> {
     }
 }
 
-/// `name` split at its first dot: the root and the path below it.
-pub(crate) fn split_path(name: &str) -> (&str, Option<&str>) {
-    match name.split_once('.') {
-        Some((root, path)) => (root, Some(path)),
-        None => (name, None),
-    }
-}
-
 /// A presence test's answer as the value cel gets for it.
 pub(crate) fn bool_val(b: bool) -> CowVal<'static, 'static> {
     CowVal::Borrowed(if b { &CelBool::TRUE } else { &CelBool::FALSE })
-}
-
-/// `has(parent.field)` as (parent, field); `None` for other names.
-pub(crate) fn presence_test(name: &str) -> Option<Option<(&str, &str)>> {
-    let inner = name.strip_prefix("has(")?.strip_suffix(')')?;
-    Some(inner.rsplit_once('.'))
 }
 
 #[derive(Default)]
@@ -284,7 +273,7 @@ impl Builder {
                             "startsWith" => Some(StrFn::StartsWith(self.text(s))),
                             "endsWith" => Some(StrFn::EndsWith(self.text(s))),
                             "contains" => Some(StrFn::Contains(self.text(s))),
-                            "matches" => crate::expr::compiled(s).ok().map(|re| {
+                            "matches" => re2::compiled(s).ok().map(|re| {
                                 self.regexes.push(re);
                                 StrFn::Matches(index(self.regexes.len() - 1))
                             }),

@@ -1,0 +1,500 @@
+//! The decision procedure (DESIGN.md "Decision semantics"): repeated headers (400) →
+//! identity (401) → body size (413) → malformed body (400) → rules (deny overrides
+//! allow, default deny: 403) → limits (429). Every step fails closed.
+//!
+//! Each step returns the decision that ends the pipeline as its `Err`: the normal way
+//! out of a step, not an error, and boxing it would allocate on every refusal.
+#![allow(clippy::result_large_err)]
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::{Activation, Engine};
+use crate::cert::CertEntry;
+use crate::decision::{Decision, LimitReport, Reason, RuleError};
+use crate::eval::native::Scope;
+use crate::limits::{LimitState, Outcome};
+use crate::policy::{self, Effect, Mode};
+use crate::request::Request;
+use crate::token::{TokenError, VerifiedToken};
+
+impl Engine {
+    /// RFC 8705: a token bound to a certificate (`cnf.x5t#S256`) is only good with
+    /// that certificate; with `certificate_bound`, every token must be bound.
+    fn check_binding(
+        &self,
+        token: &VerifiedToken,
+        cert: Option<&CertEntry>,
+    ) -> Result<(), TokenError> {
+        let required = self
+            .policy
+            .token
+            .as_ref()
+            .is_some_and(|t| t.certificate_bound);
+        match (&token.cnf_x5t_s256, cert) {
+            (Some(want), Some(c)) if *want == c.x5t_s256 => Ok(()),
+            (Some(_), _) => Err(TokenError::WrongCertificate),
+            (None, _) if required => Err(TokenError::NotBound),
+            (None, _) => Ok(()),
+        }
+    }
+
+    pub(super) fn finish<'e>(&self, mut d: Decision<'e>) -> Decision<'e> {
+        if self.policy.mode == Mode::Audit && d.reason != Reason::EngineError {
+            // (bad_request decisions are made by the caller, outside `finish`.)
+            d.audit = true;
+            d.allowed = true;
+        }
+        d
+    }
+
+    pub(super) fn evaluate<'e>(
+        &'e self,
+        req: &Request<'_>,
+        given_cert: Option<Arc<CertEntry>>,
+        given_claims: Option<Arc<VerifiedToken>>,
+    ) -> Decision<'e> {
+        if let Err(d) = self.read_alike(req) {
+            return d;
+        }
+        let caller = match self.identify(req, given_cert, given_claims) {
+            Ok(c) => c,
+            Err(d) => return d,
+        };
+        let act = self.activation(
+            req,
+            caller.cert.as_deref(),
+            caller.token.as_ref().map(|t| &t.value),
+        );
+        let ctx = Scope::new(&self.env, Some(&act), &act);
+        let identity = match self.identity_key(&caller, &ctx) {
+            Ok(i) => i,
+            Err(d) => return d,
+        };
+        let _ = act.identity.set(identity.clone().unwrap_or_default());
+        let with_identity = |mut d: Decision<'e>| -> Decision<'e> {
+            d.identity = identity.clone();
+            d
+        };
+        if let Err(d) = self.check_size(req) {
+            return with_identity(d);
+        }
+        // The body, read as vLLM reads it, or refused before any rule sees it.
+        if self.needs_body {
+            if let Err(e) = act.read_body() {
+                return with_identity(Decision::deny(400, Reason::MalformedBody, e.to_string()));
+            }
+        }
+        let verdict = self.rules(&ctx);
+        let explain = Explain {
+            identity,
+            matched: verdict.matched,
+            errors: verdict.errors,
+        };
+        let allow = match self.rule_decision(verdict.deny, verdict.allow, explain) {
+            Ok(allowed) => allowed,
+            Err(d) => return d,
+        };
+        self.limits(&act, &ctx, allow)
+    }
+
+    /// 0. Headers the decision reads must be read alike by everyone after us: given
+    ///    twice, the engine and the upstream could each take another copy (400).
+    fn read_alike<'e>(&self, req: &Request<'_>) -> Result<(), Decision<'e>> {
+        for name in ["authorization", "content-type"]
+            .into_iter()
+            .chain(self.policy.token.as_ref().map(|t| t.header.as_str()))
+        {
+            if req.header_count(name) > 1 {
+                return Err(Decision::bad_request(format!(
+                    "more than one {name} header"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// 1. Who is calling: the certificate, then the token and its binding (401).
+    fn identify<'e>(
+        &self,
+        req: &Request<'_>,
+        given_cert: Option<Arc<CertEntry>>,
+        given_claims: Option<Arc<VerifiedToken>>,
+    ) -> Result<Caller, Decision<'e>> {
+        let cert = match (given_cert, req.client_cert_der) {
+            (Some(c), _) => Some(c),
+            (None, Some(der)) => match self.certs.get_or_parse(der) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    return Err(Decision::deny(
+                        401,
+                        Reason::InvalidCertificate,
+                        e.to_string(),
+                    ))
+                }
+            },
+            (None, None) => None,
+        };
+        if cert.is_none() && self.policy.certificate.required {
+            return Err(Decision::deny(
+                401,
+                Reason::NoIdentity,
+                "a client certificate is required",
+            ));
+        }
+        let token = match (given_claims, &self.verifier, &self.policy.token) {
+            (Some(t), _, _) => Some(t),
+            (None, Some(verifier), Some(cfg)) => match req.bearer(&cfg.header) {
+                Some(raw) => match verifier.verify(raw, self.clock.unix_now()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        let mut d = Decision::deny(401, Reason::InvalidToken, e.to_string());
+                        d.jwks_miss = e.is_key_miss();
+                        return Err(d);
+                    }
+                },
+                None if cfg.required => {
+                    return Err(Decision::deny(
+                        401,
+                        Reason::NoIdentity,
+                        "a bearer token is required",
+                    ))
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        if let Some(t) = &token {
+            if let Err(e) = self.check_binding(t, cert.as_deref()) {
+                return Err(Decision::deny(401, Reason::InvalidToken, e.to_string()));
+            }
+        }
+        Ok(Caller { cert, token })
+    }
+
+    /// The identity key: the policy's expression, or the default; it is sent upstream
+    /// as a header, so it must arrive exactly as the decision names it (401).
+    fn identity_key<'e>(
+        &self,
+        caller: &Caller,
+        ctx: &Scope<'_, '_>,
+    ) -> Result<Option<String>, Decision<'e>> {
+        let identity = match &self.policy.identity {
+            Some(expr) => match expr.eval_string(ctx) {
+                Ok(s) => Some(s),
+                Err(e) if self.policy.require_identity => {
+                    return Err(Decision::deny(
+                        401,
+                        Reason::NoIdentity,
+                        format!("the identity expression failed: {e}"),
+                    ))
+                }
+                Err(_) => None,
+            },
+            None => default_identity(caller.cert.as_deref(), caller.token.as_deref()),
+        }
+        .filter(|s| !s.is_empty());
+        if let Some(id) = identity.as_deref().filter(|id| !header_value_safe(id)) {
+            return Err(Decision::deny(
+                401,
+                Reason::NoIdentity,
+                format!("the identity {id:?} cannot be sent as a header value (control characters or surrounding spaces)"),
+            ));
+        }
+        if identity.is_none() && self.policy.require_identity {
+            return Err(Decision::deny(
+                401,
+                Reason::NoIdentity,
+                "no identity: present a client certificate or a bearer token",
+            ));
+        }
+        Ok(identity)
+    }
+
+    /// 2. Body size, decided on the declared size before anything reads the body (413).
+    fn check_size<'e>(&self, req: &Request<'_>) -> Result<(), Decision<'e>> {
+        let max = self.policy.max_body_bytes;
+        if req.body_size > max || req.body.len() as u64 > max {
+            return Err(Decision::deny(
+                413,
+                Reason::BodyTooLarge,
+                format!(
+                    "request body of {} bytes is over the limit of {max} bytes",
+                    req.body_size.max(req.body.len() as u64)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// 4. Rules: all are evaluated so the decision can name every match.
+    fn rules<'e>(&'e self, ctx: &Scope<'_, '_>) -> Verdict<'e> {
+        let mut v = Verdict {
+            matched: Vec::new(),
+            errors: Vec::new(),
+            deny: None,
+            allow: None,
+        };
+        for (i, rule) in self.policy.rules.iter().enumerate() {
+            match rule.when.eval_bool(ctx) {
+                Ok(true) => {
+                    v.matched.push(rule.name.as_str());
+                    match rule.effect {
+                        Effect::Deny if v.deny.is_none() => v.deny = Some((rule, None)),
+                        Effect::Allow if v.allow.is_none() => v.allow = Some((i, rule)),
+                        _ => {}
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // Fail closed: an error in a deny rule denies; in an allow rule it
+                    // simply does not allow.
+                    if rule.effect == Effect::Deny && v.deny.is_none() {
+                        v.deny = Some((rule, Some(e.to_string())));
+                    }
+                    v.errors.push(RuleError {
+                        rule: rule.name.clone(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    /// Deny overrides allow; no allow is a deny (403, or the deny rule's status).
+    fn rule_decision<'e>(
+        &'e self,
+        deny: Option<(&'e policy::Rule, Option<String>)>,
+        allow: Option<(usize, &'e policy::Rule)>,
+        explain: Explain<'e>,
+    ) -> Result<Allowed<'e>, Decision<'e>> {
+        if let Some((rule, error)) = deny {
+            let status = rule.status.unwrap_or(self.policy.deny_status);
+            let message = match (&error, &rule.message) {
+                (Some(e), _) => {
+                    format!("denied: rule {:?} could not be evaluated ({e})", rule.name)
+                }
+                (None, Some(m)) => m.clone(),
+                (None, None) => format!("denied by rule {:?}", rule.name),
+            };
+            return Err(explain.into(
+                Decision::deny(status, Reason::DeniedByRule, message),
+                Some(&rule.name),
+            ));
+        }
+        match allow {
+            Some((index, rule)) => Ok(Allowed {
+                index,
+                rule,
+                explain,
+            }),
+            None => Err(explain.into(
+                Decision::deny(
+                    self.policy.deny_status,
+                    Reason::NoAllowRule,
+                    "denied: no allow rule matched",
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// 5. Limits, only for requests the rules allow (429); then the allow itself,
+    ///    reporting the limit with the fewest cells left.
+    fn limits<'e>(
+        &'e self,
+        act: &Activation<'_>,
+        ctx: &Scope<'_, '_>,
+        allowed: Allowed<'e>,
+    ) -> Decision<'e> {
+        let Allowed {
+            index: allow_index,
+            rule: allow,
+            explain,
+        } = allowed;
+        // (limit, remaining, reset) of the limit with the fewest cells left.
+        let mut tightest: Option<(&policy::LimitConfig, &LimitState, u32, u64)> = None;
+        for (cfg, state) in self.policy.limits.iter().zip(&self.limits) {
+            let limit_error = |explain: Explain<'e>, what: &str, e: String| -> Decision<'e> {
+                explain.into(
+                    Decision::deny(
+                        self.policy.deny_status,
+                        Reason::LimitError,
+                        format!("limit {:?} {what} failed: {e}", cfg.name),
+                    ),
+                    Some(&allow.name),
+                )
+            };
+            if let Some(when) = &cfg.when {
+                match when.eval_bool(ctx) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => return limit_error(explain, "when", e.to_string()),
+                }
+            }
+            // The default key is the identity itself: no need to run CEL for it.
+            let key: Result<Cow<'_, String>, String> = if cfg.key.source == "identity" {
+                act.identity
+                    .get()
+                    .map(Cow::Borrowed)
+                    .ok_or_else(|| "no identity".to_owned())
+            } else {
+                cfg.key
+                    .eval_string(ctx)
+                    .map(Cow::Owned)
+                    .map_err(|e| e.to_string())
+            };
+            let key = match key {
+                Ok(k) if !k.is_empty() => k,
+                Ok(_) => return limit_error(explain, "key", "it is empty".into()),
+                Err(e) => return limit_error(explain, "key", e),
+            };
+            let cost = match &cfg.cost {
+                None => 1,
+                Some(c) => match c.eval_u64(ctx) {
+                    Ok(n) => n,
+                    Err(e) => return limit_error(explain, "cost", e.to_string()),
+                },
+            };
+            let (status, reason, message, retry_after) = match state.check(cfg, &key, cost) {
+                Outcome::Allowed {
+                    remaining,
+                    reset_secs,
+                } => {
+                    // Tightest = the smallest share of its burst left (limits count
+                    // different things: requests, LLM tokens).
+                    if tightest.is_none_or(|(c, _, r, _)| {
+                        u64::from(remaining) * u64::from(c.burst) < u64::from(r) * u64::from(cfg.burst)
+                    }) {
+                        tightest = Some((cfg, state, remaining, reset_secs));
+                    }
+                    continue;
+                }
+                Outcome::Limited { retry_after_secs } => (
+                    429,
+                    Reason::RateLimited,
+                    format!(
+                        "rate limit {:?} exceeded; retry in {retry_after_secs}s",
+                        cfg.name
+                    ),
+                    retry_after_secs,
+                ),
+                Outcome::CostExceedsBurst { cost, burst } => {
+                    return explain.into(
+                        Decision::deny(
+                            self.policy.deny_status,
+                            Reason::CostExceedsBurst,
+                            format!(
+                                "request costs {cost}, more than limit {:?} allows at once ({burst})",
+                                cfg.name
+                            ),
+                        ),
+                        Some(&allow.name),
+                    )
+                }
+                Outcome::TableFull { live_keys } => (
+                    429,
+                    Reason::LimitTableFull,
+                    format!(
+                        "limit {:?} already tracks {live_keys} identities (its max_keys); retry later",
+                        cfg.name
+                    ),
+                    1,
+                ),
+            };
+            let mut d = explain.into(Decision::deny(status, reason, message), Some(&allow.name));
+            d.limit = Some(LimitReport {
+                name: &cfg.name,
+                remaining: 0,
+                retry_after_secs: Some(retry_after),
+                headers: state.headers(cfg, 0, retry_after),
+            });
+            return d;
+        }
+
+        let mut d = explain.into(
+            Decision {
+                allowed: true,
+                effect: Effect::Allow,
+                status: 200,
+                reason: Reason::Allowed,
+                message: Cow::Borrowed(""),
+                rule: None,
+                matched: Vec::new(),
+                errors: Vec::new(),
+                identity: None,
+                limit: None,
+                audit: false,
+                jwks_miss: false,
+            },
+            Some(&allow.name),
+        );
+        d.message = Cow::Borrowed(&self.allow_messages[allow_index]);
+        d.limit = tightest.map(|(cfg, state, remaining, reset)| LimitReport {
+            name: &cfg.name,
+            remaining,
+            retry_after_secs: None,
+            headers: state.headers(cfg, remaining, reset),
+        });
+        d
+    }
+}
+
+/// Who is calling: the verified certificate and token, when there are.
+struct Caller {
+    cert: Option<Arc<CertEntry>>,
+    token: Option<Arc<VerifiedToken>>,
+}
+
+/// What the rules found: every match, every rule that failed to evaluate, the deny
+/// rule that decides (with its evaluation error, if that is why), the first allow.
+struct Verdict<'e> {
+    matched: Vec<&'e str>,
+    errors: Vec<RuleError>,
+    deny: Option<(&'e policy::Rule, Option<String>)>,
+    allow: Option<(usize, &'e policy::Rule)>,
+}
+
+/// A request the rules allow, on its way through the limits.
+struct Allowed<'e> {
+    index: usize,
+    rule: &'e policy::Rule,
+    explain: Explain<'e>,
+}
+
+/// What every decision past the identity step carries to explain itself.
+struct Explain<'e> {
+    identity: Option<String>,
+    matched: Vec<&'e str>,
+    errors: Vec<RuleError>,
+}
+
+impl<'e> Explain<'e> {
+    fn into(self, mut d: Decision<'e>, rule: Option<&'e str>) -> Decision<'e> {
+        d.identity = self.identity;
+        d.rule = rule;
+        d.matched = self.matched;
+        d.errors = self.errors;
+        d
+    }
+}
+
+/// The token's `sub`, else the certificate's first SAN email, else its CN.
+fn default_identity(cert: Option<&CertEntry>, token: Option<&VerifiedToken>) -> Option<String> {
+    if let Some(sub) = token.and_then(|t| t.subject()).filter(|s| !s.is_empty()) {
+        return Some(sub.to_owned());
+    }
+    let cert = cert?;
+    cert.info
+        .san_email
+        .first()
+        .cloned()
+        .or_else(|| Some(cert.info.subject.cn.clone()))
+}
+
+/// Whether a value reaches the upstream as the same header value: no control
+/// characters (HTTP refuses them) and no surrounding spaces (HTTP trims them).
+fn header_value_safe(v: &str) -> bool {
+    !v.bytes().any(|b| b < 0x20 || b == 0x7f) && v.trim_matches([' ', '\t']) == v
+}
