@@ -498,6 +498,206 @@ impl Loader<'_> {
             }
         }
     }
+
+    fn settings(&mut self, s: &SettingsDef, certificate: &CertificateDef) -> u64 {
+        let max_body_bytes = match size_value(&s.max_body) {
+            Ok(0) => {
+                self.problem("settings.max_body: must be larger than 0".into());
+                0
+            }
+            Ok(n) if n > MAX_BODY_LIMIT => {
+                self.problem(format!(
+                    "settings.max_body: {n} bytes is over the 1GiB the module can buffer"
+                ));
+                0
+            }
+            Ok(n) => n,
+            Err(e) => {
+                self.problem(format!("settings.max_body: {e}"));
+                0
+            }
+        };
+        if s.max_json_depth == 0 || s.max_json_depth > 128 {
+            self.problem(format!(
+                "settings.max_json_depth: {} is outside 1..=128",
+                s.max_json_depth
+            ));
+        }
+        if !(400..=599).contains(&s.deny_status) {
+            self.problem(format!(
+                "settings.deny_status: {} is not a 4xx or 5xx status",
+                s.deny_status
+            ));
+        }
+        if certificate.cache_size == 0 {
+            self.problem("certificate.cache_size: must be at least 1".into());
+        }
+        max_body_bytes
+    }
+
+    fn token(&mut self, t: &TokenDef, max_json_depth: usize) -> TokenConfig {
+        let leeway = match &t.leeway {
+            DurationDef::Seconds(n) if *n >= 0 => Duration::from_secs(*n as u64),
+            DurationDef::Seconds(n) => {
+                self.problem(format!("token.leeway: {n} is negative"));
+                Duration::ZERO
+            }
+            DurationDef::Text(text) => parse_duration(text).unwrap_or_else(|e| {
+                self.problem(format!("token.leeway: {e}"));
+                Duration::ZERO
+            }),
+        };
+        if leeway > Duration::from_secs(600) {
+            self.problem(format!(
+                "token.leeway: {}s is over the 600s allowed",
+                leeway.as_secs()
+            ));
+        }
+        let max_bytes = size_value(&t.max_size).unwrap_or_else(|e| {
+            self.problem(format!("token.max_size: {e}"));
+            0
+        });
+        if max_bytes == 0 || max_bytes > 64 << 10 {
+            self.problem(format!(
+                "token.max_size: {max_bytes} bytes is outside 1..=64KiB"
+            ));
+        }
+        if t.cache_size == 0 {
+            self.problem("token.cache_size: must be at least 1".into());
+        }
+        let audiences = match &t.audience {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(a) => vec![a.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if t.header.trim().is_empty() {
+            self.problem("token.header: must name a header".into());
+        }
+        TokenConfig {
+            settings: crate::token::TokenSettings {
+                issuer: t.issuer.clone(),
+                audiences,
+                leeway_secs: leeway.as_secs(),
+                max_bytes: max_bytes as usize,
+                cache_size: t.cache_size.max(1),
+                max_claims_depth: max_json_depth.clamp(1, 128),
+            },
+            required: t.required,
+            header: t.header.trim().to_ascii_lowercase(),
+            jwks_file: t.jwks_file.clone(),
+            discovery: t.discovery,
+            certificate_bound: t.certificate_bound,
+        }
+    }
+
+    fn rules(&mut self, defs: &[RuleDef]) -> Vec<Rule> {
+        let mut names = HashSet::new();
+        let mut rules = Vec::new();
+        for (i, r) in defs.iter().enumerate() {
+            let label = if r.name.is_empty() {
+                format!("rule #{}", i + 1)
+            } else {
+                format!("rule {:?}", r.name)
+            };
+            if !valid_name(&r.name) {
+                self.problem(format!(
+                    "{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."
+                ));
+            } else if !names.insert(r.name.clone()) {
+                self.problem(format!("{label}: the name is used twice"));
+            }
+            if let Some(status) = r.status {
+                if r.effect == Effect::Allow {
+                    self.problem(format!("{label}: status is only for deny rules"));
+                } else if !(400..=599).contains(&status) {
+                    self.problem(format!(
+                        "{label}: status {status} is not a 4xx or 5xx status"
+                    ));
+                }
+            }
+            if let Some(when) = self.expr(&format!("{label} when"), &r.when, &VARIABLES) {
+                rules.push(Rule {
+                    name: r.name.clone(),
+                    effect: r.effect,
+                    when,
+                    status: r.status,
+                    message: r.message.clone(),
+                });
+            }
+        }
+        rules
+    }
+
+    fn limits(&mut self, defs: &[LimitDef]) -> Vec<LimitConfig> {
+        let mut limit_names = HashSet::new();
+        let mut limits = Vec::new();
+        for (i, d) in defs.iter().enumerate() {
+            let label = if d.name.is_empty() {
+                format!("limit #{}", i + 1)
+            } else {
+                format!("limit {:?}", d.name)
+            };
+            if !valid_name(&d.name) {
+                self.problem(format!(
+                    "{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."
+                ));
+            } else if !limit_names.insert(d.name.clone()) {
+                self.problem(format!("{label}: the name is used twice"));
+            }
+            let rate = parse_rate(&d.rate)
+                .map_err(|e| self.problem(format!("{label}: rate {e}")))
+                .ok();
+            let burst = match d.burst {
+                None => rate.map(|r| r.count).unwrap_or(1),
+                Some(b) if (1..=1_000_000_000).contains(&b) => b as u32,
+                Some(b) => {
+                    self.problem(format!("{label}: burst {b} is outside 1..=1000000000"));
+                    1
+                }
+            };
+            if d.max_keys == 0 {
+                self.problem(format!("{label}: max_keys must be at least 1"));
+            }
+            let key_src = d
+                .key
+                .clone()
+                .unwrap_or_else(|| Spanned::new(0..0, "identity".to_owned()));
+            let key = self.expr(&format!("{label} key"), &key_src, &VARIABLES);
+            let cost = d
+                .cost
+                .as_ref()
+                .map(|c| self.expr(&format!("{label} cost"), c, &VARIABLES));
+            let when = d
+                .when
+                .as_ref()
+                .map(|w| self.expr(&format!("{label} when"), w, &VARIABLES));
+            if let (Some(rate), Some(key), Some(cost), Some(when)) =
+                (rate, key, cost.transpose_ok(), when.transpose_ok())
+            {
+                let fingerprint = format!(
+                    "{}|{}|{}|{}|{}|{}|{}",
+                    d.name,
+                    key.source,
+                    rate,
+                    burst,
+                    cost.as_ref().map(|c| c.source.as_str()).unwrap_or("1"),
+                    when.as_ref().map(|w| w.source.as_str()).unwrap_or("true"),
+                    d.max_keys
+                );
+                limits.push(LimitConfig {
+                    name: d.name.clone(),
+                    key,
+                    rate,
+                    burst,
+                    cost,
+                    when,
+                    max_keys: d.max_keys.max(1),
+                    fingerprint,
+                });
+            }
+        }
+        limits
+    }
 }
 
 fn size_value(s: &Size) -> Result<u64, String> {
@@ -535,196 +735,10 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
             &["cert", "claims", "request", "body", "llm"],
         )
     });
-    let max_body_bytes = match size_value(&s.max_body) {
-        Ok(0) => {
-            l.problem("settings.max_body: must be larger than 0".into());
-            0
-        }
-        Ok(n) if n > MAX_BODY_LIMIT => {
-            l.problem(format!(
-                "settings.max_body: {n} bytes is over the 1GiB the module can buffer"
-            ));
-            0
-        }
-        Ok(n) => n,
-        Err(e) => {
-            l.problem(format!("settings.max_body: {e}"));
-            0
-        }
-    };
-    if s.max_json_depth == 0 || s.max_json_depth > 128 {
-        l.problem(format!(
-            "settings.max_json_depth: {} is outside 1..=128",
-            s.max_json_depth
-        ));
-    }
-    if !(400..=599).contains(&s.deny_status) {
-        l.problem(format!(
-            "settings.deny_status: {} is not a 4xx or 5xx status",
-            s.deny_status
-        ));
-    }
-    if parsed.certificate.cache_size == 0 {
-        l.problem("certificate.cache_size: must be at least 1".into());
-    }
-
-    let token = parsed.token.as_ref().map(|t| {
-        let leeway = match &t.leeway {
-            DurationDef::Seconds(n) if *n >= 0 => Duration::from_secs(*n as u64),
-            DurationDef::Seconds(n) => {
-                l.problem(format!("token.leeway: {n} is negative"));
-                Duration::ZERO
-            }
-            DurationDef::Text(text) => parse_duration(text).unwrap_or_else(|e| {
-                l.problem(format!("token.leeway: {e}"));
-                Duration::ZERO
-            }),
-        };
-        if leeway > Duration::from_secs(600) {
-            l.problem(format!(
-                "token.leeway: {}s is over the 600s allowed",
-                leeway.as_secs()
-            ));
-        }
-        let max_bytes = size_value(&t.max_size).unwrap_or_else(|e| {
-            l.problem(format!("token.max_size: {e}"));
-            0
-        });
-        if max_bytes == 0 || max_bytes > 64 << 10 {
-            l.problem(format!(
-                "token.max_size: {max_bytes} bytes is outside 1..=64KiB"
-            ));
-        }
-        if t.cache_size == 0 {
-            l.problem("token.cache_size: must be at least 1".into());
-        }
-        let audiences = match &t.audience {
-            OneOrMany::None => Vec::new(),
-            OneOrMany::One(a) => vec![a.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        };
-        if t.header.trim().is_empty() {
-            l.problem("token.header: must name a header".into());
-        }
-        TokenConfig {
-            settings: crate::token::TokenSettings {
-                issuer: t.issuer.clone(),
-                audiences,
-                leeway_secs: leeway.as_secs(),
-                max_bytes: max_bytes as usize,
-                cache_size: t.cache_size.max(1),
-                max_claims_depth: s.max_json_depth.clamp(1, 128),
-            },
-            required: t.required,
-            header: t.header.trim().to_ascii_lowercase(),
-            jwks_file: t.jwks_file.clone(),
-            discovery: t.discovery,
-            certificate_bound: t.certificate_bound,
-        }
-    });
-
-    let mut names = HashSet::new();
-    let mut rules = Vec::new();
-    for (i, r) in parsed.rules.iter().enumerate() {
-        let label = if r.name.is_empty() {
-            format!("rule #{}", i + 1)
-        } else {
-            format!("rule {:?}", r.name)
-        };
-        if !valid_name(&r.name) {
-            l.problem(format!(
-                "{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."
-            ));
-        } else if !names.insert(r.name.clone()) {
-            l.problem(format!("{label}: the name is used twice"));
-        }
-        if let Some(status) = r.status {
-            if r.effect == Effect::Allow {
-                l.problem(format!("{label}: status is only for deny rules"));
-            } else if !(400..=599).contains(&status) {
-                l.problem(format!(
-                    "{label}: status {status} is not a 4xx or 5xx status"
-                ));
-            }
-        }
-        if let Some(when) = l.expr(&format!("{label} when"), &r.when, &VARIABLES) {
-            rules.push(Rule {
-                name: r.name.clone(),
-                effect: r.effect,
-                when,
-                status: r.status,
-                message: r.message.clone(),
-            });
-        }
-    }
-
-    let mut limit_names = HashSet::new();
-    let mut limits = Vec::new();
-    for (i, d) in parsed.limits.iter().enumerate() {
-        let label = if d.name.is_empty() {
-            format!("limit #{}", i + 1)
-        } else {
-            format!("limit {:?}", d.name)
-        };
-        if !valid_name(&d.name) {
-            l.problem(format!(
-                "{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."
-            ));
-        } else if !limit_names.insert(d.name.clone()) {
-            l.problem(format!("{label}: the name is used twice"));
-        }
-        let rate = parse_rate(&d.rate)
-            .map_err(|e| l.problem(format!("{label}: rate {e}")))
-            .ok();
-        let burst = match d.burst {
-            None => rate.map(|r| r.count).unwrap_or(1),
-            Some(b) if (1..=1_000_000_000).contains(&b) => b as u32,
-            Some(b) => {
-                l.problem(format!("{label}: burst {b} is outside 1..=1000000000"));
-                1
-            }
-        };
-        if d.max_keys == 0 {
-            l.problem(format!("{label}: max_keys must be at least 1"));
-        }
-        let key_src = d
-            .key
-            .clone()
-            .unwrap_or_else(|| Spanned::new(0..0, "identity".to_owned()));
-        let key = l.expr(&format!("{label} key"), &key_src, &VARIABLES);
-        let cost = d
-            .cost
-            .as_ref()
-            .map(|c| l.expr(&format!("{label} cost"), c, &VARIABLES));
-        let when = d
-            .when
-            .as_ref()
-            .map(|w| l.expr(&format!("{label} when"), w, &VARIABLES));
-        if let (Some(rate), Some(key), Some(cost), Some(when)) =
-            (rate, key, cost.transpose_ok(), when.transpose_ok())
-        {
-            let fingerprint = format!(
-                "{}|{}|{}|{}|{}|{}|{}",
-                d.name,
-                key.source,
-                rate,
-                burst,
-                cost.as_ref().map(|c| c.source.as_str()).unwrap_or("1"),
-                when.as_ref().map(|w| w.source.as_str()).unwrap_or("true"),
-                d.max_keys
-            );
-            limits.push(LimitConfig {
-                name: d.name.clone(),
-                key,
-                rate,
-                burst,
-                cost,
-                when,
-                max_keys: d.max_keys.max(1),
-                fingerprint,
-            });
-        }
-    }
+    let max_body_bytes = l.settings(s, &parsed.certificate);
+    let token = parsed.token.as_ref().map(|t| l.token(t, s.max_json_depth));
+    let rules = l.rules(&parsed.rules);
+    let limits = l.limits(&parsed.limits);
 
     if rules.iter().all(|r| r.effect != Effect::Allow) && l.problems.is_empty() {
         l.problem("the policy has no allow rule, so it denies every request".into());
