@@ -8,6 +8,12 @@ from deep import (B_OVER_A_TARGET, b_over_a_met, engine_call_section, footprint_
 from harness import SETUPS, median, quantile_us, share_within
 from measure import machine
 
+def added(cold, warm):
+    """What the cold path adds at p50, or that this run could not tell (drift)."""
+    d = cold["p50_us"] - warm["p50_us"]
+    return f"+{d:.0f} µs" if d > 0 else "not measurable in this run (the machine's speed drifted)"
+
+
 def cost_table(r, held, by_size, cold_path, scale, caddy_cpus):
     """The first table: what zt_policy costs, as users ask it."""
     A, B, C = r["A"], r["B"], r["C"]
@@ -25,8 +31,8 @@ def cost_table(r, held, by_size, cold_path, scale, caddy_cpus):
         f"against {A['cpu_us_per_req']:.0f} µs per request) |",
         f"| against what users build without us (C) | {B['rps'] / C['rps']:.1f}× the throughput |",
         f"| long prompts: CPU added per request (B/A) | {sizes.summary(by_size)} |",
-        f"| a token / a client certificate seen for the first time | +{cold['p50_us'] - warm['p50_us']:.0f} µs / "
-        f"+{cold_cert['p50_us'] - warm_cert['p50_us']:.0f} µs at p50 |",
+        f"| a token / a client certificate seen for the first time | {added(cold, warm)} / "
+        f"{added(cold_cert, warm_cert)} at p50 |",
         f"| memory for {max(scale):,} identities | Caddy {big['rss_before_mib']:.0f} → {big['rss_after_mib']:.0f} MiB |",
         "",
         "How each is measured, and everything else, follows.",
