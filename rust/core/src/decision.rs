@@ -103,12 +103,21 @@ pub struct Decision<'e> {
 
 impl<'e> Decision<'e> {
     pub(crate) fn deny(status: u16, reason: Reason, message: impl Into<Cow<'e, str>>) -> Self {
+        Decision::new(Effect::Deny, status, reason, message.into())
+    }
+
+    /// The request goes on; `message` says which rule allowed it.
+    pub(crate) fn allow(message: &'e str) -> Self {
+        Decision::new(Effect::Allow, 200, Reason::Allowed, Cow::Borrowed(message))
+    }
+
+    fn new(effect: Effect, status: u16, reason: Reason, message: Cow<'e, str>) -> Self {
         Decision {
-            allowed: false,
-            effect: Effect::Deny,
+            allowed: effect == Effect::Allow,
+            effect,
             status,
             reason,
-            message: message.into(),
+            message,
             rule: None,
             matched: Vec::new(),
             errors: Vec::new(),

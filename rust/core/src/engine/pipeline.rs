@@ -414,23 +414,9 @@ impl Engine {
         }
 
         let mut d = explain.into(
-            Decision {
-                allowed: true,
-                effect: Effect::Allow,
-                status: 200,
-                reason: Reason::Allowed,
-                message: Cow::Borrowed(""),
-                rule: None,
-                matched: Vec::new(),
-                errors: Vec::new(),
-                identity: None,
-                limit: None,
-                audit: false,
-                jwks_miss: false,
-            },
+            Decision::allow(&self.allow_messages[allow_index]),
             Some(&allow.name),
         );
-        d.message = Cow::Borrowed(&self.allow_messages[allow_index]);
         d.limit = tightest.map(|(cfg, state, remaining, reset)| LimitReport {
             name: &cfg.name,
             remaining,
