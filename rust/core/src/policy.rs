@@ -590,22 +590,29 @@ impl Loader<'_> {
         }
     }
 
+    /// The label a rule or limit is named by in problems (`rule "x"`, `rule #3`),
+    /// after checking its name: valid, and not used twice among its kind.
+    fn named(&mut self, kind: &str, i: usize, name: &str, seen: &mut HashSet<String>) -> String {
+        let label = if name.is_empty() {
+            format!("{kind} #{}", i + 1)
+        } else {
+            format!("{kind} {name:?}")
+        };
+        if !valid_name(name) {
+            self.problem(format!(
+                "{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."
+            ));
+        } else if !seen.insert(name.to_owned()) {
+            self.problem(format!("{label}: the name is used twice"));
+        }
+        label
+    }
+
     fn rules(&mut self, defs: &[RuleDef]) -> Vec<Rule> {
         let mut names = HashSet::new();
         let mut rules = Vec::new();
         for (i, r) in defs.iter().enumerate() {
-            let label = if r.name.is_empty() {
-                format!("rule #{}", i + 1)
-            } else {
-                format!("rule {:?}", r.name)
-            };
-            if !valid_name(&r.name) {
-                self.problem(format!(
-                    "{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."
-                ));
-            } else if !names.insert(r.name.clone()) {
-                self.problem(format!("{label}: the name is used twice"));
-            }
+            let label = self.named("rule", i, &r.name, &mut names);
             if let Some(status) = r.status {
                 if r.effect == Effect::Allow {
                     self.problem(format!("{label}: status is only for deny rules"));
@@ -632,18 +639,7 @@ impl Loader<'_> {
         let mut limit_names = HashSet::new();
         let mut limits = Vec::new();
         for (i, d) in defs.iter().enumerate() {
-            let label = if d.name.is_empty() {
-                format!("limit #{}", i + 1)
-            } else {
-                format!("limit {:?}", d.name)
-            };
-            if !valid_name(&d.name) {
-                self.problem(format!(
-                    "{label}: name must be 1-64 characters of A-Z a-z 0-9 _ - ."
-                ));
-            } else if !limit_names.insert(d.name.clone()) {
-                self.problem(format!("{label}: the name is used twice"));
-            }
+            let label = self.named("limit", i, &d.name, &mut limit_names);
             let rate = parse_rate(&d.rate)
                 .map_err(|e| self.problem(format!("{label}: rate {e}")))
                 .ok();
