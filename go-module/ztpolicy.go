@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"math/bits"
 	"net"
 	"net/http"
@@ -516,12 +517,9 @@ func putBodyBuffer(p *[]byte) {
 // in Connection or declares in Trailer, or "".
 func (h *Handler) hopByHopConflict(r *http.Request) string {
 	for _, field := range [...]string{"Connection", "Trailer"} {
-		for _, v := range r.Header[field] {
-			for token := range strings.SplitSeq(v, ",") {
-				name := http.CanonicalHeaderKey(textproto.TrimString(token))
-				if slices.Contains(h.strip, name) {
-					return name
-				}
+		for name := range fieldNames(r.Header, field) {
+			if name = http.CanonicalHeaderKey(name); slices.Contains(h.strip, name) {
+				return name
 			}
 		}
 	}
@@ -531,10 +529,20 @@ func (h *Handler) hopByHopConflict(r *http.Request) string {
 // removeConnectionHeaders removes the fields the Connection header names, as every
 // proxy must (and reverse_proxy does).
 func removeConnectionHeaders(hd http.Header) {
-	for _, v := range hd["Connection"] {
-		for token := range strings.SplitSeq(v, ",") {
-			if token = textproto.TrimString(token); token != "" {
-				hd.Del(token)
+	for name := range fieldNames(hd, "Connection") {
+		hd.Del(name)
+	}
+}
+
+// fieldNames yields the field names a list-valued header (Connection, Trailer) gives,
+// trimmed as HTTP trims list elements, empty elements skipped.
+func fieldNames(hd http.Header, field string) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for _, v := range hd[field] {
+			for token := range strings.SplitSeq(v, ",") {
+				if token = textproto.TrimString(token); token != "" && !yield(token) {
+					return
+				}
 			}
 		}
 	}
