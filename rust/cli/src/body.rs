@@ -10,10 +10,7 @@ use std::io::{BufRead, Write};
 
 use base64::Engine as _;
 use serde_json::{json, Value as Json};
-use zt_policy_core::body;
-use zt_policy_core::llm::Llm;
-use zt_policy_core::policy::MalformedBody;
-use zt_policy_core::Request;
+use zt_policy_core::{read_body, Llm, MalformedBody, Request, Value};
 
 use crate::Args;
 
@@ -82,20 +79,25 @@ fn read(bytes: &[u8], content_type: Option<&str>, path: &str, typed: bool) -> Js
         body_size: bytes.len() as u64,
         ..Default::default()
     };
-    let body = match body::read_request(&req, MAX_DEPTH, MalformedBody::Refuse) {
+    let body = match read_body(&req, MAX_DEPTH, MalformedBody::Refuse) {
         Ok(b) => b,
         Err(e) => return json!({"json": req.is_json(), "refused": e.to_string()}),
     };
-    let show = |v: &dyn cel::common::value::Val| -> Json {
-        match cel::Value::try_from(v) {
-            Ok(v) if typed => tagged(&v),
-            Ok(v) => plain(&v),
-            Err(e) => json!({"unconvertible": format!("{e:?}")}),
+    let show = |v: Value| {
+        if typed {
+            v.to_tagged_json()
+        } else {
+            v.to_json()
         }
     };
     let fields: serde_json::Map<String, Json> = body
         .keys()
-        .map(|k| (k.to_owned(), show(body.get(k).expect("a listed key"))))
+        .map(|k| {
+            (
+                k.to_owned(),
+                show(body.field_value(k).expect("a listed key")),
+            )
+        })
         .collect();
     let mut answer = json!({
         "json": req.is_json(),
@@ -105,53 +107,7 @@ fn read(bytes: &[u8], content_type: Option<&str>, path: &str, typed: bool) -> Js
     });
     if typed {
         // The whole body as one map: what a rule that reads `body` itself gets.
-        answer["whole"] = show(body.whole());
+        answer["whole"] = show(body.to_value());
     }
     answer
-}
-
-/// A CEL value as exact tagged JSON: `["i", "-5"]`, `["u", "…"]`, `["d", "<bits>"]`,
-/// `["s", "…"]`, `["b", true]`, `["n"]`, `["l", […]]`, `["m", [[key, value], …]]`
-/// with keys sorted.
-fn tagged(v: &cel::Value) -> Json {
-    use cel::Value as V;
-    match v {
-        V::Int(i) => json!(["i", i.to_string()]),
-        V::UInt(u) => json!(["u", u.to_string()]),
-        V::Float(f) => json!(["d", f.to_bits().to_string()]),
-        V::String(s) => json!(["s", s.as_str()]),
-        V::Bool(b) => json!(["b", b]),
-        V::Null => json!(["n"]),
-        V::List(l) => json!(["l", l.iter().map(tagged).collect::<Vec<_>>()]),
-        V::Map(m) => {
-            let mut entries: Vec<(String, Json)> =
-                m.map.iter().map(|(k, v)| (key(k), tagged(v))).collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            json!(["m", entries])
-        }
-        other => json!(["?", format!("{other:?}")]),
-    }
-}
-
-fn key(k: &cel::objects::Key) -> String {
-    match k {
-        cel::objects::Key::String(s) => s.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// A CEL value as plain JSON, for people.
-fn plain(v: &cel::Value) -> Json {
-    use cel::Value as V;
-    match v {
-        V::Int(i) => json!(i),
-        V::UInt(u) => json!(u),
-        V::Float(f) => json!(f),
-        V::String(s) => json!(s.as_str()),
-        V::Bool(b) => json!(b),
-        V::Null => Json::Null,
-        V::List(l) => Json::Array(l.iter().map(plain).collect()),
-        V::Map(m) => Json::Object(m.map.iter().map(|(k, v)| (key(k), plain(v))).collect()),
-        other => json!(format!("{other:?}")),
-    }
 }

@@ -248,7 +248,7 @@ fn run_file(file: &Path, verbose: bool) -> (usize, usize) {
             continue;
         }
         if let Some(adv) = &case.advance {
-            match zt_policy_core::policy::parse_duration(adv) {
+            match zt_policy_core::parse_duration(adv) {
                 Ok(d) => engine.clock().advance(d),
                 Err(e) => {
                     fail(format!("advance: {e}"));

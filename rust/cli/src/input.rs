@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use zt_policy_core::cert::{CertInfo, NameInfo};
+use zt_policy_core::{CertInfo, NameInfo};
 use zt_policy_core::{Decision, Engine, GivenIdentity, Request};
 
 #[derive(Deserialize, Default, Clone)]

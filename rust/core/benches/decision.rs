@@ -173,12 +173,12 @@ fn bench(c: &mut Criterion) {
     // The cold path: what a certificate or a token costs the first time it is seen.
     g.bench_function("cold_certificate", |b| {
         b.iter(|| {
-            zt_policy_core::cert::CertEntry::new(
-                zt_policy_core::cert::parse_der(std::hint::black_box(alice)).unwrap(),
+            zt_policy_core::CertEntry::new(
+                zt_policy_core::parse_der(std::hint::black_box(alice)).unwrap(),
             )
         })
     });
-    let verifier = zt_policy_core::token::Verifier::new(zt_policy_core::token::TokenSettings {
+    let verifier = zt_policy_core::Verifier::new(zt_policy_core::TokenSettings {
         issuer: "https://idp.example.internal".into(),
         audiences: vec!["local-ai".into()],
         leeway_secs: 30,

@@ -9,6 +9,7 @@ use cel::common::types::{CelMap, CelMapKey};
 use cel::common::value::Val;
 
 use crate::json::{self, Malformed};
+use crate::plain::Value;
 use crate::policy::MalformedBody;
 use crate::request::Request;
 use crate::values::BoxVal;
@@ -38,7 +39,7 @@ pub struct LazyBody<'a> {
 }
 
 impl<'a> LazyBody<'a> {
-    /// Reads a JSON body as vLLM would (see [`json`]); a body that any reader could
+    /// Reads a JSON body as vLLM would (the strict reader of `json.rs`); a body that any reader could
     /// read differently is refused.
     pub fn read(bytes: &'a [u8], max_depth: usize) -> Result<LazyBody<'a>, Malformed> {
         let fields = json::read_object(bytes, max_depth)?;
@@ -67,17 +68,27 @@ impl<'a> LazyBody<'a> {
     }
 
     /// The raw field, for readers that need less than its value (the `llm` view).
-    pub fn field(&self, key: &str) -> Option<&json::Field<'a>> {
+    pub(crate) fn field(&self, key: &str) -> Option<&json::Field<'a>> {
         self.position(key).map(|i| &self.fields[i])
     }
 
+    /// A top-level field's value, as a rule reads it.
+    pub fn field_value(&self, key: &str) -> Option<Value> {
+        self.get(key).map(Value::of_val)
+    }
+
+    /// The whole body as one map, as a rule that reads `body` itself sees it.
+    pub fn to_value(&self) -> Value {
+        Value::of_val(self.whole())
+    }
+
     /// The value of a top-level field, converted on first use.
-    pub fn get(&self, key: &str) -> Option<&(dyn Val + 'static)> {
+    pub(crate) fn get(&self, key: &str) -> Option<&(dyn Val + 'static)> {
         self.position(key).map(|i| self.value(i))
     }
 
     /// The whole body as one map, for rules that use `body` itself.
-    pub fn whole(&self) -> &(dyn Val + 'static) {
+    pub(crate) fn whole(&self) -> &(dyn Val + 'static) {
         self.whole
             .get_or_init(|| {
                 let mut m = std::collections::HashMap::with_capacity(self.fields.len());

@@ -8,9 +8,9 @@ mod common;
 use common::*;
 
 use base64::Engine as _;
-use zt_policy_core::body;
-use zt_policy_core::policy::MalformedBody;
-use zt_policy_core::{GivenIdentity, Request};
+use zt_policy_core::read_body;
+use zt_policy_core::MalformedBody;
+use zt_policy_core::{GivenIdentity, Request, Value};
 
 const RESERVED: [&str; 21] = [
     "true",
@@ -79,7 +79,7 @@ fn native_and_as_written_reads_of_body_agree_over_the_corpus() {
             body_size: bytes.len() as u64,
             ..Default::default()
         };
-        let Ok(b) = body::read_request(&req, 32, MalformedBody::Refuse) else {
+        let Ok(b) = read_body(&req, 32, MalformedBody::Refuse) else {
             continue;
         };
         bodies += 1;
@@ -107,7 +107,7 @@ fn native_and_as_written_reads_of_body_agree_over_the_corpus() {
             let what = format!("{expr} over {}", String::from_utf8_lossy(&bytes));
             assert_eq!(r.flattened, r.as_written, "{what}");
             if let Some(n) = r.native_bool {
-                assert_eq!(r.as_written, Ok(cel::Value::Bool(n)), "native: {what}");
+                assert_eq!(r.as_written, Ok(Value::Bool(n)), "native: {what}");
                 native += 1;
                 present += usize::from(n && expr.starts_with("has("));
             }

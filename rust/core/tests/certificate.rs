@@ -3,8 +3,8 @@
 mod common;
 use common::*;
 use sha2::{Digest, Sha256};
-use zt_policy_core::cert::{parse_der, CertCache};
 use zt_policy_core::Reason;
+use zt_policy_core::{parse_der, CertCache};
 
 fn openssl(args: &[&str]) -> String {
     let out = std::process::Command::new("openssl")
@@ -30,7 +30,7 @@ fn every_field_of_a_device_certificate() {
     assert_eq!(c.spiffe_id, "spiffe://example.internal/user/alice");
     assert_eq!(
         c.fingerprint_sha256,
-        zt_policy_core::cert::hex(&Sha256::digest(&der))
+        zt_policy_core::hex(&Sha256::digest(&der))
     );
     // Cross-check serial and validity against openssl's own reading.
     let pem = repo_root().join("examples/policy/certs/alice.pem");

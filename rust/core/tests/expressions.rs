@@ -5,11 +5,10 @@
 //! every kind of access a rule can make and every shape the native form covers.
 
 mod common;
-use cel::Value;
 use common::*;
 use serde_json::json;
-use zt_policy_core::cert::parse_der;
-use zt_policy_core::{GivenIdentity, Request};
+use zt_policy_core::parse_der;
+use zt_policy_core::{GivenIdentity, Request, Value};
 
 const EXPRESSIONS: &[&str] = &[
     "cert.subject.cn",
@@ -164,7 +163,7 @@ fn run(body: &str) {
         if let Some(n) = r.native_u64 {
             let written = &r.as_written;
             assert!(
-                *written == Ok(Value::Int(n as i64)) || *written == Ok(Value::UInt(n)),
+                *written == Ok(Value::Int(n as i64)) || *written == Ok(Value::Uint(n)),
                 "native u64 {n} against {written:?}: {context}"
             );
         }

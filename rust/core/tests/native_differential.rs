@@ -9,9 +9,8 @@
 mod common;
 use common::*;
 
-use cel::Value;
 use proptest::prelude::*;
-use zt_policy_core::GivenIdentity;
+use zt_policy_core::{GivenIdentity, Value};
 
 fn path() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
@@ -119,7 +118,7 @@ fn body() -> impl Strategy<Value = String> {
 
 fn given() -> GivenIdentity {
     GivenIdentity {
-        cert: Some(zt_policy_core::cert::parse_der(&cert_der("alice")).unwrap()),
+        cert: Some(zt_policy_core::parse_der(&cert_der("alice")).unwrap()),
         claims: Some(serde_json::json!({"sub": "m", "groups": ["ml"], "org": {"team": "infra"}})),
     }
 }

@@ -1,7 +1,7 @@
 //! Loading: every mistake a user can make is reported, naming the rule or field
 //! and where it is.
 
-use zt_policy_core::policy::{load, parse_rate, parse_size};
+use zt_policy_core::{load_policy as load, parse_rate, parse_size};
 
 fn problems(src: &str) -> String {
     load(src, "p.toml").unwrap_err().to_string()

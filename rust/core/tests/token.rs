@@ -5,8 +5,8 @@ use common::jwt::{self, b64};
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
-use zt_policy_core::token::{TokenError, TokenSettings, Verifier};
 use zt_policy_core::Reason;
+use zt_policy_core::{TokenError, TokenSettings, Verifier};
 
 fn verifier() -> Verifier {
     let v = Verifier::new(TokenSettings {

@@ -17,6 +17,7 @@ use crate::decision::{Decision, Reason};
 use crate::eval::expr::{EvalError, Expression};
 use crate::eval::native::Scope;
 use crate::limits::LimitState;
+use crate::plain::Value;
 use crate::policy::{self, Policy, PolicyError};
 use crate::request::Request;
 use crate::token::{JwksError, JwksSummary, VerifiedToken, Verifier};
@@ -261,8 +262,8 @@ impl Engine {
                 .iter()
                 .map(|r| Evaluations {
                     rule: r.name.clone(),
-                    flattened: r.when.eval(ctx),
-                    as_written: r.when.eval_as_written(ctx),
+                    flattened: r.when.eval(ctx).map(|v| Value::of_cel(&v)),
+                    as_written: r.when.eval_as_written(ctx).map(|v| Value::of_cel(&v)),
                     native_bool: r.when.eval_native_bool(ctx),
                     native_u64: r.when.eval_native_u64(ctx),
                 })
@@ -318,8 +319,8 @@ impl Engine {
 #[derive(Debug)]
 pub struct Evaluations {
     pub rule: String,
-    pub flattened: Result<cel::Value, EvalError>,
-    pub as_written: Result<cel::Value, EvalError>,
+    pub flattened: Result<Value, EvalError>,
+    pub as_written: Result<Value, EvalError>,
     pub native_bool: Option<bool>,
     pub native_u64: Option<u64>,
 }

@@ -16,7 +16,7 @@ pub const VARIABLES: [&str; 6] = ["cert", "claims", "request", "body", "llm", "i
 
 /// The environment every expression compiles and runs in: the standard library, with
 /// `matches` served from a cache of compiled patterns instead of compiling per call.
-pub fn env() -> Arc<Env> {
+pub(crate) fn env() -> Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Env::stdlib();
@@ -166,7 +166,7 @@ impl Expression {
             .is_some_and(|i| self.reads[i])
     }
 
-    pub fn eval(&self, scope: &Scope<'_, '_>) -> Result<Value, EvalError> {
+    pub(crate) fn eval(&self, scope: &Scope<'_, '_>) -> Result<Value, EvalError> {
         match Value::resolve(&self.fast, scope.ctx()) {
             Ok(v) => Ok(v),
             // The flattened form reports a missing field as an undeclared name; the
@@ -177,17 +177,17 @@ impl Expression {
 
     /// The program exactly as written, without the flattened paths: what `eval` must
     /// always agree with (the tests compare the two).
-    pub fn eval_as_written(&self, scope: &Scope<'_, '_>) -> Result<Value, EvalError> {
+    pub(crate) fn eval_as_written(&self, scope: &Scope<'_, '_>) -> Result<Value, EvalError> {
         Ok(self.program.execute(scope.ctx())?)
     }
 
     /// What the native evaluator answers, `None` where it leaves the answer to cel
     /// (exposed so tests can compare it with cel).
-    pub fn eval_native_bool(&self, scope: &Scope<'_, '_>) -> Option<bool> {
+    pub(crate) fn eval_native_bool(&self, scope: &Scope<'_, '_>) -> Option<bool> {
         native::truth(&self.native.as_ref()?.0, scope)
     }
 
-    pub fn eval_native_u64(&self, scope: &Scope<'_, '_>) -> Option<u64> {
+    pub(crate) fn eval_native_u64(&self, scope: &Scope<'_, '_>) -> Option<u64> {
         native::unsigned(&self.native.as_ref()?.1, scope)
     }
 
@@ -197,7 +197,7 @@ impl Expression {
         self
     }
 
-    pub fn eval_bool(&self, scope: &Scope<'_, '_>) -> Result<bool, EvalError> {
+    pub(crate) fn eval_bool(&self, scope: &Scope<'_, '_>) -> Result<bool, EvalError> {
         if let Some(b) = self.eval_native_bool(scope) {
             return Ok(b);
         }
@@ -207,7 +207,7 @@ impl Expression {
         }
     }
 
-    pub fn eval_string(&self, scope: &Scope<'_, '_>) -> Result<String, EvalError> {
+    pub(crate) fn eval_string(&self, scope: &Scope<'_, '_>) -> Result<String, EvalError> {
         match self.eval(scope)? {
             Value::String(s) => Ok(s.to_string()),
             Value::Int(i) => Ok(i.to_string()),
@@ -216,7 +216,7 @@ impl Expression {
         }
     }
 
-    pub fn eval_u64(&self, scope: &Scope<'_, '_>) -> Result<u64, EvalError> {
+    pub(crate) fn eval_u64(&self, scope: &Scope<'_, '_>) -> Result<u64, EvalError> {
         if let Some(n) = self.eval_native_u64(scope) {
             return Ok(n);
         }
