@@ -83,9 +83,9 @@ impl TokenConfig {
             settings: crate::token::TokenSettings {
                 issuer: String::new(),
                 audiences: Vec::new(),
-                leeway_secs: 30,
-                max_bytes: 8 << 10,
-                cache_size: default_token_cache(),
+                leeway_secs: TOKEN_LEEWAY_SECS.default as u64,
+                max_bytes: TOKEN_MAX_SIZE.default as usize,
+                cache_size: TOKEN_CACHE.default as usize,
                 max_claims_depth: max_json_depth,
             },
             required: false,
@@ -208,16 +208,13 @@ struct SettingsDef {
     identity: Option<Spanned<String>>,
     #[serde(default = "yes")]
     require_identity: bool,
-    #[serde(default = "default_max_body")]
-    max_body: Size,
-    #[serde(default = "default_json_depth")]
-    max_json_depth: usize,
+    max_body: Option<Spanned<Size>>,
+    max_json_depth: Option<Spanned<i64>>,
     #[serde(default = "default_malformed_body")]
     malformed_body: MalformedBody,
     #[serde(default = "yes")]
     native_eval: bool,
-    #[serde(default = "default_deny_status")]
-    deny_status: u16,
+    deny_status: Option<Spanned<i64>>,
 }
 
 impl Default for SettingsDef {
@@ -226,31 +223,21 @@ impl Default for SettingsDef {
             mode: default_mode(),
             identity: None,
             require_identity: true,
-            max_body: default_max_body(),
-            max_json_depth: default_json_depth(),
+            max_body: None,
+            max_json_depth: None,
             malformed_body: default_malformed_body(),
             native_eval: true,
-            deny_status: default_deny_status(),
+            deny_status: None,
         }
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CertificateDef {
     #[serde(default)]
     required: bool,
-    #[serde(default = "default_cert_cache")]
-    cache_size: usize,
-}
-
-impl Default for CertificateDef {
-    fn default() -> Self {
-        CertificateDef {
-            required: false,
-            cache_size: default_cert_cache(),
-        }
-    }
+    cache_size: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -260,19 +247,16 @@ struct TokenDef {
     issuer: String,
     #[serde(default)]
     audience: OneOrMany,
-    #[serde(default = "default_leeway")]
-    leeway: DurationDef,
+    leeway: Option<Spanned<DurationDef>>,
     #[serde(default)]
     required: bool,
-    #[serde(default = "default_token_max")]
-    max_size: Size,
+    max_size: Option<Spanned<Size>>,
     #[serde(default = "default_token_header")]
     header: String,
     jwks_file: Option<String>,
     #[serde(default = "yes")]
     discovery: bool,
-    #[serde(default = "default_token_cache")]
-    cache_size: usize,
+    cache_size: Option<Spanned<i64>>,
     #[serde(default)]
     certificate_bound: bool,
 }
@@ -283,7 +267,7 @@ struct RuleDef {
     name: String,
     effect: Effect,
     when: Spanned<String>,
-    status: Option<u16>,
+    status: Option<Spanned<i64>>,
     message: Option<String>,
     #[serde(default)]
     #[allow(dead_code)]
@@ -295,12 +279,11 @@ struct RuleDef {
 struct LimitDef {
     name: String,
     key: Option<Spanned<String>>,
-    rate: String,
-    burst: Option<i64>,
+    rate: Spanned<String>,
+    burst: Option<Spanned<i64>>,
     cost: Option<Spanned<String>>,
     when: Option<Spanned<String>>,
-    #[serde(default = "default_max_keys")]
-    max_keys: usize,
+    max_keys: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -332,40 +315,90 @@ fn yes() -> bool {
 fn default_mode() -> Mode {
     Mode::Enforce
 }
-fn default_max_body() -> Size {
-    Size::Bytes(1 << 20)
-}
-fn default_json_depth() -> usize {
-    32
-}
 fn default_malformed_body() -> MalformedBody {
     MalformedBody::Refuse
-}
-fn default_deny_status() -> u16 {
-    403
-}
-fn default_cert_cache() -> usize {
-    4096
-}
-fn default_leeway() -> DurationDef {
-    DurationDef::Seconds(30)
-}
-fn default_token_max() -> Size {
-    Size::Bytes(8 << 10)
 }
 fn default_token_header() -> String {
     "authorization".into()
 }
-fn default_token_cache() -> usize {
-    // Tokens are kept whole (at most max_size each): 4096 × 8KiB bounds it at 32MiB.
-    4096
-}
-fn default_max_keys() -> usize {
-    100_000
+
+/// Every number a policy can set: its default and the range it must fall in. The
+/// ranges keep each value where the code that uses it cannot overflow or allocate
+/// without bound (`limits` turns rates into governor's u64 nanoseconds).
+struct Bound {
+    name: &'static str,
+    default: i64,
+    min: i64,
+    max: i64,
 }
 
-/// The largest body limit accepted: the module buffers up to this much per request.
-pub const MAX_BODY_LIMIT: u64 = 1 << 30;
+const MAX_JSON_DEPTH: Bound = Bound {
+    name: "settings.max_json_depth",
+    default: 32,
+    min: 1,
+    max: 128,
+};
+const DENY_STATUS: Bound = Bound {
+    name: "settings.deny_status",
+    default: 403,
+    min: 400,
+    max: 599,
+};
+const CERT_CACHE: Bound = Bound {
+    name: "certificate.cache_size",
+    default: 4096,
+    min: 1,
+    max: 1_000_000,
+};
+// Tokens are kept whole (at most max_size each): 4096 × 8KiB bounds the cache at 32MiB.
+const TOKEN_CACHE: Bound = Bound {
+    name: "token.cache_size",
+    default: 4096,
+    min: 1,
+    max: 1_000_000,
+};
+const TOKEN_LEEWAY_SECS: Bound = Bound {
+    name: "token.leeway",
+    default: 30,
+    min: 0,
+    max: 600,
+};
+const TOKEN_MAX_SIZE: Bound = Bound {
+    name: "token.max_size",
+    default: 8 << 10,
+    min: 1,
+    max: 64 << 10,
+};
+const MAX_BODY: Bound = Bound {
+    name: "settings.max_body",
+    default: 1 << 20,
+    min: 1,
+    max: 1 << 30,
+};
+const RULE_STATUS: Bound = Bound {
+    name: "status",
+    default: 403,
+    min: 400,
+    max: 599,
+};
+const BURST: Bound = Bound {
+    name: "burst",
+    default: 1,
+    min: 1,
+    max: 1_000_000_000,
+};
+const MAX_KEYS: Bound = Bound {
+    name: "max_keys",
+    default: 100_000,
+    min: 1,
+    max: 10_000_000,
+};
+
+/// The longest period a rate may name (`1/365d`).
+pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(365 * 86400);
+/// The longest a limit's bucket may take to refill from empty (burst × one cell's
+/// period): ten years, far inside governor's 584-year nanosecond clock.
+pub const MAX_REFILL: Duration = Duration::from_secs(10 * 365 * 86400);
 
 /// Parses `"512KiB"`, `"1MiB"`, `"2MB"`, `"100B"` or a plain byte count.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -401,18 +434,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{text:?} is not a duration (examples: 30s, 2m, 1h)"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit_secs: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         other => {
             return Err(format!(
                 "{text:?}: unknown duration unit {other:?} (use s, m, h, d)"
             ))
         }
     };
-    Ok(Duration::from_secs(secs))
+    n.checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Parses a rate: `"10/s"`, `"600/m"`, `"1000/h"`, `"20000/d"`, or `"5/10s"`.
@@ -433,6 +468,9 @@ pub fn parse_rate(text: &str) -> Result<Rate, String> {
     };
     if per.is_zero() {
         return Err(format!("{text:?}: the period must be longer than zero"));
+    }
+    if per > MAX_RATE_PERIOD {
+        return Err(format!("{text:?}: the period is longer than 365 days"));
     }
     if (per / count).is_zero() {
         return Err(format!("{text:?}: more than one request per nanosecond"));
@@ -499,72 +537,87 @@ impl Loader<'_> {
         }
     }
 
-    fn settings(&mut self, s: &SettingsDef, certificate: &CertificateDef) -> u64 {
-        let max_body_bytes = match size_value(&s.max_body) {
-            Ok(0) => {
-                self.problem("settings.max_body: must be larger than 0".into());
-                0
-            }
-            Ok(n) if n > MAX_BODY_LIMIT => {
-                self.problem(format!(
-                    "settings.max_body: {n} bytes is over the 1GiB the module can buffer"
-                ));
-                0
-            }
-            Ok(n) => n,
-            Err(e) => {
-                self.problem(format!("settings.max_body: {e}"));
-                0
+    fn line_of_span(&self, span: std::ops::Range<usize>) -> Option<usize> {
+        Some(self.line_of(span.start))
+    }
+
+    /// A number the policy may set, or its default; out of `b`'s range is a problem
+    /// naming the line (and the default stands in, so loading goes on to find more).
+    fn number(&mut self, what: &str, b: &Bound, v: Option<&Spanned<i64>>) -> i64 {
+        let Some(v) = v else { return b.default };
+        let n = *v.get_ref();
+        if (b.min..=b.max).contains(&n) {
+            return n;
+        }
+        let line = self.line_of_span(v.span());
+        self.problem_at(
+            line,
+            format!("{what} = {n} is outside {}..={}", b.min, b.max),
+        );
+        b.default
+    }
+
+    /// A size (`"512KiB"` or bytes) within `b`.
+    fn size(&mut self, b: &Bound, v: Option<&Spanned<Size>>) -> u64 {
+        let Some(v) = v else { return b.default as u64 };
+        let line = self.line_of_span(v.span());
+        let message = match size_value(v.get_ref()) {
+            Ok(n) if (b.min as u64..=b.max as u64).contains(&n) => return n,
+            Ok(0) => "must be larger than 0".to_owned(),
+            Ok(n) => format!("{n} bytes is over the {} allowed", human_size(b.max as u64)),
+            Err(e) => e,
+        };
+        self.problem_at(line, format!("{}: {message}", b.name));
+        b.default as u64
+    }
+
+    /// A duration (`"30s"` or seconds) within `b`, in seconds.
+    fn seconds(&mut self, b: &Bound, v: Option<&Spanned<DurationDef>>) -> u64 {
+        let Some(v) = v else { return b.default as u64 };
+        let line = self.line_of_span(v.span());
+        let secs = match v.get_ref() {
+            DurationDef::Seconds(n) => Ok(*n),
+            DurationDef::Text(text) => {
+                parse_duration(text).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             }
         };
-        if s.max_json_depth == 0 || s.max_json_depth > 128 {
-            self.problem(format!(
-                "settings.max_json_depth: {} is outside 1..=128",
-                s.max_json_depth
-            ));
+        match secs {
+            Ok(n) if (b.min..=b.max).contains(&n) => n as u64,
+            Ok(n) => {
+                self.problem_at(
+                    line,
+                    format!("{}: {n}s is outside {}..={}s", b.name, b.min, b.max),
+                );
+                b.default as u64
+            }
+            Err(e) => {
+                self.problem_at(line, format!("{}: {e}", b.name));
+                b.default as u64
+            }
         }
-        if !(400..=599).contains(&s.deny_status) {
-            self.problem(format!(
-                "settings.deny_status: {} is not a 4xx or 5xx status",
-                s.deny_status
-            ));
+    }
+
+    fn settings(&mut self, s: &SettingsDef, certificate: &CertificateDef) -> Settings {
+        Settings {
+            max_body_bytes: self.size(&MAX_BODY, s.max_body.as_ref()),
+            max_json_depth: self.number(
+                MAX_JSON_DEPTH.name,
+                &MAX_JSON_DEPTH,
+                s.max_json_depth.as_ref(),
+            ) as usize,
+            deny_status: self.number(DENY_STATUS.name, &DENY_STATUS, s.deny_status.as_ref()) as u16,
+            cert_cache: self.number(
+                CERT_CACHE.name,
+                &CERT_CACHE,
+                certificate.cache_size.as_ref(),
+            ) as usize,
         }
-        if certificate.cache_size == 0 {
-            self.problem("certificate.cache_size: must be at least 1".into());
-        }
-        max_body_bytes
     }
 
     fn token(&mut self, t: &TokenDef, max_json_depth: usize) -> TokenConfig {
-        let leeway = match &t.leeway {
-            DurationDef::Seconds(n) if *n >= 0 => Duration::from_secs(*n as u64),
-            DurationDef::Seconds(n) => {
-                self.problem(format!("token.leeway: {n} is negative"));
-                Duration::ZERO
-            }
-            DurationDef::Text(text) => parse_duration(text).unwrap_or_else(|e| {
-                self.problem(format!("token.leeway: {e}"));
-                Duration::ZERO
-            }),
-        };
-        if leeway > Duration::from_secs(600) {
-            self.problem(format!(
-                "token.leeway: {}s is over the 600s allowed",
-                leeway.as_secs()
-            ));
-        }
-        let max_bytes = size_value(&t.max_size).unwrap_or_else(|e| {
-            self.problem(format!("token.max_size: {e}"));
-            0
-        });
-        if max_bytes == 0 || max_bytes > 64 << 10 {
-            self.problem(format!(
-                "token.max_size: {max_bytes} bytes is outside 1..=64KiB"
-            ));
-        }
-        if t.cache_size == 0 {
-            self.problem("token.cache_size: must be at least 1".into());
-        }
+        let leeway_secs = self.seconds(&TOKEN_LEEWAY_SECS, t.leeway.as_ref());
+        let max_bytes = self.size(&TOKEN_MAX_SIZE, t.max_size.as_ref());
+        let cache_size = self.number(TOKEN_CACHE.name, &TOKEN_CACHE, t.cache_size.as_ref());
         let audiences = match &t.audience {
             OneOrMany::None => Vec::new(),
             OneOrMany::One(a) => vec![a.clone()],
@@ -577,10 +630,10 @@ impl Loader<'_> {
             settings: crate::token::TokenSettings {
                 issuer: t.issuer.clone(),
                 audiences,
-                leeway_secs: leeway.as_secs(),
+                leeway_secs,
                 max_bytes: max_bytes as usize,
-                cache_size: t.cache_size.max(1),
-                max_claims_depth: max_json_depth.clamp(1, 128),
+                cache_size: cache_size as usize,
+                max_claims_depth: max_json_depth,
             },
             required: t.required,
             header: t.header.trim().to_ascii_lowercase(),
@@ -613,21 +666,23 @@ impl Loader<'_> {
         let mut rules = Vec::new();
         for (i, r) in defs.iter().enumerate() {
             let label = self.named("rule", i, &r.name, &mut names);
-            if let Some(status) = r.status {
-                if r.effect == Effect::Allow {
-                    self.problem(format!("{label}: status is only for deny rules"));
-                } else if !(400..=599).contains(&status) {
-                    self.problem(format!(
-                        "{label}: status {status} is not a 4xx or 5xx status"
-                    ));
+            let status = match &r.status {
+                Some(s) if r.effect == Effect::Allow => {
+                    let line = self.line_of_span(s.span());
+                    self.problem_at(line, format!("{label}: status is only for deny rules"));
+                    None
                 }
-            }
+                Some(s) => {
+                    Some(self.number(&format!("{label}: status"), &RULE_STATUS, Some(s)) as u16)
+                }
+                None => None,
+            };
             if let Some(when) = self.expr(&format!("{label} when"), &r.when, &VARIABLES) {
                 rules.push(Rule {
                     name: r.name.clone(),
                     effect: r.effect,
                     when,
-                    status: r.status,
+                    status,
                     message: r.message.clone(),
                 });
             }
@@ -640,20 +695,34 @@ impl Loader<'_> {
         let mut limits = Vec::new();
         for (i, d) in defs.iter().enumerate() {
             let label = self.named("limit", i, &d.name, &mut limit_names);
-            let rate = parse_rate(&d.rate)
-                .map_err(|e| self.problem(format!("{label}: rate {e}")))
+            let rate_line = self.line_of_span(d.rate.span());
+            let rate = parse_rate(d.rate.get_ref())
+                .map_err(|e| self.problem_at(rate_line, format!("{label}: rate {e}")))
                 .ok();
-            let burst = match d.burst {
+            let burst = match &d.burst {
                 None => rate.map(|r| r.count).unwrap_or(1),
-                Some(b) if (1..=1_000_000_000).contains(&b) => b as u32,
-                Some(b) => {
-                    self.problem(format!("{label}: burst {b} is outside 1..=1000000000"));
-                    1
-                }
+                Some(b) => self.number(&format!("{label}: burst"), &BURST, Some(b)) as u32,
             };
-            if d.max_keys == 0 {
-                self.problem(format!("{label}: max_keys must be at least 1"));
+            if let Some(rate) = rate {
+                // governor keeps time in u64 nanoseconds: the bucket's whole span must fit.
+                if rate.period().saturating_mul(burst) > MAX_REFILL {
+                    let line = d
+                        .burst
+                        .as_ref()
+                        .map_or(rate_line, |b| self.line_of_span(b.span()));
+                    self.problem_at(
+                        line,
+                        format!(
+                            "{label}: rate {rate} with burst {burst} takes longer than 10 years to refill"
+                        ),
+                    );
+                }
             }
+            let max_keys = self.number(
+                &format!("{label}: max_keys"),
+                &MAX_KEYS,
+                d.max_keys.as_ref(),
+            ) as usize;
             let key_src = d
                 .key
                 .clone()
@@ -678,7 +747,7 @@ impl Loader<'_> {
                     burst,
                     cost.as_ref().map(|c| c.source.as_str()).unwrap_or("1"),
                     when.as_ref().map(|w| w.source.as_str()).unwrap_or("true"),
-                    d.max_keys
+                    max_keys
                 );
                 limits.push(LimitConfig {
                     name: d.name.clone(),
@@ -687,12 +756,30 @@ impl Loader<'_> {
                     burst,
                     cost,
                     when,
-                    max_keys: d.max_keys.max(1),
+                    max_keys,
                     fingerprint,
                 });
             }
         }
         limits
+    }
+}
+
+/// The `[settings]` (and `[certificate]`) numbers, checked.
+struct Settings {
+    max_body_bytes: u64,
+    max_json_depth: usize,
+    deny_status: u16,
+    cert_cache: usize,
+}
+
+/// `1073741824` → `1GiB`, for messages.
+fn human_size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n} bytes"),
     }
 }
 
@@ -731,8 +818,11 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
             &["cert", "claims", "request", "body", "llm"],
         )
     });
-    let max_body_bytes = l.settings(s, &parsed.certificate);
-    let token = parsed.token.as_ref().map(|t| l.token(t, s.max_json_depth));
+    let settings = l.settings(s, &parsed.certificate);
+    let token = parsed
+        .token
+        .as_ref()
+        .map(|t| l.token(t, settings.max_json_depth));
     let rules = l.rules(&parsed.rules);
     let limits = l.limits(&parsed.limits);
 
@@ -749,13 +839,13 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
         mode: s.mode,
         identity,
         require_identity: s.require_identity,
-        max_body_bytes,
-        max_json_depth: s.max_json_depth,
+        max_body_bytes: settings.max_body_bytes,
+        max_json_depth: settings.max_json_depth,
         malformed_body: s.malformed_body,
-        deny_status: s.deny_status,
+        deny_status: settings.deny_status,
         certificate: CertificateSettings {
             required: parsed.certificate.required,
-            cache_size: parsed.certificate.cache_size,
+            cache_size: settings.cert_cache,
         },
         token,
         rules,
