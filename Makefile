@@ -1,12 +1,15 @@
 # The two commands of the README's quick start, the fast inner loop, and the benchmark.
-.PHONY: demo test check bench bench-deep bench-build
+.PHONY: demo demo-build test check bench bench-deep bench-build
 
-# Build the custom Caddy and run the demo stack on loopback (Ctrl-C stops it).
-demo:
+# Build the custom Caddy and run the demo stack on loopback (Ctrl-C, SIGTERM or SIGHUP
+# stops every process it started).
+demo: demo-build
+	python3 e2e/demo.py $(DEMO_ARGS)
+
+demo-build:
 	scripts/install-deps.sh
 	xcaddy/build.sh
 	cd e2e/idp && go build -o ../../build/test-idp .
-	python3 e2e/demo.py
 
 # Every test: engine, CLI, example policy cases, C ABI, Go module, end to end.
 test:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import ROOT, Stack  # noqa: E402
+from stack import ROOT, Stack, die_with_parent  # noqa: E402
 
 CHAT = "/v1/chat/completions"
 
@@ -26,6 +26,12 @@ def main():
     p.add_argument("--check", action="store_true", help="run the commands, check the statuses, stop")
     p.add_argument("--caddy", default=str(ROOT / "build" / "caddy"))
     a = p.parse_args()
+    # Ctrl-C (SIGINT), SIGTERM and SIGHUP all stop the stack: each raises here, wherever
+    # the demo is (starting, or waiting), and `finally` stops every process. If whoever
+    # started the demo (make) dies, the demo gets SIGTERM too.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop_on_signal)
+    die_with_parent()
     work = ROOT / "build" / "demo"
     shutil.rmtree(work, ignore_errors=True)
     s = Stack(work, Path(a.caddy), oauth2_proxy=True)
@@ -80,11 +86,28 @@ a person logs in through oauth2-proxy at https://ai.example.internal:{s.ports['c
 """, flush=True)
         if a.check:
             return check(s, *(f"{tokens}; {c}" for c in (allow, deny, burst, svc)), nocert)
-        print("Ctrl-C stops the demo.", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        print("Ctrl-C (or SIGTERM, SIGHUP) stops the demo.", flush=True)
+        while True:
+            signal.pause()
+    except Stopped as e:
+        print(f"\n{signal.Signals(e.signum).name}: stopping the demo's processes", flush=True)
         return 0
     finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the stop short
         s.stop()
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    def __init__(self, signum):
+        self.signum = signum
+
+
+def stop_on_signal(signum, _frame):
+    raise Stopped(signum)
 
 
 def sh(cmd):

@@ -23,6 +23,23 @@ EXAMPLE_POLICY = ROOT / "examples" / "policy"
 HOST = "ai.example.internal"
 
 
+# Every identity header oauth2-proxy can set (v7.15: set_xauthrequest, pass_user_headers,
+# pass_access_token, GAP-Auth), and X-Real-Ip: a client-sent copy of any of them must
+# never reach vLLM, so zt_policy strips them all (forward_auth strips only what it copies).
+OAUTH2_PROXY_HEADERS = (
+    "X-Auth-Request-User X-Auth-Request-Email X-Auth-Request-Preferred-Username X-Auth-Request-Groups "
+    "X-Auth-Request-Access-Token X-Forwarded-User X-Forwarded-Email X-Forwarded-Preferred-Username "
+    "X-Forwarded-Groups X-Forwarded-Access-Token GAP-Auth X-Real-Ip").split()
+
+
+def die_with_parent(sig=signal.SIGTERM):
+    """Linux's parent-death signal: the calling process gets `sig` when its parent
+    exits, however it exits (even SIGKILL), so nothing the stack started outlives it."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,7 +156,8 @@ class Stack:
 
     def _spawn(self, name, args, **kw):
         log = open(self.work / f"{name}.log", "ab")
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             preexec_fn=die_with_parent, **kw)
         self.procs[name] = p
         return p
 
@@ -269,7 +287,7 @@ https://{HOST}:{self.ports['caddy']}, https://localhost:{self.ports['caddy']} {{
 	handle @openai_api {{{self._forward_auth()}
 		zt_policy {{
 			policy_file {policy or self.policy}
-			strip_headers X-Auth-Request-User X-Auth-Request-Email X-Forwarded-User X-Forwarded-Email X-Real-Ip{self._oidc_options()}
+			strip_headers {' '.join(OAUTH2_PROXY_HEADERS)}{self._oidc_options()}
 		}}
 		reverse_proxy https://127.0.0.1:{self.ports['nginx']} {{
 			transport http {{

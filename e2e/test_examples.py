@@ -65,3 +65,14 @@ def test_caddy_image_is_glibc_and_not_root():
     assert "bookworm" in text and "alpine" not in text and "musl" not in text
     assert "USER 65532" in text
     assert "xcaddy/build.sh" in text
+
+
+def test_the_example_caddyfile_strips_every_header_oauth2_proxy_can_set():
+    from stack import OAUTH2_PROXY_HEADERS
+    stripped = set()
+    for line in (EX / "Caddyfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["strip_headers"]:
+            stripped |= {w.lower() for w in words[1:]}
+    missing = {h for h in OAUTH2_PROXY_HEADERS if h.lower() not in stripped}
+    assert not missing, missing

@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 
-from stack import HOST
+from stack import HOST, OAUTH2_PROXY_HEADERS
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "llama-3.1-8b-instruct", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
@@ -91,8 +91,8 @@ def test_certificate_bound_token_fails_with_another_certificate(ostack):
     assert "bound to another client certificate" in r.json()["error"]["message"]
 
 
-SPOOFS = {"X-Auth-Request-User": "admin", "X-Auth-Request-Email": "admin@example.com",
-          "X-Forwarded-User": "admin", "X-Forwarded-Email": "admin@example.com",
+SPOOFS = {**{h: "admin" for h in OAUTH2_PROXY_HEADERS},
+          "X-Auth-Request-Email": "admin@example.com", "X-Forwarded-Email": "admin@example.com",
           "X-Forwarded-For": "10.0.0.1", "X-Forwarded-Host": "internal.example", "X-Real-Ip": "10.0.0.1",
           "X-Zt-Identity": "admin@example.com", "X-Zt-Rule": "sre-metrics"}
 
@@ -117,6 +117,7 @@ def test_spoofed_headers_never_lead_to_an_allow(which, request):
     seen = {k.lower(): v for k, v in q["headers"]}
     assert seen["x-zt-identity"] == "batch-svc"
     assert "admin" not in json.dumps(q["headers"]) and "sre-metrics" not in json.dumps(q["headers"])
+    assert not set(seen) & {h.lower() for h in OAUTH2_PROXY_HEADERS}, seen
 
 
 class Browser:

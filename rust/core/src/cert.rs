@@ -87,6 +87,10 @@ pub enum CertError {
     TrailingBytes(usize),
     #[error("client certificate extension is malformed: {0}")]
     Extension(String),
+    /// A subject or issuer attribute rules read (CN, O, OU, C, ST, L) that cannot be
+    /// decoded: refused rather than dropped, since a dropped OU could skip a deny rule.
+    #[error("client certificate {0}")]
+    Name(String),
 }
 
 /// Parses a DER certificate. Never panics on hostile input: every failure is an error
@@ -100,8 +104,8 @@ pub fn parse_der(der: &[u8]) -> Result<CertInfo, CertError> {
         return Err(CertError::TrailingBytes(rest.len()));
     }
     let mut info = CertInfo {
-        subject: name_info(cert.subject()),
-        issuer: name_info(cert.issuer()),
+        subject: name_info("subject", cert.subject())?,
+        issuer: name_info("issuer", cert.issuer())?,
         serial: hex(cert.raw_serial()),
         fingerprint_sha256: hex(&Sha256::digest(der)),
         not_before: cert.validity().not_before.timestamp(),
@@ -152,25 +156,160 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn name_info(name: &X509Name<'_>) -> NameInfo {
-    let first = |it: &mut dyn Iterator<Item = &AttributeTypeAndValue<'_>>| {
-        it.next()
-            .and_then(|a| a.as_str().ok())
-            .unwrap_or_default()
-            .to_owned()
+fn name_info(which: &str, name: &X509Name<'_>) -> Result<NameInfo, CertError> {
+    use x509_parser::oid_registry as oids;
+    let mut info = NameInfo::default();
+    for attr in name.iter_attributes() {
+        let t = attr.attr_type();
+        let (field, list): (&str, Option<&mut Vec<String>>) = if *t == oids::OID_X509_COMMON_NAME {
+            ("CN", None)
+        } else if *t == oids::OID_X509_ORGANIZATION_NAME {
+            ("O", Some(&mut info.o))
+        } else if *t == oids::OID_X509_ORGANIZATIONAL_UNIT {
+            ("OU", Some(&mut info.ou))
+        } else if *t == oids::OID_X509_COUNTRY_NAME {
+            ("C", None)
+        } else if *t == oids::OID_X509_STATE_OR_PROVINCE_NAME {
+            ("ST", None)
+        } else if *t == oids::OID_X509_LOCALITY_NAME {
+            ("L", None)
+        } else {
+            continue;
+        };
+        let value = directory_string(attr.attr_value())
+            .map_err(|e| CertError::Name(format!("{which} {field}: {e}")))?;
+        match (field, list) {
+            (_, Some(list)) => list.push(value),
+            ("CN", _) if info.cn.is_empty() => info.cn = value,
+            ("C", _) if info.c.is_empty() => info.c = value,
+            ("ST", _) if info.st.is_empty() => info.st = value,
+            ("L", _) if info.l.is_empty() => info.l = value,
+            _ => {}
+        }
+    }
+    info.dn = rfc4514(name);
+    Ok(info)
+}
+
+/// The text of a name attribute in any of the string types X.509 names use, decoded
+/// the way Go's crypto/x509 (and so Caddy) decodes them: UTF8String as UTF-8,
+/// Printable/IA5/Numeric/VisibleString as ASCII, TeletexString as Latin-1 (as Go and
+/// BoringSSL do), BMPString as UTF-16BE (a trailing NUL dropped), UniversalString as
+/// UTF-32BE. Anything else, or bytes invalid for their type, is an error.
+pub(crate) fn directory_string(
+    v: &x509_parser::der_parser::asn1_rs::Any<'_>,
+) -> Result<String, String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let data = v.data;
+    let ascii = |name: &str| {
+        if data.is_ascii() {
+            Ok(String::from_utf8_lossy(data).into_owned())
+        } else {
+            Err(format!("{name} holds bytes that are not ASCII"))
+        }
     };
-    let all = |it: &mut dyn Iterator<Item = &AttributeTypeAndValue<'_>>| {
-        it.filter_map(|a| a.as_str().ok().map(str::to_owned))
-            .collect::<Vec<_>>()
+    match v.tag() {
+        Tag::Utf8String => {
+            String::from_utf8(data.to_vec()).map_err(|_| "UTF8String is not UTF-8".to_owned())
+        }
+        Tag::PrintableString => ascii("PrintableString"),
+        Tag::Ia5String => ascii("IA5String"),
+        Tag::NumericString => ascii("NumericString"),
+        Tag::VisibleString => ascii("VisibleString"),
+        Tag::T61String => Ok(data.iter().map(|&b| char::from(b)).collect()),
+        Tag::BmpString => {
+            if !data.len().is_multiple_of(2) {
+                return Err("BMPString has an odd length".into());
+            }
+            let data = data.strip_suffix(&[0, 0]).unwrap_or(data);
+            let units: Vec<u16> = data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).map_err(|_| "BMPString is not valid UTF-16".to_owned())
+        }
+        Tag::UniversalString => {
+            if !data.len().is_multiple_of(4) {
+                return Err("UniversalString's length is not a multiple of 4".into());
+            }
+            data.chunks_exact(4)
+                .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+                .collect::<Option<String>>()
+                .ok_or_else(|| "UniversalString holds a value that is not a character".to_owned())
+        }
+        other => Err(format!("{other} is not a string type")),
+    }
+}
+
+/// The name as RFC 4514 writes it, the way Go's `pkix.Name.String()` does (Caddy's
+/// `{http.request.tls.client.subject}`): the last RDN first, `,` between RDNs, `+`
+/// inside one, special characters escaped, so no value can forge another attribute
+/// (`CN=alice\, OU=admins` stays one CN). Types Go names are abbreviated; any other
+/// is its dotted OID with the value's DER in hex (`2.5.4.97=#0c03...`), as is a value
+/// that is not a string.
+fn rfc4514(name: &X509Name<'_>) -> String {
+    use x509_parser::oid_registry as oids;
+    let short = |t: &x509_parser::der_parser::oid::Oid<'_>| -> Option<&'static str> {
+        [
+            (oids::OID_X509_COUNTRY_NAME, "C"),
+            (oids::OID_X509_ORGANIZATION_NAME, "O"),
+            (oids::OID_X509_ORGANIZATIONAL_UNIT, "OU"),
+            (oids::OID_X509_COMMON_NAME, "CN"),
+            (oids::OID_X509_SERIALNUMBER, "SERIALNUMBER"),
+            (oids::OID_X509_LOCALITY_NAME, "L"),
+            (oids::OID_X509_STATE_OR_PROVINCE_NAME, "ST"),
+            (oids::OID_X509_STREET_ADDRESS, "STREET"),
+            (oids::OID_X509_POSTAL_CODE, "POSTALCODE"),
+        ]
+        .into_iter()
+        .find(|(oid, _)| oid == t)
+        .map(|(_, s)| s)
     };
-    NameInfo {
-        cn: first(&mut name.iter_common_name()),
-        o: all(&mut name.iter_organization()),
-        ou: all(&mut name.iter_organizational_unit()),
-        c: first(&mut name.iter_country()),
-        st: first(&mut name.iter_state_or_province()),
-        l: first(&mut name.iter_locality()),
-        dn: name.to_string(),
+    let mut out = String::new();
+    let rdns: Vec<_> = name.iter_rdn().collect();
+    for (i, rdn) in rdns.into_iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let value = attr.attr_value();
+            match (short(attr.attr_type()), directory_string(value)) {
+                (Some(t), Ok(text)) => {
+                    out.push_str(t);
+                    out.push('=');
+                    escape_rfc4514(&text, &mut out);
+                }
+                _ => {
+                    out.push_str(&attr.attr_type().to_id_string());
+                    out.push_str("=#");
+                    let mut der = Vec::with_capacity(value.data.len() + 4);
+                    let _ = x509_parser::der_parser::asn1_rs::ToDer::write_der(value, &mut der);
+                    out.push_str(&hex(&der));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// RFC 4514 §2.4 escaping, as Go's `escape`: `,+"\<>;` always, a leading `#` or space
+/// and a trailing space, and NUL as `\00`.
+fn escape_rfc4514(s: &str, out: &mut String) {
+    let last = s.chars().count().saturating_sub(1);
+    for (i, c) in s.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            '#' if i == 0 => out.push_str("\\#"),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
     }
 }
 

@@ -57,6 +57,9 @@ pub enum Effect {
 pub struct CertificateSettings {
     pub required: bool,
     pub cache_size: usize,
+    /// The default identity may fall back to the subject CN (after the token's `sub`
+    /// and the first SAN email). Off where a CA issues CNs users choose.
+    pub cn_identity: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +240,7 @@ impl Default for SettingsDef {
 struct CertificateDef {
     #[serde(default)]
     required: bool,
+    cn_identity: Option<bool>,
     cache_size: Option<Spanned<i64>>,
 }
 
@@ -845,6 +849,7 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
         deny_status: settings.deny_status,
         certificate: CertificateSettings {
             required: parsed.certificate.required,
+            cn_identity: parsed.certificate.cn_identity.unwrap_or(true),
             cache_size: settings.cert_cache,
         },
         token,

@@ -22,7 +22,8 @@ fn every_field_of_a_device_certificate() {
     assert_eq!(c.subject.cn, "alice");
     assert_eq!(c.subject.o, vec!["Example Corp"]);
     assert_eq!(c.subject.ou, vec!["ml-users"]);
-    assert_eq!(c.subject.dn, "O=Example Corp, OU=ml-users, CN=alice");
+    // RFC 4514, as Go (Caddy) writes it: the last RDN first.
+    assert_eq!(c.subject.dn, "CN=alice,OU=ml-users,O=Example Corp");
     assert_eq!(c.issuer.cn, "zt-policy Example Device CA");
     assert_eq!(c.san_email, vec!["alice@example.com"]);
     assert_eq!(c.san_dns, vec!["alice-laptop.example.internal"]);

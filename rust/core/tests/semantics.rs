@@ -272,6 +272,25 @@ when = 'true'
 }
 
 #[test]
+fn the_cn_fallback_can_be_turned_off() {
+    let e = engine(
+        r#"
+[certificate]
+cn_identity = false
+[[rule]]
+name = "allow-all"
+effect = "allow"
+when = 'true'
+"#,
+    );
+    // batch's certificate has no SAN email: without the CN it has no identity.
+    let d = Req::new("GET", "/").cert("batch").decide(&e);
+    assert_eq!((d.status, d.reason), (401, Reason::NoIdentity), "{d:?}");
+    let d = Req::new("GET", "/").cert("alice").decide(&e);
+    assert_eq!(d.identity.as_deref(), Some("alice@example.com"));
+}
+
+#[test]
 fn identity_expression_is_the_key_rules_and_limits_see() {
     let e = engine(
         r#"

@@ -191,7 +191,11 @@ impl Engine {
                 }
                 Err(_) => None,
             },
-            None => default_identity(caller.cert.as_deref(), caller.token.as_deref()),
+            None => default_identity(
+                caller.cert.as_deref(),
+                caller.token.as_deref(),
+                self.policy.certificate.cn_identity,
+            ),
         }
         .filter(|s| !s.is_empty());
         if let Some(id) = identity.as_deref().filter(|id| !header_value_safe(id)) {
@@ -466,8 +470,13 @@ impl<'e> Explain<'e> {
     }
 }
 
-/// The token's `sub`, else the certificate's first SAN email, else its CN.
-fn default_identity(cert: Option<&CertEntry>, token: Option<&VerifiedToken>) -> Option<String> {
+/// The token's `sub`, else the certificate's first SAN email, else (where `cn` allows)
+/// its CN.
+fn default_identity(
+    cert: Option<&CertEntry>,
+    token: Option<&VerifiedToken>,
+    cn: bool,
+) -> Option<String> {
     if let Some(sub) = token.and_then(|t| t.subject()).filter(|s| !s.is_empty()) {
         return Some(sub.to_owned());
     }
@@ -476,7 +485,7 @@ fn default_identity(cert: Option<&CertEntry>, token: Option<&VerifiedToken>) -> 
         .san_email
         .first()
         .cloned()
-        .or_else(|| Some(cert.info.subject.cn.clone()))
+        .or_else(|| cn.then(|| cert.info.subject.cn.clone()))
 }
 
 /// Whether a value reaches the upstream as the same header value: no control
