@@ -77,8 +77,16 @@ def test_key_rotation_needs_no_restart_and_retired_keys_stop_working(ostack):
         if r.status == 401:
             break
         time.sleep(0.2)
-    assert r.status == 401 and "not in the JWKS" in r.json()["error"]["message"], r.body
+    # The client hears the class of problem; the key table stays in the log.
+    kid = json.loads(base64.urlsafe_b64decode(before.split(".")[0] + "=="))["kid"]
+    message = r.json()["error"]["message"]
+    assert r.status == 401 and message == "bearer token is signed by a key this server does not know", r.body
+    assert kid not in r.body
     assert ostack.request("POST", CHAT, "carol", body=BODY, headers=bearer(after)).status == 200
+    time.sleep(0.2)  # let Caddy's log writer flush
+    lines = [json.loads(l) for l in (ostack.work / "caddy-json.log").read_text().splitlines()]
+    assert any(l.get("reason") == "invalid_token" and kid in l.get("detail", "") and "not in the JWKS" in l["detail"]
+               for l in lines), "no log line with the detail"
 
 
 def test_certificate_bound_token_fails_with_another_certificate(ostack):

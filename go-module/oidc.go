@@ -132,7 +132,7 @@ func (s *jwksSource) fetch(ctx context.Context) error {
 		return fmt.Errorf("JWKS from %s refused: %w", s.jwksURI, err)
 	}
 	s.lastGood = time.Now()
-	s.logger.Info("JWKS loaded", zap.String("issuer", s.issuer), zap.String("jwks_uri", s.jwksURI), zap.String("result", msg))
+	logJWKS(s.logger, msg, zap.String("issuer", s.issuer), zap.String("jwks_uri", s.jwksURI))
 	return nil
 }
 

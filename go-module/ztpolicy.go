@@ -293,8 +293,19 @@ func (h *Handler) loadJWKS(eng *engine.Engine, policyName string) error {
 	if err != nil {
 		return fmt.Errorf("zt_policy: %s: %v", path, err)
 	}
-	h.logger.Info("JWKS loaded", zap.String("file", path), zap.String("result", msg))
+	logJWKS(h.logger, msg, zap.String("file", path))
 	return nil
+}
+
+// logJWKS logs a loaded key set; keys the engine skipped (an RSA key under 2048 bits,
+// an encryption key, an unknown curve: each named by index and kid) make it a warning.
+func logJWKS(logger *zap.Logger, result string, fields ...zap.Field) {
+	fields = append(fields, zap.String("result", result))
+	if strings.Contains(result, "skipped") {
+		logger.Warn("JWKS loaded, some keys refused", fields...)
+		return
+	}
+	logger.Info("JWKS loaded", fields...)
 }
 
 // Validate checks the configuration after provisioning.
@@ -662,6 +673,9 @@ func (h *Handler) log(r *http.Request, f *engine.RequestFields, d *engine.Decisi
 	}
 	if len(d.Errors) > 0 {
 		fields = append(fields, zap.Strings("rule_errors", d.Errors))
+	}
+	if d.Detail != "" {
+		fields = append(fields, zap.String("detail", d.Detail))
 	}
 	ce.Write(fields...)
 }

@@ -76,6 +76,8 @@ type Decision struct {
 	RateLimitPolicy string
 	Matched         []string
 	Errors          []string
+	// Detail is for the log only: what the client's message must not say.
+	Detail string
 }
 
 // Reasons by ztp_reason number (TestReasonNamesAreTheHeaders checks them against the
@@ -118,8 +120,8 @@ func DecodeDecision(b []byte) (Decision, error) {
 		if uint64(n) > uint64(len(rest)) {
 			return d, ErrDecision
 		}
-		if i == 4 {
-			fields[i] = string(rest[:n]) // RateLimit: its remaining count changes
+		if i == 4 || i == 8 {
+			fields[i] = string(rest[:n]) // RateLimit (its count changes), the detail
 		} else {
 			fields[i] = Names.Intern(rest[:n])
 		}
@@ -133,6 +135,7 @@ func DecodeDecision(b []byte) (Decision, error) {
 	if fields[6] != "" {
 		d.Matched = Names.Split(fields[6])
 	}
+	d.Detail = fields[8]
 	if fields[7] != "" {
 		d.Errors = strings.Split(fields[7], "\n")
 	}

@@ -81,6 +81,10 @@ pub struct Decision<'e> {
     pub reason: Reason,
     /// One sentence for the client and the log.
     pub message: Cow<'e, str>,
+    /// More for the log only, where the client's sentence must not say it (a token's
+    /// expected issuer, the server's clock, the key table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// The rule that decided: the matching deny rule, or the first matching allow rule.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'e str>,
@@ -118,6 +122,7 @@ impl<'e> Decision<'e> {
             status,
             reason,
             message,
+            detail: None,
             rule: None,
             matched: Vec::new(),
             errors: Vec::new(),
@@ -126,6 +131,18 @@ impl<'e> Decision<'e> {
             audit: false,
             jwks_miss: false,
         }
+    }
+
+    /// A refusal whose client message is a class of problem and whose detail is logged.
+    pub(crate) fn deny_detailed(
+        status: u16,
+        reason: Reason,
+        message: impl Into<Cow<'e, str>>,
+        detail: String,
+    ) -> Self {
+        let mut d = Decision::deny(status, reason, message);
+        d.detail = Some(detail);
+        d
     }
 
     /// The answer when the engine itself failed: never a pass.

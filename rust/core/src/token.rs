@@ -5,6 +5,7 @@
 //! exact match: a forged token can never hit a genuine token's entry), so the cache
 //! holds at most `cache_size` tokens of at most `max_bytes` each.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -68,9 +69,46 @@ pub enum TokenError {
     WrongCertificate,
     #[error("bearer token is not bound to a client certificate (no cnf.x5t#S256), and the policy requires it")]
     NotBound,
+    #[error(
+        "bearer token is bound by cnf member {0:?}, which is not enforced here (only x5t#S256 is)"
+    )]
+    UnsupportedBinding(String),
+    #[error("bearer token was issued at {iat}, in the future (now {now})")]
+    IssuedInFuture { iat: u64, now: u64 },
 }
 
 impl TokenError {
+    /// What the client is told: the class of problem, without the server's clock, the
+    /// issuer or audiences it expects, or its key table (the log gets `to_string()`).
+    pub fn public_message(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            TokenError::TooLarge { .. } => "bearer token is too large",
+            TokenError::Malformed(_) => "bearer token is malformed",
+            TokenError::AlgNone => "bearer token uses alg \"none\", which is never accepted",
+            TokenError::UnknownKid(_) | TokenError::MissingKid(_) | TokenError::NoKeys => {
+                "bearer token is signed by a key this server does not know"
+            }
+            TokenError::AlgorithmMismatch { .. } => {
+                "bearer token's algorithm does not match its key"
+            }
+            TokenError::BadSignature => "bearer token signature does not verify",
+            TokenError::MissingExp => "bearer token has no exp claim",
+            TokenError::Expired { .. } => "bearer token has expired",
+            TokenError::NotYetValid { .. } => "bearer token is not valid yet",
+            TokenError::IssuedInFuture { .. } => "bearer token was issued in the future",
+            TokenError::WrongIssuer { .. } => {
+                "bearer token is from an issuer this server does not accept"
+            }
+            TokenError::WrongAudience { .. } => "bearer token is not meant for this audience",
+            TokenError::BadClaim(claim) => {
+                return Cow::Owned(format!("bearer token claim {claim} has the wrong type"))
+            }
+            TokenError::WrongCertificate
+            | TokenError::NotBound
+            | TokenError::UnsupportedBinding(_) => return Cow::Owned(self.to_string()),
+        })
+    }
+
     /// The token names a key the JWKS lacks: the caller should refetch the JWKS.
     pub fn is_key_miss(&self) -> bool {
         matches!(
@@ -101,12 +139,9 @@ pub struct VerifiedToken {
 }
 
 impl VerifiedToken {
+    /// A token's claims as verified; `cnf` must already have passed [`binding`].
     pub fn new(claims: serde_json::Value, value: Indexed, exp: u64, nbf: Option<u64>) -> Self {
-        let cnf_x5t_s256 = claims
-            .get("cnf")
-            .and_then(|c| c.get("x5t#S256"))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        let cnf_x5t_s256 = binding(&claims).ok().flatten();
         VerifiedToken {
             claims,
             value,
@@ -118,6 +153,26 @@ impl VerifiedToken {
 
     pub fn subject(&self) -> Option<&str> {
         self.claims.get("sub").and_then(|v| v.as_str())
+    }
+}
+
+/// The token's confirmation (RFC 7800 `cnf`): absent, or an object whose only member
+/// is RFC 8705's `x5t#S256` string. Any other member (DPoP's `jkt`, `jwk`, `kid`, …)
+/// binds the token to something this engine does not check, so it is refused rather
+/// than treated as unbound.
+fn binding(claims: &serde_json::Value) -> Result<Option<String>, TokenError> {
+    let Some(cnf) = claims.get("cnf") else {
+        return Ok(None);
+    };
+    let cnf = cnf.as_object().ok_or(TokenError::BadClaim("cnf"))?;
+    if let Some(other) = cnf.keys().find(|k| *k != "x5t#S256") {
+        return Err(TokenError::UnsupportedBinding(other.clone()));
+    }
+    match cnf.get("x5t#S256") {
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(TokenError::BadClaim("cnf.x5t#S256")),
+        // An empty `cnf` binds to nothing: refused like an unknown binding.
+        None => Err(TokenError::BadClaim("cnf")),
     }
 }
 
@@ -192,7 +247,10 @@ impl Verifier {
                     }
                     set.all.push(key);
                 }
-                Err(why) => skipped.push(format!("key {i}: {why}")),
+                Err(why) => match raw.get("kid").and_then(|k| k.as_str()) {
+                    Some(kid) => skipped.push(format!("key {i} (kid {kid:?}): {why}")),
+                    None => skipped.push(format!("key {i}: {why}")),
+                },
             }
         }
         if set.all.is_empty() {
@@ -277,6 +335,13 @@ impl Verifier {
             Some(v) => Some(numeric_date(v).ok_or(TokenError::BadClaim("nbf"))?),
         };
         self.check_times(exp, nbf, now)?;
+        if let Some(v) = claims.get("iat") {
+            let iat = numeric_date(v).ok_or(TokenError::BadClaim("iat"))?;
+            if iat > now.saturating_add(self.settings.leeway_secs) {
+                return Err(TokenError::IssuedInFuture { iat, now });
+            }
+        }
+        binding(&claims)?;
         if !self.settings.issuer.is_empty() {
             let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or("");
             if iss != self.settings.issuer {
@@ -415,6 +480,20 @@ fn alg_name(alg: Algorithm) -> &'static str {
     }
 }
 
+/// RSA keys shorter than this are refused (NIST SP 800-131A; RFC 7518 §3.3 says 2048).
+pub const MIN_RSA_BITS: usize = 2048;
+
+fn rsa_modulus_bits(n: &str) -> Option<usize> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(n.trim_end_matches('='))
+        .ok()?;
+    let bytes = match bytes.iter().position(|b| *b != 0) {
+        Some(i) => &bytes[i..],
+        None => return Some(0),
+    };
+    Some(bytes.len() * 8 - bytes[0].leading_zeros() as usize)
+}
+
 fn load_key(raw: &serde_json::Value) -> Result<Key, String> {
     let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|e| format!("not a JWK: {e}"))?;
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
@@ -455,6 +534,14 @@ fn load_key(raw: &serde_json::Value) -> Result<Key, String> {
     );
     if !family_ok || (alg != implied && matches!(implied, Algorithm::ES256 | Algorithm::ES384)) {
         return Err(format!("alg {} does not fit the key type", alg_name(alg)));
+    }
+    if let AlgorithmParameters::RSA(rsa) = &jwk.algorithm {
+        let bits = rsa_modulus_bits(&rsa.n).ok_or("RSA modulus is not base64url")?;
+        if bits < MIN_RSA_BITS {
+            return Err(format!(
+                "RSA modulus is {bits} bits, under the {MIN_RSA_BITS} required"
+            ));
+        }
     }
     let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key: {e}"))?;
     let mut validation = Validation::new(alg);

@@ -371,3 +371,171 @@ fn the_caller_can_configure_the_issuer_of_a_policy_without_token_table() {
         401
     );
 }
+
+#[test]
+fn cnf_binds_by_x5t_s256_only_and_anything_else_is_refused() {
+    let v = verifier();
+    let with_cnf = |cnf: serde_json::Value| {
+        let mut c = jwt::claims("alice", T0);
+        c["cnf"] = cnf;
+        v.verify(&jwt::sign_rs256(&c), T0)
+    };
+    assert!(with_cnf(json!({"x5t#S256": "abc"})).is_ok());
+    for (cnf, want) in [
+        (json!({"x5t#S256": 5}), TokenError::BadClaim("cnf.x5t#S256")),
+        (
+            json!({"x5t#S256": null}),
+            TokenError::BadClaim("cnf.x5t#S256"),
+        ),
+        (
+            json!({"x5t#S256": ["abc"]}),
+            TokenError::BadClaim("cnf.x5t#S256"),
+        ),
+        (
+            json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+            TokenError::UnsupportedBinding("jkt".into()),
+        ),
+        (
+            json!({"x5t#S256": "abc", "jkt": "x"}),
+            TokenError::UnsupportedBinding("jkt".into()),
+        ),
+        (
+            json!({"jwk": {"kty": "EC"}}),
+            TokenError::UnsupportedBinding("jwk".into()),
+        ),
+        (json!({}), TokenError::BadClaim("cnf")),
+        (json!("abc"), TokenError::BadClaim("cnf")),
+        (json!(null), TokenError::BadClaim("cnf")),
+    ] {
+        assert_eq!(with_cnf(cnf.clone()).err(), Some(want), "{cnf}");
+    }
+}
+
+#[test]
+fn iat_beyond_the_leeway_in_the_future_is_refused() {
+    let v = verifier();
+    let with_iat = |iat: serde_json::Value| {
+        let mut c = jwt::claims("alice", T0);
+        c["iat"] = iat;
+        v.verify(&jwt::sign_rs256(&c), T0)
+    };
+    assert!(with_iat(json!(T0 + 30)).is_ok(), "within the leeway");
+    assert_eq!(
+        with_iat(json!(T0 + 31)).err(),
+        Some(TokenError::IssuedInFuture {
+            iat: T0 + 31,
+            now: T0
+        })
+    );
+    assert_eq!(
+        with_iat(json!("soon")).err(),
+        Some(TokenError::BadClaim("iat"))
+    );
+}
+
+#[test]
+fn rsa_keys_under_2048_bits_are_refused_naming_the_kid() {
+    let rsa = |kid: &str, n: Vec<u8>| json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": b64(&n), "e": "AQAB"});
+    let modulus = |first: u8, len: usize| {
+        let mut n = vec![first];
+        n.extend(std::iter::repeat_n(0xa5, len - 1));
+        n
+    };
+    let jwks = json!({"keys": [
+        rsa("small-1024", modulus(0x80, 128)),
+        rsa("short-2047", modulus(0x7f, 256)),
+        rsa("zero-padded", [vec![0, 0], modulus(0x40, 256)].concat()),
+        rsa("just-2048", modulus(0x80, 256)),
+    ]});
+    let v = verifier();
+    let summary = v.set_jwks(jwks.to_string().as_bytes()).unwrap();
+    assert_eq!(summary.loaded, 1, "{summary:?}");
+    let skipped = summary.skipped.join("\n");
+    for want in [
+        "key 0 (kid \"small-1024\"): RSA modulus is 1024 bits, under the 2048 required",
+        "key 1 (kid \"short-2047\"): RSA modulus is 2047 bits",
+        "key 2 (kid \"zero-padded\"): RSA modulus is 2047 bits",
+    ] {
+        assert!(skipped.contains(want), "want {want:?} in:\n{skipped}");
+    }
+    // Only small keys: the JWKS is refused, and says why.
+    let only_small = json!({"keys": [rsa("small-1024", modulus(0x80, 128))]});
+    let e = v.set_jwks(only_small.to_string().as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("small-1024"), "{e}");
+}
+
+/// A 401 tells the client the class of problem; the issuer and audiences the server
+/// expects, its clock and its key table are only in the detail, for the log.
+#[test]
+fn refusals_say_the_class_and_keep_the_detail_for_the_log() {
+    let e = engine(
+        r#"
+[token]
+issuer = "https://idp.example.internal"
+audience = "local-ai"
+[[rule]]
+name = "all"
+effect = "allow"
+when = 'true'
+"#,
+    );
+    e.set_jwks(&fixture("jwks.json")).unwrap();
+    let now = T0.to_string();
+    let cases: Vec<(serde_json::Value, Option<&str>, &str, Vec<&str>)> = vec![
+        (
+            json!({"iss": "https://evil.example"}),
+            None,
+            "from an issuer this server does not accept",
+            vec!["https://idp.example.internal"],
+        ),
+        (
+            json!({"aud": "other"}),
+            None,
+            "not meant for this audience",
+            vec!["local-ai"],
+        ),
+        (json!({"exp": T0 - 100}), None, "has expired", vec![&now]),
+        (json!({"nbf": T0 + 100}), None, "not valid yet", vec![&now]),
+        (
+            json!({"iat": T0 + 100}),
+            None,
+            "issued in the future",
+            vec![&now],
+        ),
+        (
+            json!({}),
+            Some("rotated-away"),
+            "signed by a key this server does not know",
+            vec!["rotated-away"],
+        ),
+    ];
+    for (overrides, kid, class, secrets) in cases {
+        let mut c = jwt::claims("alice", T0);
+        for (k, v) in overrides.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let token = match kid {
+            None => jwt::sign_rs256(&c),
+            Some(kid) => {
+                let mut h = Header::new(Algorithm::RS256);
+                h.kid = Some(kid.into());
+                encode(&h, &c, &jwt::rsa_key()).unwrap()
+            }
+        };
+        let d = Req::new("GET", "/").bearer(&token).decide(&e);
+        assert_eq!((d.status, d.reason), (401, Reason::InvalidToken), "{class}");
+        assert!(d.message.contains(class), "{class}: {}", d.message);
+        let detail = d.detail.as_deref().unwrap_or_default();
+        for secret in secrets {
+            assert!(
+                !d.message.contains(secret),
+                "{class}: message {:?} says {secret:?}",
+                d.message
+            );
+            assert!(
+                detail.contains(secret),
+                "{class}: the log's detail {detail:?} lacks {secret:?}"
+            );
+        }
+    }
+}

@@ -12,13 +12,13 @@
 // The version of this ABI. A caller built against one header must refuse a library
 // of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
 // Provision). Raised whenever a function, a result, a reason or an encoding changes.
-#define ZTP_ABI_VERSION 3
+#define ZTP_ABI_VERSION 4
 
 // The version byte that starts an encoded request.
 #define ZTP_REQUEST_VERSION 1
 
 // The version byte that starts an encoded decision.
-#define ZTP_DECISION_VERSION 1
+#define ZTP_DECISION_VERSION 2
 
 // Decision flag: the request goes on (also in audit mode).
 #define ZTP_DECISION_ALLOWED 1
@@ -51,7 +51,7 @@
 #define ZTP_DECISION_AT_STRINGS 17
 
 // How many strings follow the fixed part of a decision.
-#define ZTP_DECISION_STRINGS 8
+#define ZTP_DECISION_STRINGS 9
 
 // The outcome of every fallible call. Numbers are stable.
 typedef enum {

@@ -85,8 +85,8 @@ fn errors<'a>(d: &'a Decision<'_>) -> impl Iterator<Item = [&'a str; 3]> + Clone
 
 /// The fixed part, and the strings' lengths.
 const FIXED: usize = ZTP_DECISION_AT_STRINGS + ZTP_DECISION_STRINGS * 4;
-// `decision_into` writes the strings one by one: eight of them.
-const _: () = assert!(ZTP_DECISION_STRINGS == 8);
+// `decision_into` writes the strings one by one: nine of them.
+const _: () = assert!(ZTP_DECISION_STRINGS == 9);
 
 /// The encoded decision's length.
 pub fn decision_len(d: &Decision) -> usize {
@@ -100,6 +100,7 @@ pub fn decision_len(d: &Decision) -> usize {
         })
         + joined_len(matched(d))
         + joined_len(errors(d))
+        + d.detail.as_deref().map_or(0, str::len)
 }
 
 /// Encodes `d` into `out`, which must hold [`decision_len`] bytes; returns that length.
@@ -128,6 +129,7 @@ pub fn decision_into(d: &Decision, out: &mut [u8]) -> usize {
     w.str(limit.map_or("", |l| &l.headers.ratelimit_policy));
     w.joined(matched(d));
     w.joined(errors(d));
+    w.str(d.detail.as_deref().unwrap_or(""));
     w.at
 }
 

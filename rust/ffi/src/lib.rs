@@ -30,7 +30,7 @@ use zt_policy_core::{Decision, Engine, EngineClock};
 /// The version of this ABI. A caller built against one header must refuse a library
 /// of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
 /// Provision). Raised whenever a function, a result, a reason or an encoding changes.
-pub const ZTP_ABI_VERSION: u32 = 3;
+pub const ZTP_ABI_VERSION: u32 = 4;
 
 /// The ABI version this library speaks: [`ZTP_ABI_VERSION`] of the header it was
 /// built with.
@@ -58,12 +58,12 @@ pub extern "C" fn ztp_source_hash() -> *const std::ffi::c_char {
 // at ZTP_DECISION_AT_REMAINING, u64 retry-after seconds at ZTP_DECISION_AT_RETRY_AFTER,
 // then from ZTP_DECISION_AT_STRINGS the ZTP_DECISION_STRINGS strings: message, rule,
 // identity, limit name, RateLimit value, RateLimit-Policy value, matched rules and rule
-// errors ("rule: error"), the last two "\n"-separated.
+// errors ("rule: error"), both "\n"-separated, and the detail for the log only.
 
 /// The version byte that starts an encoded request.
 pub const ZTP_REQUEST_VERSION: u8 = 1;
 /// The version byte that starts an encoded decision.
-pub const ZTP_DECISION_VERSION: u8 = 1;
+pub const ZTP_DECISION_VERSION: u8 = 2;
 /// Decision flag: the request goes on (also in audit mode).
 pub const ZTP_DECISION_ALLOWED: u8 = 1;
 /// Decision flag: audit mode; effect and status are what enforcement would do.
@@ -83,7 +83,7 @@ pub const ZTP_DECISION_AT_REMAINING: usize = 5;
 pub const ZTP_DECISION_AT_RETRY_AFTER: usize = 9;
 pub const ZTP_DECISION_AT_STRINGS: usize = 17;
 /// How many strings follow the fixed part of a decision.
-pub const ZTP_DECISION_STRINGS: usize = 8;
+pub const ZTP_DECISION_STRINGS: usize = 9;
 
 /// The outcome of every fallible call. Numbers are stable.
 #[repr(C)]

@@ -148,7 +148,7 @@ impl Engine {
                 Some(raw) => match verifier.verify(raw, self.clock.unix_now()) {
                     Ok(t) => Some(t),
                     Err(e) => {
-                        let mut d = Decision::deny(401, Reason::InvalidToken, e.to_string());
+                        let mut d = token_refused(&e);
                         d.jwks_miss = e.is_key_miss();
                         return Err(d);
                     }
@@ -166,7 +166,7 @@ impl Engine {
         };
         if let Some(t) = &token {
             if let Err(e) = self.check_binding(t, cert.as_deref()) {
-                return Err(Decision::deny(401, Reason::InvalidToken, e.to_string()));
+                return Err(token_refused(&e));
             }
         }
         Ok(Caller { cert, token })
@@ -486,6 +486,11 @@ fn default_identity(
         .first()
         .cloned()
         .or_else(|| cn.then(|| cert.info.subject.cn.clone()))
+}
+
+/// 401 for a token: the client hears the class of problem, the log the detail.
+fn token_refused(e: &TokenError) -> Decision<'static> {
+    Decision::deny_detailed(401, Reason::InvalidToken, e.public_message(), e.to_string())
 }
 
 /// Whether a value reaches the upstream as the same header value: no control
