@@ -180,3 +180,57 @@ func TestTrailersNamedLikeIdentityHeadersNeverGoUpstream(t *testing.T) {
 		}
 	}
 }
+
+// A protocol upgrade opens a tunnel that no later decision sees: it passes only where
+// an allow rule names request.upgrade. The module reads "is this an upgrade" as
+// reverse_proxy does (an Upgrade header, and "upgrade" among the Connection tokens),
+// over generated spellings; the Upgrade header reaches the proxy when allowed.
+func TestUpgradesNeedARuleThatNamesThem(t *testing.T) {
+	plain := &Handler{PolicyFile: examplePolicy}
+	provision(t, plain)
+	ws := &Handler{Policy: `
+[settings]
+require_identity = false
+[[rule]]
+name = "chat"
+effect = "allow"
+when = 'request.path.startsWith("/v1/")'
+[[rule]]
+name = "websocket"
+effect = "allow"
+when = 'request.upgrade == "websocket" && request.path == "/v1/realtime"'
+`}
+	provision(t, ws)
+	rng := rand.New(rand.NewPCG(16, 5))
+	for i := 0; i < 300; i++ {
+		proto := [...]string{"websocket", "WebSocket", "h2c", "WEBSOCKET"}[rng.IntN(4)]
+		path := [...]string{"/v1/realtime", "/v1/chat/completions"}[rng.IntN(2)]
+		connection := spell(rng, "Upgrade")
+		upgrade := func() *http.Request {
+			r := chat(t, "alice", `{"model":"llama-3.1-8b-instruct","max_tokens":8}`)
+			r.URL.Path = path
+			r.Header.Set("Connection", connection)
+			r.Header.Set("Upgrade", proto)
+			return r
+		}
+		// The example policy allows this chat request, but not as an upgrade.
+		c := serve(t, plain, upgrade())
+		if c.next || c.rec.Code != http.StatusForbidden ||
+			(path == "/v1/chat/completions" && !strings.Contains(c.rec.Body.String(), "("+strings.ToLower(proto)+") needs an allow rule that names request.upgrade")) {
+			t.Fatalf("example policy, %s %q %q: got %d (upstream reached: %v) %s", path, connection, proto, c.rec.Code, c.next, c.rec.Body)
+		}
+		r := upgrade()
+		c = serve(t, ws, r)
+		allowed := strings.EqualFold(proto, "websocket") && path == "/v1/realtime"
+		if c.next != allowed || (allowed && !strings.EqualFold(c.upHdr.Get("Upgrade"), proto)) {
+			t.Fatalf("websocket policy, %s %q %q: got %d (upstream reached: %v, Upgrade %q)", path, r.Header.Get("Connection"), proto, c.rec.Code, c.next, c.upHdr.Get("Upgrade"))
+		}
+	}
+	// An Upgrade header without the Connection token is no upgrade (reverse_proxy drops
+	// it as hop-by-hop): an ordinary request, decided as one.
+	r := chat(t, "alice", `{"model":"llama-3.1-8b-instruct","max_tokens":8}`)
+	r.Header.Set("Upgrade", "websocket")
+	if c := serve(t, plain, r); !c.next {
+		t.Fatalf("got %d %s", c.rec.Code, c.rec.Body)
+	}
+}

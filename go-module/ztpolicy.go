@@ -538,10 +538,14 @@ func (h *Handler) hopByHopConflict(r *http.Request) string {
 }
 
 // removeConnectionHeaders removes the fields the Connection header names, as every
-// proxy must (and reverse_proxy does).
+// proxy must (and reverse_proxy does) — except Upgrade, which reverse_proxy keeps for
+// an upgrade (it sends Connection: Upgrade and the Upgrade it read): the engine reads
+// it as request.upgrade, and only a rule that names that field allows the tunnel.
 func removeConnectionHeaders(hd http.Header) {
 	for name := range fieldNames(hd, "Connection") {
-		hd.Del(name)
+		if !strings.EqualFold(name, "Upgrade") {
+			hd.Del(name)
+		}
 	}
 }
 

@@ -81,15 +81,44 @@ impl<'a> Request<'a> {
         main == "application" && (sub == "json" || sub.ends_with("+json"))
     }
 
+    /// `request.upgrade`: the protocol the client asks to switch to, lower-case, as
+    /// Caddy's `reverse_proxy` reads it (an `Upgrade` header with `upgrade` among the
+    /// `Connection` tokens: `websocket`, `h2c`), or HTTP/2's extended CONNECT
+    /// (`:protocol`); empty for an ordinary request.
+    pub fn upgrade(&self) -> Cow<'a, str> {
+        let connect = self
+            .method
+            .eq_ignore_ascii_case("CONNECT")
+            .then(|| self.header(":protocol"))
+            .flatten();
+        let upgrade = connect.or_else(|| {
+            self.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+                .flat_map(|(_, v)| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                .then(|| self.header("upgrade"))
+                .flatten()
+        });
+        match upgrade.map(str::trim) {
+            None | Some("") => Cow::Borrowed(""),
+            Some(u) if u.bytes().any(|b| b.is_ascii_uppercase()) => {
+                Cow::Owned(u.to_ascii_lowercase())
+            }
+            Some(u) => Cow::Borrowed(u),
+        }
+    }
+
     /// The string fields of `request`, in the order of `STRING_FIELDS`.
-    fn strings(&self) -> [&'a str; 6] {
+    fn strings(&self) -> [Cow<'a, str>; 7] {
         [
-            self.method,
-            self.path,
-            self.host,
-            self.scheme,
-            self.query,
-            self.remote_ip,
+            Cow::Borrowed(self.method),
+            Cow::Borrowed(self.path),
+            Cow::Borrowed(self.host),
+            Cow::Borrowed(self.scheme),
+            Cow::Borrowed(self.query),
+            Cow::Borrowed(self.remote_ip),
+            self.upgrade(),
         ]
     }
 
@@ -102,7 +131,7 @@ impl<'a> Request<'a> {
     /// allocating, so an expression can read them by reference.
     pub fn scalars(&self) -> Scalars<'a> {
         Scalars {
-            strings: self.strings().map(CelString::from),
+            strings: self.strings().map(cel_string),
             size: self.size(),
         }
     }
@@ -135,11 +164,18 @@ impl<'a> Request<'a> {
         );
         let mut fields: Vec<(&str, BoxVal<'a>)> = STRING_FIELDS
             .into_iter()
-            .zip(self.strings().map(values::string))
+            .zip(self.strings().map(|s| values::string(cel_string(s))))
             .collect();
         fields.push(("size", Box::new(self.size())));
         fields.push(("headers", headers));
         values::map(fields)
+    }
+}
+
+fn cel_string(s: Cow<'_, str>) -> CelString<'_> {
+    match s {
+        Cow::Borrowed(s) => CelString::from(s),
+        Cow::Owned(s) => CelString::from(s),
     }
 }
 
@@ -152,12 +188,20 @@ fn cow_key(k: Cow<'_, str>) -> CelMapKey<'_> {
 
 /// `request`'s scalar fields as values (see `Request::scalars`).
 pub struct Scalars<'a> {
-    strings: [CelString<'a>; 6],
+    strings: [CelString<'a>; 7],
     size: CelInt,
 }
 
 /// The names of `request`'s string fields, in the order of `Request::strings`.
-const STRING_FIELDS: [&str; 6] = ["method", "path", "host", "scheme", "query", "remote_ip"];
+const STRING_FIELDS: [&str; 7] = [
+    "method",
+    "path",
+    "host",
+    "scheme",
+    "query",
+    "remote_ip",
+    "upgrade",
+];
 
 impl<'a> Scalars<'a> {
     /// The field named `name`; `None` for `headers` and anything that is not a scalar.

@@ -454,3 +454,47 @@ when = 'claims[""].admin == true'
     let failed: Vec<&str> = d.errors.iter().map(|r| r.rule.as_str()).collect();
     assert_eq!(failed, ["admin", "dotted"], "no such key, as cel-go says");
 }
+
+#[test]
+fn an_upgrade_is_allowed_only_by_a_rule_that_names_request_upgrade() {
+    let e = engine(&policy(
+        r#"
+[[rule]]
+name = "api"
+effect = "allow"
+when = 'request.path.startsWith("/v1/")'
+[[rule]]
+name = "realtime"
+effect = "allow"
+when = 'request.path == "/v1/realtime" && request.upgrade == "websocket"'
+"#,
+    ));
+    let up = |path: &str, connection: &str, upgrade: &str| {
+        Req::new("GET", path)
+            .header("Connection", connection)
+            .header("Upgrade", upgrade)
+            .decide(&e)
+    };
+    let d = up("/v1/models", "Upgrade", "websocket");
+    assert_eq!((d.status, d.reason), (403, Reason::NoAllowRule), "{d:?}");
+    assert!(d
+        .message
+        .contains("(websocket) needs an allow rule that names request.upgrade"));
+    assert_eq!(
+        d.matched,
+        vec!["api"],
+        "the rule that matched is still named"
+    );
+    let d = up("/v1/realtime", "keep-alive, UPGRADE", "WebSocket");
+    assert_eq!(d.rule, Some("realtime"), "{d:?}");
+    let d = up("/v1/realtime", "upgrade", "h2c");
+    assert_eq!(d.status, 403, "h2c is not websocket: {d:?}");
+    // No Connection token: no upgrade (reverse_proxy drops the Upgrade header).
+    let d = up("/v1/models", "keep-alive", "websocket");
+    assert_eq!(d.rule, Some("api"), "{d:?}");
+    // HTTP/2's extended CONNECT names its protocol in :protocol.
+    let d = Req::new("CONNECT", "/v1/models")
+        .header(":protocol", "websocket")
+        .decide(&e);
+    assert_eq!((d.status, d.reason), (403, Reason::NoAllowRule), "{d:?}");
+}

@@ -85,7 +85,22 @@ impl Engine {
                 return with_identity(Decision::deny(400, Reason::MalformedBody, e.to_string()));
             }
         }
-        let verdict = self.rules(&ctx);
+        let verdict = self.rules(req, &ctx);
+        if verdict.deny.is_none() && verdict.allow.is_none() && verdict.allow_ignoring_upgrade {
+            let message = format!(
+                "denied: a protocol upgrade ({}) needs an allow rule that names request.upgrade",
+                verdict.upgrade
+            );
+            return Explain {
+                identity,
+                matched: verdict.matched,
+                errors: verdict.errors,
+            }
+            .into(
+                Decision::deny(self.policy.deny_status, Reason::NoAllowRule, message),
+                None,
+            );
+        }
         let explain = Explain {
             identity,
             matched: verdict.matched,
@@ -231,13 +246,17 @@ impl Engine {
         Ok(())
     }
 
-    /// 4. Rules: all are evaluated so the decision can name every match.
-    fn rules<'e>(&'e self, ctx: &Scope<'_, '_>) -> Verdict<'e> {
+    /// 4. Rules: all are evaluated so the decision can name every match. A protocol
+    ///    upgrade (WebSocket, h2c) opens a tunnel no later decision sees, so only an
+    ///    allow rule that names `request.upgrade` can allow one.
+    fn rules<'e>(&'e self, req: &Request<'_>, ctx: &Scope<'_, '_>) -> Verdict<'e> {
         let mut v = Verdict {
             matched: Vec::new(),
             errors: Vec::new(),
             deny: None,
             allow: None,
+            upgrade: req.upgrade().into_owned(),
+            allow_ignoring_upgrade: false,
         };
         for (i, rule) in self.policy.rules.iter().enumerate() {
             match rule.when.eval_bool(ctx) {
@@ -245,6 +264,9 @@ impl Engine {
                     v.matched.push(rule.name.as_str());
                     match rule.effect {
                         Effect::Deny if v.deny.is_none() => v.deny = Some((rule, None)),
+                        Effect::Allow if !v.upgrade.is_empty() && !rule.when.reads_upgrade() => {
+                            v.allow_ignoring_upgrade = true
+                        }
                         Effect::Allow if v.allow.is_none() => v.allow = Some((i, rule)),
                         _ => {}
                     }
@@ -444,6 +466,10 @@ struct Verdict<'e> {
     errors: Vec<RuleError>,
     deny: Option<(&'e policy::Rule, Option<String>)>,
     allow: Option<(usize, &'e policy::Rule)>,
+    /// The protocol upgrade asked for (`request.upgrade`), if any, and whether an allow
+    /// rule matched that does not name it (and so cannot allow the upgrade).
+    upgrade: String,
+    allow_ignoring_upgrade: bool,
 }
 
 /// A request the rules allow, on its way through the limits.

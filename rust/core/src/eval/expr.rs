@@ -68,6 +68,8 @@ pub struct Expression {
     /// `None` where the policy turned the native evaluator off.
     native: Option<(native::Node, native::ValueNode)>,
     reads: [bool; VARIABLES.len()],
+    /// Names `request.upgrade` (or tests for it): the rule speaks of protocol upgrades.
+    reads_upgrade: bool,
 }
 
 impl std::fmt::Debug for Expression {
@@ -150,13 +152,24 @@ impl Expression {
         }
         let mut fast = program.expression().clone();
         flatten(&mut fast, &mut Vec::new());
+        let upgrade_test = names::presence("request", "upgrade");
+        let reads_upgrade = any_ident(&fast, &|name| {
+            name == "request.upgrade" || name == upgrade_test
+        });
         Ok(Expression {
+            reads_upgrade,
             source: source.to_owned(),
             program,
             native: Some((native::compile(&fast), native::compile_value(&fast))),
             fast,
             reads,
         })
+    }
+
+    /// Whether the expression names `request.upgrade`: only such a rule can allow a
+    /// protocol upgrade (the tunnel escapes per-request decisions).
+    pub fn reads_upgrade(&self) -> bool {
+        self.reads_upgrade
     }
 
     pub fn reads(&self, variable: &str) -> bool {
@@ -296,6 +309,35 @@ fn flatten(e: &mut IdedExpr, bound: &mut Vec<String>) {
         Expr::Map(map) => map.entries.iter_mut().for_each(|x| flatten_entry(x, bound)),
         Expr::Struct(st) => st.entries.iter_mut().for_each(|x| flatten_entry(x, bound)),
         _ => {}
+    }
+}
+
+/// Whether any identifier of the (flattened) expression satisfies `pred`.
+fn any_ident(e: &IdedExpr, pred: &dyn Fn(&str) -> bool) -> bool {
+    let entry = |x: &IdedEntryExpr| match &x.expr {
+        EntryExpr::StructField(f) => any_ident(&f.value, pred),
+        EntryExpr::MapEntry(me) => any_ident(&me.key, pred) || any_ident(&me.value, pred),
+    };
+    match &e.expr {
+        Expr::Ident(name) => pred(name),
+        Expr::Select(sel) => any_ident(&sel.operand, pred),
+        Expr::Call(call) => {
+            call.target.as_deref().is_some_and(|t| any_ident(t, pred))
+                || call.args.iter().any(|a| any_ident(a, pred))
+        }
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .any(|x| any_ident(x, pred)),
+        Expr::List(list) => list.elements.iter().any(|x| any_ident(x, pred)),
+        Expr::Map(map) => map.entries.iter().any(entry),
+        Expr::Struct(st) => st.entries.iter().any(entry),
+        _ => false,
     }
 }
 
