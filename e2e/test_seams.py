@@ -133,3 +133,20 @@ def test_two_authorization_headers_are_400(stack):
     assert r.status == 400 and json.loads(r.read())["error"]["code"] == "bad_request"
     conn.close()
     assert not seen(stack, "two-auth")
+
+
+def test_a_websocket_upgrade_is_refused_unless_a_rule_names_it(stack):
+    """Caddy's reverse_proxy would open a tunnel for these: the example policy allows
+    alice's GET /v1/models, but none of its rules names request.upgrade."""
+    rng = random.Random(16)
+    for i in range(20):
+        connection = rng.choice(["Upgrade", "upgrade", "keep-alive, Upgrade", "UPGRADE , close"])
+        proto = rng.choice(["websocket", "WebSocket", "h2c"])
+        r = stack.request("GET", "/v1/models", "alice", headers={
+            "Connection": connection, "Upgrade": proto, "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Marker": f"upgrade-{i}"})
+        assert r.status == 403, (connection, proto, r.status, r.body)
+        assert "needs an allow rule that names request.upgrade" in r.json()["error"]["message"]
+    assert not any(seen(stack, f"upgrade-{i}") for i in range(20))
+    # The same request without the upgrade is allowed.
+    assert stack.request("GET", "/v1/models", "alice").status == 200
