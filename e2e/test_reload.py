@@ -32,7 +32,12 @@ def test_reload_keeps_buckets_of_unchanged_limits_and_resets_changed_ones(rstack
     # A reload that changes something else: the bucket is still empty.
     rstack.reload(extra_site="respond /reload-marker 204")
     assert rstack.request("GET", "/reload-marker", "alice").status == 204, "the reload took effect"
-    assert rstack.request("POST", CHAT, "burst", body=BODY).status == 429
+    # The bucket refills 2 cells a second while the reload runs (longer on a busy
+    # machine): a kept bucket lets a few through at most, a reset one 20.
+    passed = 0
+    while rstack.request("POST", CHAT, "burst", body=BODY).status == 200 and passed < 20:
+        passed += 1
+    assert passed <= 5, f"{passed} requests passed after the reload: the bucket was reset"
     # Change the request limit's definition: its bucket starts fresh.
     policy = rstack.policy.read_text()
     rstack.policy.write_text(policy.replace('rate = "120/m"\nburst = 20', 'rate = "120/m"\nburst = 25'))

@@ -39,6 +39,9 @@ cargo build --release --quiet -p zt-policy-ffi
 step "the benchmark's parsing and arithmetic (pytest; the benchmark itself is make bench)"
 python3 -m pytest -q bench/test_report.py
 
+step "fuzzing: every target ${ZTP_FUZZ_SECONDS:-30}s (scripts/fuzz.sh)"
+scripts/fuzz.sh "${ZTP_FUZZ_SECONDS:-30}"
+
 step "custom Caddy (xcaddy), and the test IdP"
 xcaddy/build.sh
 (cd e2e/idp && go vet ./... && go build -o ../../build/test-idp .)

@@ -428,9 +428,9 @@ pub unsafe extern "C" fn ztp_engine_describe(
 /// u8  reason (ztp_reason)
 /// u32 remaining cells of the reported limit
 /// u64 retry-after seconds
-/// 8 × string: message, rule, identity, limit name, RateLimit value,
+/// 9 × string: message, rule, identity, limit name, RateLimit value,
 ///     RateLimit-Policy value, matched rules ("\n"-separated),
-///     rule errors ("rule: error", "\n"-separated)
+///     rule errors ("rule: error", "\n"-separated), detail (for the log only)
 /// ```
 ///
 /// A request that is not UTF-8 where text is expected gets a 400 decision
