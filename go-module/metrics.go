@@ -31,12 +31,22 @@ var decisionSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 	Buckets:   []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1},
 })
 
+// unreadable counts requests whose body could not be read, by cause (truncated,
+// bad_chunking, length_mismatch, too_slow, other): the client hung up mid-body, sent
+// broken chunked framing, or an HTTP/2 body that disagrees with its content-length.
+var unreadable = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "caddy",
+	Subsystem: "zt_policy",
+	Name:      "unreadable_requests_total",
+	Help:      "Requests refused because their body could not be read, by cause.",
+}, []string{"cause"})
+
 func registerMetrics(ctx caddy.Context) error {
 	reg := ctx.GetMetricsRegistry()
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{decisions, decisionSeconds} {
+	for _, c := range []prometheus.Collector{decisions, decisionSeconds, unreadable} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

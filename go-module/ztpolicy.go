@@ -372,8 +372,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	body, bodySize, err := h.readBody(r)
 	if err != nil {
-		h.logger.Warn("reading the request body failed", zap.Error(err))
-		return h.writeError(w, http.StatusBadRequest, "bad_request", "the request body could not be read", nil)
+		return h.refuseUnreadable(w, r, err, start)
 	}
 	if rb, ok := r.Body.(*replayBody); ok {
 		// A request that does not go on leaves its body buffer to the next one.
@@ -432,6 +431,38 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	decisionSeconds.Observe(time.Since(start).Seconds())
 	forwarded = true // its buffer goes back when the proxy closes the body
 	return next.ServeHTTP(w, r)
+}
+
+// refuseUnreadable answers a request whose body could not be read: 400, one decision
+// log line naming the cause, and a count by cause. (The client is often gone already.)
+func (h *Handler) refuseUnreadable(w http.ResponseWriter, r *http.Request, err error, start time.Time) error {
+	cause := unreadableCause(err)
+	h.logger.Warn("denied", zap.Int("status", http.StatusBadRequest), zap.String("reason", "unreadable_request"),
+		zap.String("cause", cause), zap.Error(err), zap.String("method", r.Method),
+		zap.String("uri", r.RequestURI), zap.String("remote_ip", clientIP(r)))
+	unreadable.WithLabelValues(cause).Inc()
+	decisions.WithLabelValues("denied", "bad_request", "").Inc()
+	decisionSeconds.Observe(time.Since(start).Seconds())
+	w.Header().Set("Connection", "close")
+	return h.writeError(w, http.StatusBadRequest, "bad_request", "the request body could not be read ("+cause+")", nil)
+}
+
+// unreadableCause names why a body read failed, from net/http's errors.
+func unreadableCause(err error) string {
+	msg := err.Error()
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "truncated"
+	case strings.Contains(msg, "chunk"):
+		return "bad_chunking"
+	case strings.Contains(msg, "content length") || strings.Contains(msg, "Content-Length"):
+		return "length_mismatch"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "too_slow"
+	default:
+		return "other"
+	}
 }
 
 // decisionBuffers holds the buffers decisions are encoded into by the engine.
@@ -720,6 +751,9 @@ func errorType(status int) string {
 }
 
 func (h *Handler) writeDeny(w http.ResponseWriter, d *engine.Decision) error {
+	if d.Status == http.StatusRequestEntityTooLarge {
+		return h.writeTooLarge(w, d)
+	}
 	msg := d.Message
 	if d.Rule != "" && !strings.Contains(msg, d.Rule) {
 		msg = fmt.Sprintf("%s (rule %q)", msg, d.Rule)
@@ -731,6 +765,19 @@ func (h *Handler) writeDeny(w http.ResponseWriter, d *engine.Decision) error {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="zt_policy"`)
 	}
 	return h.writeError(w, d.Status, d.Reason, msg, d)
+}
+
+// writeTooLarge answers a body over the limit at once, without reading it: the
+// connection closes after the reply (HTTP/1; an HTTP/2 stream is reset instead), since
+// otherwise net/http would first read up to 256 KiB of the unread body to reuse the
+// connection, holding the reply until the client had sent it.
+func (h *Handler) writeTooLarge(w http.ResponseWriter, d *engine.Decision) error {
+	w.Header().Set("Connection", "close")
+	rc := http.NewResponseController(w)
+	_ = rc.EnableFullDuplex() // no read-before-reply; HTTP/2 needs none
+	err := h.writeError(w, d.Status, d.Reason, d.Message, d)
+	_ = rc.Flush() // a writer that cannot flush sends the reply when the handler returns
+	return err
 }
 
 // writeError writes the OpenAI error shape: {"error":{"message","type","code"}}.

@@ -30,7 +30,9 @@ XCADDY_SKIP_CLEANUP=${XCADDY_SKIP_CLEANUP:-0} XCADDY_GO_BUILD_FLAGS="${tags:+-ta
   xcaddy build "$CADDY_VERSION" \
   --with "github.com/zt-policy/zt-policy/go-module@v0.0.0-00010101000000-000000000000=$root/go-module" \
   --output "$out"
-"$out" list-modules | grep -qx 'http.handlers.zt_policy' || {
+# (Read whole first: with pipefail, grep -q exiting early would SIGPIPE caddy.)
+mods="$("$out" list-modules)"
+grep -qx 'http.handlers.zt_policy' <<<"$mods" || {
   echo "built Caddy lacks http.handlers.zt_policy" >&2
   exit 1
 }

@@ -1,0 +1,100 @@
+"""Requests the module cannot read, and bodies over the limit, through the real Caddy:
+each is refused at once with a clear status, one decision log line naming the cause,
+and a metric."""
+
+import json
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from conftest import _stack_with
+from stack import HOST
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, caddy_bin):
+    """The example stack with max_body 1KiB: far under the 256 KiB net/http reads
+    before replying when a handler leaves a body unread."""
+    s = _stack_with(tmp_path_factory, caddy_bin, "faults")
+    s.policy.write_text(s.policy.read_text().replace('max_body = "256KiB"', 'max_body = "1KiB"'))
+    s.reload()
+    yield s
+    s.stop()
+
+
+def raw(stack, head: bytes, body: bytes = b"", cert="alice"):
+    """Sends raw bytes on a TLS connection and returns the socket, still open."""
+    ctx = stack.tls_context(cert)
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", stack.ports["caddy"]), timeout=10),
+                           server_hostname=HOST)
+    sock.sendall(head + body)
+    return sock
+
+
+def read_response(sock, timeout):
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    return data
+
+
+def log_lines(stack):
+    time.sleep(0.3)  # Caddy's log writer flushes; this waits for a file, it times nothing
+    return [json.loads(l) for l in (stack.work / "caddy-json.log").read_text().splitlines()]
+
+
+def test_a_declared_oversize_body_gets_413_at_once_and_the_connection_closes(small):
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 100000\r\n\r\n").encode()
+    sock = raw(small, head, b'{"model":')  # a few bytes of the 100 kB, then nothing
+    try:
+        start = time.monotonic()
+        data = read_response(sock, timeout=5)
+        waited = time.monotonic() - start
+        assert data.startswith(b"HTTP/1.1 413"), data[:200]
+        assert b"\r\nConnection: close\r\n" in data, data[:400]
+        # The reply did not wait for the body (the timeout above is 5 s; a waiting server
+        # would not answer at all while the client sends nothing).
+        assert waited < 5
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("what,head,body,cause", [
+    ("truncated", f"POST {CHAT} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n",
+     b'{"model":"llama-3.1-8b-instruct"', "truncated"),
+    ("bad chunk size", f"POST {CHAT} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+     b"zz\r\n{}\r\n0\r\n\r\n", "bad_chunking"),
+    ("chunk without its CRLF", f"POST {CHAT} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+     b"2\r\n{}XX0\r\n\r\n", "bad_chunking"),
+])
+def test_a_body_that_cannot_be_read_is_refused_logged_and_counted(small, what, head, body, cause):
+    marker = f"unreadable-{cause}-{len(body)}"
+    head = head.replace("\r\n\r\n", f"\r\nX-Marker: {marker}\r\n\r\n")
+    sock = raw(small, head.encode(), body)
+    if cause == "truncated":
+        sock.close()  # the client hangs up mid-body: there is no one to answer
+    else:
+        data = read_response(sock, timeout=10)
+        sock.close()
+        assert data.startswith(b"HTTP/1.1 400"), (what, data[:200])
+        assert b"\r\nConnection: close\r\n" in data, data[:400]
+    lines = [l for l in log_lines(small) if l.get("reason") == "unreadable_request" and l.get("cause") == cause]
+    assert lines, f"no decision log line for {what}"
+    l = lines[-1]
+    assert l["status"] == 400 and l["method"] == "POST" and l["uri"] == CHAT and l["remote_ip"] == "127.0.0.1"
+    assert not [q for q in small.upstream_requests() if marker in json.dumps(q["headers"])]
+    with urllib.request.urlopen(f"http://127.0.0.1:{small.ports['admin']}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert f'caddy_zt_policy_unreadable_requests_total{{cause="{cause}"}}' in metrics
