@@ -151,6 +151,9 @@ class Stack:
         self.ports = {k: free_port() for k in ("caddy", "admin", "nginx", "upstream", "control", "idp", "o2p")}
         self.issuer = f"https://127.0.0.1:{self.ports['idp']}/oidc"
         self.upstream_log = work / "upstream-requests.jsonl"
+        # reverse_proxy's response_header_timeout (the example's; tests of a slow
+        # upstream set a short one and reload).
+        self.response_header_timeout = "300s"
 
     # ---- processes ----
 
@@ -291,6 +294,8 @@ https://{HOST}:{self.ports['caddy']}, https://localhost:{self.ports['caddy']} {{
 		}}
 		reverse_proxy https://127.0.0.1:{self.ports['nginx']} {{
 			transport http {{
+				dial_timeout 5s
+				response_header_timeout {self.response_header_timeout}
 				tls_server_name vllm-mtls
 				tls_trust_pool file {self.pki.path('mesh-ca.pem')}
 				tls_client_auth {self.pki.path('caddy-upstream.pem')} {self.pki.path('caddy-upstream.key')}
@@ -298,6 +303,14 @@ https://{HOST}:{self.ports['caddy']}, https://localhost:{self.ports['caddy']} {{
 		}}
 	}}
 	respond 404
+	handle_errors 502 503 {{
+		header Content-Type application/json
+		respond `{{"error":{{"message":"the model server is unavailable","type":"server_error","code":"upstream_unavailable","param":null}}}}` 502
+	}}
+	handle_errors 504 {{
+		header Content-Type application/json
+		respond `{{"error":{{"message":"the model server did not answer in time","type":"server_error","code":"upstream_timeout","param":null}}}}` 504
+	}}
 }}
 """
 

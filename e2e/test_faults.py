@@ -3,6 +3,7 @@ each is refused at once with a clear status, one decision log line naming the ca
 and a metric."""
 
 import json
+import subprocess
 import socket
 import time
 import urllib.request
@@ -98,3 +99,69 @@ def test_a_body_that_cannot_be_read_is_refused_logged_and_counted(small, what, h
     with urllib.request.urlopen(f"http://127.0.0.1:{small.ports['admin']}/metrics", timeout=10) as r:
         metrics = r.read().decode()
     assert f'caddy_zt_policy_unreadable_requests_total{{cause="{cause}"}}' in metrics
+
+
+OK_BODY = {"model": "llama-3.1-8b-instruct", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def openai_error(r):
+    err = r.json()["error"]
+    assert err["type"] == "server_error" and err["message"] and "param" in err, err
+    return err["code"]
+
+
+def test_a_slow_upstream_gets_an_openai_504_at_the_configured_timeout(small):
+    small.response_header_timeout = "2s"
+    small.reload()
+    try:
+        start = time.monotonic()
+        r = small.request("POST", CHAT, "alice", body=OK_BODY, headers={"X-Test-Stall": "stall-1"})
+        waited = time.monotonic() - start
+        assert r.status == 504 and openai_error(r) == "upstream_timeout", (r.status, r.body)
+        assert waited < 30, f"the reply took {waited:.1f}s with a 2s response_header_timeout"
+    finally:
+        small.release("stall-1")
+        small.response_header_timeout = "300s"
+        small.reload()
+
+
+def test_upstream_down_and_sidecar_down_get_an_openai_502_without_hanging(small):
+    upstream = small.procs["upstream"]
+    upstream.terminate()
+    upstream.wait(timeout=10)
+    r = small.request("POST", CHAT, "alice", body=OK_BODY)
+    assert r.status == 502 and openai_error(r) == "upstream_unavailable", (r.status, r.body)  # from nginx
+    nginx = small.procs["nginx"]
+    os_kill_group(nginx)
+    r = small.request("POST", CHAT, "alice", body=OK_BODY)
+    assert r.status == 502 and openai_error(r) == "upstream_unavailable", (r.status, r.body)  # from Caddy
+    # Both come back; so does service.
+    small.start_upstream()
+    small.start_nginx()
+    assert small.request("POST", CHAT, "alice", body=OK_BODY).status == 200
+
+
+def test_a_broken_policy_on_reload_keeps_the_old_configuration_serving(small):
+    good = small.policy.read_text()
+    broken = good.replace('effect = "allow"', 'effect = "allow"\nwhen_typo = 1', 1)
+    line = broken.splitlines().index("when_typo = 1") + 1
+    small.policy.write_text(broken)
+    try:
+        with pytest.raises(subprocess.CalledProcessError) as e:
+            small.reload(extra_site="respond /reload-marker 299")
+        message = e.value.stderr.decode() + e.value.stdout.decode()
+        assert f"policy.toml:{line}" in message and "when_typo" in message, message[-1500:]
+        # The old configuration still serves, and still decides.
+        assert small.request("GET", "/reload-marker", "alice").status != 299
+        assert small.request("POST", CHAT, "alice", body=OK_BODY).status == 200
+        assert small.request("POST", CHAT, "carol", body=OK_BODY).status == 403
+    finally:
+        small.policy.write_text(good)
+        small.reload()
+
+
+def os_kill_group(proc):
+    import os
+    import signal
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)

@@ -87,6 +87,10 @@ class Api(BaseHTTPRequestHandler):
     def do_POST(self):
         raw = self._body()
         self._record(raw)
+        stall = self.headers.get("X-Test-Stall")
+        if stall:
+            # A model server that has not answered yet: no headers until released.
+            release_event(stall).wait(timeout=60)
         try:
             req = json.loads(raw or b"{}")
         except ValueError:

@@ -32,13 +32,29 @@ type jwksSource struct {
 	interval    time.Duration
 	minInterval time.Duration
 
-	mu          sync.Mutex // serializes fetches
+	mu          sync.Mutex // guards the fields below; never held across the network
 	jwksURI     string
 	lastAttempt time.Time
 	lastGood    time.Time
+	inflight    *fetchCall // the one fetch in flight, which every caller joins
+}
+
+// fetchCall is a fetch in flight: done closes when it ends, err says how.
+type fetchCall struct {
+	done chan struct{}
+	err  error
 }
 
 const maxIdPResponse = 1 << 20
+
+// fetchTimeout bounds one fetch (discovery and JWKS); unknownKeyWait bounds how long a
+// request whose token names an unknown key waits for the refetch it started or joined:
+// past it the request is decided with the keys there are (a 401 for that token), and
+// the fetch goes on in the background for the requests after it.
+const (
+	fetchTimeout   = 10 * time.Second
+	unknownKeyWait = 2 * time.Second
+)
 
 func newJWKSSource(issuer, caFile string, eng *engine.Engine, logger *zap.Logger, interval, minInterval time.Duration) (*jwksSource, error) {
 	u, err := url.Parse(issuer)
@@ -103,10 +119,57 @@ func (s *jwksSource) get(ctx context.Context, u string, into any) error {
 	return json.Unmarshal(body, into)
 }
 
-// fetch runs discovery (once) and loads the JWKS into the engine. Callers hold s.mu.
+// fetch runs discovery (once) and loads the JWKS into the engine, joining the fetch in
+// flight if there is one, so there is never more than one. It returns when the fetch
+// ends or ctx does (the fetch itself goes on, bounded by fetchTimeout).
 func (s *jwksSource) fetch(ctx context.Context) error {
-	s.lastAttempt = time.Now()
-	if s.jwksURI == "" {
+	return s.fetchUnless(ctx, 0)
+}
+
+// errRecent: no fetch was in flight and the last began less than minInterval ago.
+var errRecent = errors.New("the JWKS was fetched moments ago")
+
+// fetchUnless is fetch, but starts no new fetch within `recent` of the last one.
+func (s *jwksSource) fetchUnless(ctx context.Context, recent time.Duration) error {
+	s.mu.Lock()
+	c := s.inflight
+	if c == nil && recent > 0 && time.Since(s.lastAttempt) < recent {
+		s.mu.Unlock()
+		return errRecent
+	}
+	if c == nil {
+		c = &fetchCall{done: make(chan struct{})}
+		s.inflight = c
+		s.lastAttempt = time.Now()
+		go func() {
+			fctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
+			defer cancel()
+			err := s.fetchNow(fctx)
+			s.mu.Lock()
+			s.inflight = nil
+			if err == nil {
+				s.lastGood = time.Now()
+			}
+			c.err = err
+			s.mu.Unlock()
+			close(c.done)
+		}()
+	}
+	s.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// fetchNow does one fetch: discovery when the JWKS URI is not known yet, then the JWKS.
+func (s *jwksSource) fetchNow(ctx context.Context) error {
+	s.mu.Lock()
+	jwksURI := s.jwksURI
+	s.mu.Unlock()
+	if jwksURI == "" {
 		var doc struct {
 			Issuer  string `json:"issuer"`
 			JWKSURI string `json:"jwks_uri"`
@@ -121,29 +184,32 @@ func (s *jwksSource) fetch(ctx context.Context) error {
 		if doc.JWKSURI == "" {
 			return errors.New("OIDC discovery: the document has no jwks_uri")
 		}
-		s.jwksURI = doc.JWKSURI
+		jwksURI = doc.JWKSURI
+		s.mu.Lock()
+		s.jwksURI = jwksURI
+		s.mu.Unlock()
 	}
 	var jwks []byte
-	if err := s.get(ctx, s.jwksURI, &jwks); err != nil {
+	if err := s.get(ctx, jwksURI, &jwks); err != nil {
 		return fmt.Errorf("JWKS: %w", err)
 	}
 	msg, err := s.eng.SetJWKS(jwks)
 	if err != nil {
-		return fmt.Errorf("JWKS from %s refused: %w", s.jwksURI, err)
+		return fmt.Errorf("JWKS from %s refused: %w", jwksURI, err)
 	}
-	s.lastGood = time.Now()
-	logJWKS(s.logger, msg, zap.String("issuer", s.issuer), zap.String("jwks_uri", s.jwksURI))
+	logJWKS(s.logger, msg, zap.String("issuer", s.issuer), zap.String("jwks_uri", jwksURI))
 	return nil
 }
 
 // load fetches the keys now; a failure is logged and the engine keeps what it has
 // (no keys at all at startup: every token is refused until a fetch succeeds).
 func (s *jwksSource) load(ctx context.Context) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if err := s.fetch(ctx); err != nil {
+		s.mu.Lock()
+		lastGood := s.lastGood
+		s.mu.Unlock()
 		s.logger.Error("JWKS refresh failed; keeping the last good keys", zap.String("issuer", s.issuer),
-			zap.Time("last_good", s.lastGood), zap.Error(err))
+			zap.Time("last_good", lastGood), zap.Error(err))
 	}
 }
 
@@ -167,18 +233,18 @@ func (s *jwksSource) run(ctx context.Context) {
 }
 
 // refreshForUnknownKey refetches the JWKS because a token named a key the engine
-// lacks, unless a fetch happened less than minInterval ago (a stream of forged key
-// ids must not make us hammer the IdP). Reports whether new keys were loaded.
+// lacks: it joins the fetch in flight, or starts one unless the last began less than
+// minInterval ago (a stream of forged key ids must not make us hammer the IdP). It
+// waits at most unknownKeyWait. Reports whether new keys were loaded meanwhile.
 func (s *jwksSource) refreshForUnknownKey(ctx context.Context) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if time.Since(s.lastAttempt) < s.minInterval {
+	ctx, cancel := context.WithTimeout(ctx, unknownKeyWait)
+	defer cancel()
+	err := s.fetchUnless(ctx, max(s.minInterval, time.Nanosecond))
+	if errors.Is(err, errRecent) {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := s.fetch(ctx); err != nil {
-		s.logger.Warn("JWKS refetch for an unknown key id failed", zap.String("issuer", s.issuer), zap.Error(err))
+	if err != nil {
+		s.logger.Warn("JWKS refetch for an unknown key id failed or is still running", zap.String("issuer", s.issuer), zap.Error(err))
 		return false
 	}
 	return true

@@ -24,6 +24,7 @@ type testIdP struct {
 	keys       map[string]*rsa.PrivateKey
 	issuerName string
 	down       atomic.Bool
+	hang       atomic.Bool // the JWKS endpoint answers only after the client gives up
 	jwksHits   atomic.Int32
 }
 
@@ -43,6 +44,13 @@ func newTestIdP(t *testing.T) *testIdP {
 			_ = json.NewEncoder(w).Encode(map[string]string{"issuer": name, "jwks_uri": idp.srv.URL + "/keys"})
 		case "/keys":
 			idp.jwksHits.Add(1)
+			if idp.hang.Load() {
+				select {
+				case <-r.Context().Done():
+				case <-time.After(30 * time.Second):
+				}
+				return
+			}
 			idp.mu.Lock()
 			var keys []map[string]string
 			for kid, k := range idp.keys {
@@ -208,5 +216,59 @@ func TestPlainHTTPIssuerIsOnlyForLoopback(t *testing.T) {
 	}
 	if _, err := newJWKSSource("http://127.0.0.1:9/", "", nil, nil, time.Minute, time.Second); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Many requests naming an unknown key at once make one JWKS fetch, which they share,
+// and none waits longer than unknownKeyWait for it, even when the IdP hangs.
+func TestUnknownKeyRefetchesAreCoalescedAndBounded(t *testing.T) {
+	idp := newTestIdP(t)
+	idp.addKey(t, "k1")
+	h := oidcHandler(t, idp)
+	idp.addKey(t, "k2")
+	fresh := idp.token(t, "k2", nil)
+	time.Sleep(60 * time.Millisecond) // past JWKSMinInterval (50ms) since provisioning's fetch
+	before := idp.jwksHits.Load()
+	var wg sync.WaitGroup
+	codes := make([]int, 32)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = serve(t, h, withToken(t, fresh)).rec.Code
+		}()
+	}
+	wg.Wait()
+	if hits := idp.jwksHits.Load() - before; hits != 1 {
+		t.Fatalf("%d JWKS fetches for 32 concurrent requests naming one new key", hits)
+	}
+	for i, c := range codes {
+		if c != 200 {
+			t.Fatalf("request %d: %d (the shared fetch loaded k2)", i, c)
+		}
+	}
+
+	// The IdP hangs: requests are decided (401 for the unknown key) after the bound.
+	idp.hang.Store(true)
+	defer idp.hang.Store(false)
+	idp.addKey(t, "k3")
+	hung := idp.token(t, "k3", nil)
+	time.Sleep(60 * time.Millisecond) // past JWKSMinInterval (50ms)
+	start := time.Now()
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = serve(t, h, withToken(t, hung)).rec.Code
+		}()
+	}
+	wg.Wait()
+	if waited := time.Since(start); waited > unknownKeyWait+time.Second {
+		t.Fatalf("requests waited %v on a hung IdP (bound %v)", waited, unknownKeyWait)
+	}
+	for i, c := range codes {
+		if c != 401 {
+			t.Fatalf("request %d: %d", i, c)
+		}
 	}
 }

@@ -418,6 +418,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if !d.Allowed {
 		decisionSeconds.Observe(time.Since(start).Seconds())
+		if d.Status == http.StatusRequestEntityTooLarge && r.ContentLength > h.info.MaxBody {
+			return h.writeTooLarge(w, r, &d)
+		}
 		return h.writeDeny(w, &d)
 	}
 	if d.Identity != "" {
@@ -751,9 +754,6 @@ func errorType(status int) string {
 }
 
 func (h *Handler) writeDeny(w http.ResponseWriter, d *engine.Decision) error {
-	if d.Status == http.StatusRequestEntityTooLarge {
-		return h.writeTooLarge(w, d)
-	}
 	msg := d.Message
 	if d.Rule != "" && !strings.Contains(msg, d.Rule) {
 		msg = fmt.Sprintf("%s (rule %q)", msg, d.Rule)
@@ -767,16 +767,27 @@ func (h *Handler) writeDeny(w http.ResponseWriter, d *engine.Decision) error {
 	return h.writeError(w, d.Status, d.Reason, msg, d)
 }
 
-// writeTooLarge answers a body over the limit at once, without reading it: the
-// connection closes after the reply (HTTP/1; an HTTP/2 stream is reset instead), since
-// otherwise net/http would first read up to 256 KiB of the unread body to reuse the
-// connection, holding the reply until the client had sent it.
-func (h *Handler) writeTooLarge(w http.ResponseWriter, d *engine.Decision) error {
+// How long, and how much, a 413 for a declared-oversize body lingers reading what the
+// client still sends (see writeTooLarge).
+const (
+	lingerFor   = time.Second
+	lingerBytes = 16 << 20
+)
+
+// writeTooLarge answers a body declared over the limit at once, without reading it,
+// and closes the connection. net/http alone would first read up to 256 KiB of the body
+// to keep the connection, holding the reply until the client had sent it. After the
+// reply it lingers a moment, dropping what the client is still sending, so a client
+// that writes its whole body before reading (most do) gets the 413, not a reset — as
+// net/http does for bodies over 256 KiB.
+func (h *Handler) writeTooLarge(w http.ResponseWriter, r *http.Request, d *engine.Decision) error {
 	w.Header().Set("Connection", "close")
 	rc := http.NewResponseController(w)
-	_ = rc.EnableFullDuplex() // no read-before-reply; HTTP/2 needs none
-	err := h.writeError(w, d.Status, d.Reason, d.Message, d)
-	_ = rc.Flush() // a writer that cannot flush sends the reply when the handler returns
+	_ = rc.EnableFullDuplex() // HTTP/1: the body stays readable after the reply
+	err := h.writeDeny(w, d)
+	_ = rc.Flush()
+	_ = rc.SetReadDeadline(time.Now().Add(lingerFor))
+	_, _ = io.CopyN(io.Discard, r.Body, lingerBytes)
 	return err
 }
 
