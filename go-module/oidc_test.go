@@ -24,7 +24,8 @@ type testIdP struct {
 	keys       map[string]*rsa.PrivateKey
 	issuerName string
 	down       atomic.Bool
-	hang       atomic.Bool // the JWKS endpoint answers only after the client gives up
+	hang       atomic.Bool            // the JWKS endpoint answers only after the client gives up
+	jwksBody   atomic.Pointer[[]byte] // served instead of the keys when set
 	jwksHits   atomic.Int32
 }
 
@@ -44,6 +45,10 @@ func newTestIdP(t *testing.T) *testIdP {
 			_ = json.NewEncoder(w).Encode(map[string]string{"issuer": name, "jwks_uri": idp.srv.URL + "/keys"})
 		case "/keys":
 			idp.jwksHits.Add(1)
+			if b := idp.jwksBody.Load(); b != nil {
+				_, _ = w.Write(*b)
+				return
+			}
 			if idp.hang.Load() {
 				select {
 				case <-r.Context().Done():
@@ -269,6 +274,54 @@ func TestUnknownKeyRefetchesAreCoalescedAndBounded(t *testing.T) {
 	for i, c := range codes {
 		if c != 401 {
 			t.Fatalf("request %d: %d", i, c)
+		}
+	}
+}
+
+// An IdP that is down when Caddy starts: tokens are refused (no keys yet) until a
+// retry, every jwks_min_interval, loads the keys.
+func TestIdPDownAtStartRecoversByItself(t *testing.T) {
+	idp := newTestIdP(t)
+	idp.addKey(t, "k1")
+	idp.down.Store(true)
+	h := oidcHandler(t, idp)
+	token := idp.token(t, "k1", nil)
+	if c := serve(t, h, withToken(t, token)); c.rec.Code != 401 {
+		t.Fatalf("no keys yet: %d", c.rec.Code)
+	}
+	idp.down.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for serve(t, h, withToken(t, token)).rec.Code != 200 {
+		if time.Now().After(deadline) {
+			t.Fatal("the keys were never loaded after the IdP came back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A JWKS that is garbage, has no usable key, or is larger than 1 MiB is refused and
+// the last good keys stay in force.
+func TestGarbageOrHugeJWKSKeepsTheLastGoodKeys(t *testing.T) {
+	idp := newTestIdP(t)
+	idp.addKey(t, "k1")
+	h := oidcHandler(t, idp)
+	token := idp.token(t, "k1", nil)
+	huge := []byte(`{"keys":[{"kty":"RSA","kid":"pad","n":"` + strings.Repeat("A", 2<<20) + `","e":"AQAB"}]}`)
+	for name, body := range map[string][]byte{
+		"garbage":       []byte("<html>oops</html>"),
+		"no keys":       []byte(`{"keys":[]}`),
+		"small RSA":     []byte(`{"keys":[{"kty":"RSA","kid":"weak","n":"gAE","e":"AQAB"}]}`),
+		"over 1 MiB":    huge,
+		"not an object": []byte(`[1,2,3]`),
+	} {
+		idp.jwksBody.Store(&body)
+		before := idp.jwksHits.Load()
+		h.jwks.load(t.Context())
+		if idp.jwksHits.Load() == before {
+			t.Fatalf("%s: not fetched", name)
+		}
+		if c := serve(t, h, withToken(t, token)); c.rec.Code != 200 {
+			t.Fatalf("%s: the last good keys were dropped: %d", name, c.rec.Code)
 		}
 	}
 }
