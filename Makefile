@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, the fast inner loop, and the benchmark.
-.PHONY: demo demo-build test check bench bench-deep bench-build
+.PHONY: demo demo-build test soak fuzz check bench bench-deep bench-build
 
 # Build the custom Caddy and run the demo stack on loopback (Ctrl-C, SIGTERM or SIGHUP
 # stops every process it started).
@@ -25,6 +25,21 @@ check:
 	cargo test --workspace --quiet
 	cargo build --release --quiet -p zt-policy-ffi
 	cd go-module && go vet ./... && go test -count=1 ./...
+
+# Long runs, not part of `make test`: every fuzz target for 10 minutes, and the soak —
+# 64 goroutines × 100,000 decisions through the FFI under the race detector with RSS
+# checked, then 200 Caddy reloads under keep-alive load (as in make test).
+fuzz:
+	scripts/install-deps.sh
+	scripts/fuzz.sh $${ZTP_FUZZ_SECONDS:-600}
+
+soak:
+	scripts/install-deps.sh
+	xcaddy/build.sh
+	cd e2e/idp && go build -o ../../build/test-idp .
+	cargo build --release --quiet -p zt-policy-ffi
+	cd go-module && ZTP_SOAK_DECISIONS=100000 go test -race -count=1 -timeout 60m -run TestSoakDecisionsThroughTheFFI -v ./internal/engine
+	ZTP_SOAK_RELOADS=200 python3 -m pytest -q -s e2e/test_reload.py -k keep_alive
 
 # The side-by-side benchmark of the edge, written to bench/RESULTS.md (not part of `make test`).
 bench: bench-build
