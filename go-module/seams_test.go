@@ -2,12 +2,14 @@ package ztpolicy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
@@ -232,5 +234,28 @@ when = 'request.upgrade == "websocket" && request.path == "/v1/realtime"'
 	r.Header.Set("Upgrade", "websocket")
 	if c := serve(t, plain, r); !c.next {
 		t.Fatalf("got %d %s", c.rec.Code, c.rec.Body)
+	}
+}
+
+// The causes a refused unreadable body is logged and counted under, for net/http's own
+// errors (their texts, as net/http and its HTTP/2 server write them).
+func TestUnreadableBodiesAreNamedByCause(t *testing.T) {
+	for msg, want := range map[string]string{
+		"invalid byte in chunk length":                             "bad_chunking",
+		"malformed chunked encoding":                               "bad_chunking",
+		"http chunk length too large":                              "bad_chunking",
+		"chunked encoding contains too much non-data":              "bad_chunking",
+		"http2: request body larger than specified content length": "length_mismatch",
+		"something else":                                           "other",
+	} {
+		if got := unreadableCause(errors.New(msg)); got != want {
+			t.Errorf("%q: %s, want %s", msg, got, want)
+		}
+	}
+	if got := unreadableCause(fmt.Errorf("read: %w", io.ErrUnexpectedEOF)); got != "truncated" {
+		t.Errorf("unexpected EOF: %s", got)
+	}
+	if got := unreadableCause(&net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}); got != "too_slow" {
+		t.Errorf("deadline: %s", got)
 	}
 }
