@@ -336,67 +336,27 @@ struct Bound {
     max: i64,
 }
 
-const MAX_JSON_DEPTH: Bound = Bound {
-    name: "settings.max_json_depth",
-    default: 32,
-    min: 1,
-    max: 128,
-};
-const DENY_STATUS: Bound = Bound {
-    name: "settings.deny_status",
-    default: 403,
-    min: 400,
-    max: 599,
-};
-const CERT_CACHE: Bound = Bound {
-    name: "certificate.cache_size",
-    default: 4096,
-    min: 1,
-    max: 1_000_000,
-};
+/// (name, default, min, max)
+const fn bound(name: &'static str, default: i64, min: i64, max: i64) -> Bound {
+    Bound {
+        name,
+        default,
+        min,
+        max,
+    }
+}
+
+const MAX_JSON_DEPTH: Bound = bound("settings.max_json_depth", 32, 1, 128);
+const DENY_STATUS: Bound = bound("settings.deny_status", 403, 400, 599);
+const CERT_CACHE: Bound = bound("certificate.cache_size", 4096, 1, 1_000_000);
 // Tokens are kept whole (at most max_size each): 4096 × 8KiB bounds the cache at 32MiB.
-const TOKEN_CACHE: Bound = Bound {
-    name: "token.cache_size",
-    default: 4096,
-    min: 1,
-    max: 1_000_000,
-};
-const TOKEN_LEEWAY_SECS: Bound = Bound {
-    name: "token.leeway",
-    default: 30,
-    min: 0,
-    max: 600,
-};
-const TOKEN_MAX_SIZE: Bound = Bound {
-    name: "token.max_size",
-    default: 8 << 10,
-    min: 1,
-    max: 64 << 10,
-};
-const MAX_BODY: Bound = Bound {
-    name: "settings.max_body",
-    default: 1 << 20,
-    min: 1,
-    max: 1 << 30,
-};
-const RULE_STATUS: Bound = Bound {
-    name: "status",
-    default: 403,
-    min: 400,
-    max: 599,
-};
-const BURST: Bound = Bound {
-    name: "burst",
-    default: 1,
-    min: 1,
-    max: 1_000_000_000,
-};
-const MAX_KEYS: Bound = Bound {
-    name: "max_keys",
-    default: 100_000,
-    min: 1,
-    max: 10_000_000,
-};
+const TOKEN_CACHE: Bound = bound("token.cache_size", 4096, 1, 1_000_000);
+const TOKEN_LEEWAY_SECS: Bound = bound("token.leeway", 30, 0, 600);
+const TOKEN_MAX_SIZE: Bound = bound("token.max_size", 8 << 10, 1, 64 << 10);
+const MAX_BODY: Bound = bound("settings.max_body", 1 << 20, 1, 1 << 30);
+const RULE_STATUS: Bound = bound("status", 403, 400, 599);
+const BURST: Bound = bound("burst", 1, 1, 1_000_000_000);
+const MAX_KEYS: Bound = bound("max_keys", 100_000, 1, 10_000_000);
 
 /// The longest period a rate may name (`1/365d`).
 pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(365 * 86400);

@@ -242,20 +242,19 @@ fn jwks_with_only_unusable_keys_is_an_error() {
     assert_eq!(v.key_count(), 2);
 }
 
+/// An engine that verifies the test IdP's tokens, with one allow rule.
+fn token_engine(allow_when: &str) -> zt_policy_core::Engine {
+    let e = engine(&format!(
+        "[token]\nissuer = \"https://idp.example.internal\"\naudience = \"local-ai\"\n\
+         [[rule]]\nname = \"allow\"\neffect = \"allow\"\nwhen = '{allow_when}'\n"
+    ));
+    e.set_jwks(&fixture("jwks.json")).unwrap();
+    e
+}
+
 #[test]
 fn invalid_token_through_the_engine_is_401_naming_the_problem() {
-    let e = engine(
-        r#"
-[token]
-issuer = "https://idp.example.internal"
-audience = "local-ai"
-[[rule]]
-name = "ml"
-effect = "allow"
-when = '"ml-users" in claims.groups'
-"#,
-    );
-    e.set_jwks(&fixture("jwks.json")).unwrap();
+    let e = token_engine(r#""ml-users" in claims.groups"#);
     let good = jwt::sign_rs256(&jwt::claims("alice", T0));
     let d = Req::new("GET", "/").bearer(&good).decide(&e);
     assert!(d.allowed, "{d:?}");
@@ -468,18 +467,7 @@ fn rsa_keys_under_2048_bits_are_refused_naming_the_kid() {
 /// expects, its clock and its key table are only in the detail, for the log.
 #[test]
 fn refusals_say_the_class_and_keep_the_detail_for_the_log() {
-    let e = engine(
-        r#"
-[token]
-issuer = "https://idp.example.internal"
-audience = "local-ai"
-[[rule]]
-name = "all"
-effect = "allow"
-when = 'true'
-"#,
-    );
-    e.set_jwks(&fixture("jwks.json")).unwrap();
+    let e = token_engine("true");
     let now = T0.to_string();
     let cases: Vec<(serde_json::Value, Option<&str>, &str, Vec<&str>)> = vec![
         (
