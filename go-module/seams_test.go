@@ -241,12 +241,13 @@ when = 'request.upgrade == "websocket" && request.path == "/v1/realtime"'
 // errors (their texts, as net/http and its HTTP/2 server write them).
 func TestUnreadableBodiesAreNamedByCause(t *testing.T) {
 	for msg, want := range map[string]string{
-		"invalid byte in chunk length":                             "bad_chunking",
-		"malformed chunked encoding":                               "bad_chunking",
-		"http chunk length too large":                              "bad_chunking",
-		"chunked encoding contains too much non-data":              "bad_chunking",
-		"http2: request body larger than specified content length": "length_mismatch",
-		"something else":                                           "other",
+		"invalid byte in chunk length":                                       "bad_chunking",
+		"malformed chunked encoding":                                         "bad_chunking",
+		"http chunk length too large":                                        "bad_chunking",
+		"chunked encoding contains too much non-data":                        "bad_chunking",
+		"http2: request body larger than specified content length":           "length_mismatch",
+		"sender tried to send more than declared Content-Length of 20 bytes": "length_mismatch",
+		"something else": "other",
 	} {
 		if got := unreadableCause(errors.New(msg)); got != want {
 			t.Errorf("%q: %s, want %s", msg, got, want)
