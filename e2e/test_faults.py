@@ -185,3 +185,61 @@ def test_an_http2_body_longer_than_its_content_length_is_refused_and_counted(sma
     assert not [q for q in small.upstream_requests() if marker in q["body"]]
     lines = [l for l in log_lines(small) if l.get("reason") == "unreadable_request" and l.get("cause") == "length_mismatch"]
     assert lines, "no decision log line for the HTTP/2 length mismatch"
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def eventually(check, seconds=15):
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def idp_down_at_start(tmp_path_factory, caddy_bin):
+    """The OIDC stack with the IdP's JWKS down when Caddy starts."""
+    from stack import Stack
+    s = Stack(tmp_path_factory.mktemp("idp-down"), caddy_bin, oidc=True)
+    try:
+        s.start_upstream()
+        s.start_nginx()
+        s.start_idp()
+        s.idp_control("jwks", {"mode": "down"})
+        s.start_caddy()
+    except Exception:
+        s.stop()
+        raise
+    yield s
+    s.stop()
+
+
+def test_idp_down_at_start_then_back(idp_down_at_start):
+    s = idp_down_at_start
+    token = s.service_token("batch-svc")
+    r = s.request("POST", CHAT, "carol", body=OK_BODY, headers=bearer(token))
+    assert r.status == 401, (r.status, r.body)  # no keys yet: no token passes
+    s.idp_control("jwks", {"mode": ""})
+    # The module retries every jwks_min_interval (1 s here) until a fetch succeeds.
+    assert eventually(lambda: s.request("POST", CHAT, "carol", body=OK_BODY, headers=bearer(token)).status == 200)
+
+
+@pytest.mark.parametrize("mode", ["down", "garbage", "huge"])
+def test_idp_faults_mid_run_keep_the_last_good_keys(idp_down_at_start, mode):
+    s = idp_down_at_start
+    s.idp_control("jwks", {"mode": ""})
+    token = s.service_token("batch-svc")
+    assert eventually(lambda: s.request("POST", CHAT, "carol", body=OK_BODY, headers=bearer(token)).status == 200)
+    s.idp_control("jwks", {"mode": mode})
+    try:
+        time.sleep(2.5)  # jwks_refresh is 1 s: at least two refreshes meet the fault
+        r = s.request("POST", CHAT, "carol", body=OK_BODY, headers=bearer(token))
+        assert r.status == 200, (mode, r.status, r.body)
+        lines = [l for l in log_lines(s) if "JWKS refresh failed" in l.get("msg", "")]
+        assert lines, f"{mode}: no log line for the failed refresh"
+    finally:
+        s.idp_control("jwks", {"mode": ""})

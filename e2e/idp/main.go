@@ -4,7 +4,9 @@
 //     bound to the client certificate presented to the token endpoint (RFC 8705);
 //   - key rotation: POST /control/rotate signs with a new key and publishes both,
 //     POST /control/retire withdraws every key but the newest;
-//   - POST /control/user {"subject","email","groups"} queues the next browser login.
+//   - POST /control/user {"subject","email","groups"} queues the next browser login;
+//   - POST /control/jwks {"mode": "down"|"garbage"|"huge"|""} makes the JWKS endpoint
+//     answer 503, non-JSON, or 2 MiB of JSON, until set back to "".
 //
 // It serves HTTPS on 127.0.0.1, asking for (not requiring) a client certificate.
 package main
@@ -21,6 +23,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +43,7 @@ type idp struct {
 	keys     []*mockoidc.Keypair // published; the last one signs
 	services map[string]service
 	audience string
+	jwksMode string // "" serves the keys; "down", "garbage", "huge" inject a fault
 }
 
 func main() {
@@ -103,6 +107,16 @@ func (p *idp) control(next http.Handler) http.Handler {
 			p.keys = p.keys[len(p.keys)-1:]
 			p.mu.Unlock()
 			w.WriteHeader(http.StatusNoContent)
+		case "/control/jwks":
+			var m struct{ Mode string }
+			if err := json.NewDecoder(r.Body).Decode(&m); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			p.mu.Lock()
+			p.jwksMode = m.Mode
+			p.mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
 		case "/control/user":
 			var u struct {
 				Subject, Email string
@@ -131,6 +145,19 @@ func grantType(r *http.Request) string {
 func (p *idp) jwks(w http.ResponseWriter) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	switch p.jwksMode {
+	case "down":
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		return
+	case "garbage":
+		w.Header().Set("Content-Type", "text/html")
+		_, _ = w.Write([]byte("<html><body>502 Bad Gateway</body></html>"))
+		return
+	case "huge":
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"keys":[{"kty":"RSA","kid":"pad","n":"` + strings.Repeat("A", 2<<20) + `","e":"AQAB"}]}`))
+		return
+	}
 	set := jose.JSONWebKeySet{}
 	for _, k := range p.keys {
 		kid, _ := k.KeyID()
