@@ -28,6 +28,13 @@ def test_chat_plain_and_streaming(ostack):
                                        messages=[{"role": "user", "content": "hi"}])
     parts = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
     assert len(parts) == 8 and "".join(parts) == "Zero trust means every hop is verified."
+    # With stream_options.include_usage the last chunk carries the usage, as vLLM sends it.
+    stream = c.chat.completions.create(model="qwen2.5-7b-instruct", max_tokens=3, stream=True,
+                                       stream_options={"include_usage": True},
+                                       messages=[{"role": "user", "content": "hi"}])
+    chunks = list(stream)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3, chunks[-1]
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + 3
 
 
 def test_denied_and_limited_calls_are_readable_sdk_errors(ostack):

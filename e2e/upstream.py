@@ -126,6 +126,12 @@ class Api(BaseHTTPRequestHandler):
             if i == 0 and hold:
                 # Wait until the test has received the first event and says go on.
                 release_event(hold).wait(timeout=60)
+        if (req.get("stream_options") or {}).get("include_usage"):
+            # As vLLM does: a last chunk with no choices and the request's usage.
+            usage = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                     "created": created, "model": model, "choices": [],
+                     "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}}
+            self._chunk(("data: " + json.dumps(usage) + "\n\n").encode())
         self._chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
