@@ -101,6 +101,10 @@ class Api(BaseHTTPRequestHandler):
         words = ["Zero", " trust", " means", " every", " hop", " is", " verified", "."]
         words = words[: max(1, min(len(words), int(req.get("max_tokens") or len(words))))]
         model = req.get("model", MODELS[0])
+        # A stand-in for vLLM's tokenizer: about four bytes of prompt a token, at least 1.
+        prompt_tokens = max(1, len(json.dumps(req.get("messages") or req.get("prompt") or "")) // 4)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                 "total_tokens": prompt_tokens + len(words)}
         created = int(time.time())
         rid = "cmpl-" + str(created)
         if not req.get("stream"):
@@ -110,7 +114,7 @@ class Api(BaseHTTPRequestHandler):
             return self._json(200, {
                 "id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
                 "model": model, "choices": [choice],
-                "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}})
+                "usage": usage})
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -128,10 +132,9 @@ class Api(BaseHTTPRequestHandler):
                 release_event(hold).wait(timeout=60)
         if (req.get("stream_options") or {}).get("include_usage"):
             # As vLLM does: a last chunk with no choices and the request's usage.
-            usage = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                     "created": created, "model": model, "choices": [],
-                     "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}}
-            self._chunk(("data: " + json.dumps(usage) + "\n\n").encode())
+            last = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                    "created": created, "model": model, "choices": [], "usage": usage}
+            self._chunk(("data: " + json.dumps(last) + "\n\n").encode())
         self._chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
