@@ -16,6 +16,12 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(request policy token certificate body go)
 
+CARGO_FUZZ_VERSION=0.13.2
+if ! command -v cargo-fuzz >/dev/null; then
+  echo "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+
 export RUSTC_BOOTSTRAP=1
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT

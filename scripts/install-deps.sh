@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need and a fresh machine lacks: xcaddy and
-# oauth2-proxy (Go), cbindgen and cargo-fuzz (Rust), nginx and valgrind (Debian), the openai SDK
+# oauth2-proxy (Go), cbindgen (Rust), nginx and valgrind (Debian), the openai SDK
 # (PyPI) for the end-to-end client test and pydantic for the differential test of the
 # llm view; with --bench also perf (Debian). Idempotent.
 set -euo pipefail
@@ -9,7 +9,6 @@ export PATH="$HOME/go/bin:$HOME/.cargo/bin:$PATH"
 XCADDY_VERSION=v0.4.5
 OAUTH2_PROXY_VERSION=v7.15.6
 CBINDGEN_VERSION=0.29.4
-CARGO_FUZZ_VERSION=0.13.2
 
 if ! command -v xcaddy >/dev/null; then
   echo "installing xcaddy $XCADDY_VERSION"
@@ -18,10 +17,6 @@ fi
 if ! command -v cbindgen >/dev/null || [ "$(cbindgen --version | awk '{print $2}')" != "$CBINDGEN_VERSION" ]; then
   echo "installing cbindgen $CBINDGEN_VERSION"
   cargo install --locked --quiet cbindgen --version "$CBINDGEN_VERSION"
-fi
-if ! command -v cargo-fuzz >/dev/null; then
-  echo "installing cargo-fuzz $CARGO_FUZZ_VERSION"
-  cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 if ! command -v oauth2-proxy >/dev/null; then
   echo "installing oauth2-proxy $OAUTH2_PROXY_VERSION"
