@@ -204,6 +204,11 @@ const STRING_FIELDS: [&str; 7] = [
 ];
 
 impl<'a> Scalars<'a> {
+    /// `request.upgrade`, computed once with the other fields.
+    pub fn upgrade(&self) -> &str {
+        self.strings[STRING_FIELDS.len() - 1].inner()
+    }
+
     /// The field named `name`; `None` for `headers` and anything that is not a scalar.
     pub fn get(&self, name: &str) -> Option<&(dyn Val + 'a)> {
         if name == "size" {

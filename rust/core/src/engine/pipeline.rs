@@ -85,11 +85,11 @@ impl Engine {
                 return with_identity(Decision::deny(400, Reason::MalformedBody, e.to_string()));
             }
         }
-        let verdict = self.rules(req, &ctx);
+        let upgrade = act.scalars.upgrade();
+        let verdict = self.rules(!upgrade.is_empty(), &ctx);
         if verdict.deny.is_none() && verdict.allow.is_none() && verdict.allow_ignoring_upgrade {
             let message = format!(
-                "denied: a protocol upgrade ({}) needs an allow rule that names request.upgrade",
-                verdict.upgrade
+                "denied: a protocol upgrade ({upgrade}) needs an allow rule that names request.upgrade"
             );
             return Explain {
                 identity,
@@ -249,13 +249,12 @@ impl Engine {
     /// 4. Rules: all are evaluated so the decision can name every match. A protocol
     ///    upgrade (WebSocket, h2c) opens a tunnel no later decision sees, so only an
     ///    allow rule that names `request.upgrade` can allow one.
-    fn rules<'e>(&'e self, req: &Request<'_>, ctx: &Scope<'_, '_>) -> Verdict<'e> {
+    fn rules<'e>(&'e self, upgrading: bool, ctx: &Scope<'_, '_>) -> Verdict<'e> {
         let mut v = Verdict {
             matched: Vec::new(),
             errors: Vec::new(),
             deny: None,
             allow: None,
-            upgrade: req.upgrade().into_owned(),
             allow_ignoring_upgrade: false,
         };
         for (i, rule) in self.policy.rules.iter().enumerate() {
@@ -264,7 +263,7 @@ impl Engine {
                     v.matched.push(rule.name.as_str());
                     match rule.effect {
                         Effect::Deny if v.deny.is_none() => v.deny = Some((rule, None)),
-                        Effect::Allow if !v.upgrade.is_empty() && !rule.when.reads_upgrade() => {
+                        Effect::Allow if upgrading && !rule.when.reads_upgrade() => {
                             v.allow_ignoring_upgrade = true
                         }
                         Effect::Allow if v.allow.is_none() => v.allow = Some((i, rule)),
@@ -466,9 +465,8 @@ struct Verdict<'e> {
     errors: Vec<RuleError>,
     deny: Option<(&'e policy::Rule, Option<String>)>,
     allow: Option<(usize, &'e policy::Rule)>,
-    /// The protocol upgrade asked for (`request.upgrade`), if any, and whether an allow
-    /// rule matched that does not name it (and so cannot allow the upgrade).
-    upgrade: String,
+    /// The request asks for a protocol upgrade, and an allow rule matched that does
+    /// not name `request.upgrade` (and so cannot allow it).
     allow_ignoring_upgrade: bool,
 }
 
