@@ -1,19 +1,17 @@
-//! The one clock the core reads. Production uses governor's std `MonotonicClock`
-//! (monotonic across cores, unlike the default quanta clock) plus the wall clock for
-//! token `exp`/`nbf`; tests use a manual clock they move by hand, so no test sleeps.
+//! The one clock the core reads. Production uses std's monotonic `Instant` (the
+//! limits' buckets) plus the wall clock for token `exp`/`nbf`; tests use a manual clock
+//! they move by hand, so no test sleeps.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use governor::clock::{Clock as GovernorClock, MonotonicClock};
 
 #[derive(Clone, Debug)]
 pub struct EngineClock(Inner);
 
 #[derive(Clone, Debug)]
 enum Inner {
-    System(MonotonicClock),
+    System,
     Manual(Arc<ManualState>),
 }
 
@@ -27,7 +25,7 @@ struct ManualState {
 impl EngineClock {
     /// The production clock.
     pub fn system() -> Self {
-        EngineClock(Inner::System(MonotonicClock))
+        EngineClock(Inner::System)
     }
 
     /// A clock that stands still until `advance` is called; `unix_seconds` is the wall
@@ -56,7 +54,7 @@ impl EngineClock {
     /// Seconds since the Unix epoch, for token `exp`, `nbf` and `iat`.
     pub fn unix_now(&self) -> u64 {
         match &self.0 {
-            Inner::System(_) => SystemTime::now()
+            Inner::System => SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
@@ -67,15 +65,31 @@ impl EngineClock {
     }
 }
 
-impl GovernorClock for EngineClock {
-    type Instant = Instant;
+/// The origin of the system clock's nanoseconds: one per process, so engines that
+/// share buckets across a reload read the same time line.
+fn process_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
 
-    fn now(&self) -> Instant {
+impl EngineClock {
+    pub fn now(&self) -> Instant {
         match &self.0 {
-            Inner::System(clock) => clock.now(),
+            Inner::System => Instant::now(),
             Inner::Manual(state) => {
                 state.origin + Duration::from_nanos(state.offset_nanos.load(Ordering::SeqCst))
             }
+        }
+    }
+
+    /// Nanoseconds on the limits' time line: since the process's origin (system) or
+    /// since the clock was made (manual). u64 nanoseconds last 584 years.
+    pub fn nanos(&self) -> u64 {
+        match &self.0 {
+            Inner::System => Instant::now()
+                .saturating_duration_since(process_origin())
+                .as_nanos() as u64,
+            Inner::Manual(state) => state.offset_nanos.load(Ordering::SeqCst),
         }
     }
 }

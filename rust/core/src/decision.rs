@@ -27,6 +27,8 @@ pub enum Reason {
     BadRequest,
     /// The body is JSON by its Content-Type but not one every reader reads alike.
     MalformedBody,
+    /// A `[[concurrency]]` cap has all its slots taken by requests in flight.
+    ConcurrencyLimit,
 }
 
 impl Reason {
@@ -46,6 +48,7 @@ impl Reason {
             Reason::EngineError => "engine_error",
             Reason::BadRequest => "bad_request",
             Reason::MalformedBody => "malformed_body",
+            Reason::ConcurrencyLimit => "concurrency_limit",
         }
     }
 }
@@ -103,6 +106,19 @@ pub struct Decision<'e> {
     /// refetch it (keys rotate) and decide again.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub jwks_miss: bool,
+    /// What the allowed request holds until it ends (reservations of settled limits,
+    /// in-flight slots): the caller hands it back to `Engine::settle` when the response
+    /// is done, whatever happened to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// Tokens each settled limit reserved, by limit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<(&'e str, u64)>,
+    /// The request streams without a usage chunk and a limit settles from usage: the
+    /// caller adds `"stream_options":{"include_usage":true}` before the body's last `}`
+    /// and removes the usage-only chunk from what the client receives.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub add_stream_usage: bool,
 }
 
 impl<'e> Decision<'e> {
@@ -130,6 +146,9 @@ impl<'e> Decision<'e> {
             limit: None,
             audit: false,
             jwks_miss: false,
+            lease: None,
+            reserved: Vec::new(),
+            add_stream_usage: false,
         }
     }
 

@@ -9,7 +9,8 @@
 //! Read top-down: `engine` (the engine and the decision pipeline, identify → size →
 //! rules → limits) uses `eval` (compiling and evaluating expressions), which reads the
 //! request through `request`, `body`/`json`/`llm`, `cert`, `token` and `values`;
-//! `limits`, `cache`, `clock`, `decision` and `policy` are leaves.
+//! `limits` (GCRA buckets), `inflight` (concurrency caps), `cache`, `clock`, `decision`
+//! and `policy` are leaves; `engine::settle` ends a request's lease on them.
 
 mod body;
 mod cache;
@@ -18,6 +19,7 @@ mod clock;
 mod decision;
 mod engine;
 mod eval;
+mod inflight;
 mod json;
 mod limits;
 mod llm;
@@ -31,14 +33,14 @@ pub use body::{read_request as read_body, LazyBody};
 pub use cert::{hex, parse_der, CertCache, CertEntry, CertInfo, NameInfo};
 pub use clock::EngineClock;
 pub use decision::{Decision, LimitReport, Reason, RuleError};
-pub use engine::{Engine, Evaluations, GivenIdentity};
+pub use engine::{Ending, Engine, Evaluations, GivenIdentity, SettleRule, Settled, Usage};
 pub use eval::expr::EvalError;
 pub use json::Malformed;
 pub use llm::Llm;
 pub use plain::{Key, Value};
 pub use policy::{
     load as load_policy, parse_duration, parse_rate, parse_size, Effect, MalformedBody, Mode,
-    Policy, PolicyError, Problem, Rate,
+    Policy, PolicyError, Problem, Rate, Settle,
 };
 pub use request::Request;
 pub use token::{JwksError, JwksSummary, TokenError, TokenSettings, VerifiedToken, Verifier};

@@ -1,20 +1,25 @@
-//! Per-identity token buckets (governor's GCRA), one keyed limiter per `[[limit]]`.
-//! Memory stays bounded: stale keys are swept with `retain_recent`, and a limit holds
+//! Per-identity token buckets, one keyed table per `[[limit]]`: GCRA (the generic cell
+//! rate algorithm) kept here rather than in `governor`, because budgets that settle
+//! from usage must give cells back and charge more after the fact, which governor's
+//! API has no way to do. One algorithm serves every limit, settled or not.
+//!
+//! A key's whole state is one number, its TAT ("theoretical arrival time"): the time
+//! at which its bucket is full again. With `T` the time one cell takes to come back
+//! and `tau = T × burst`, taking `n` cells at `now` moves the TAT to
+//! `max(tat, now) + n·T`, allowed when that is at most `now + tau`; the cells left are
+//! `(now + tau − tat) / T`. A refund moves the TAT back (never before `now`: a bucket
+//! is never more than full), an excess moves it on (never past `now + tau`: a bucket is
+//! never below empty, and the excess is never a 429 after the fact).
+//!
+//! Memory stays bounded: keys whose buckets are full again are swept, and a limit holds
 //! at most `max_keys` live keys; a new key past that is refused (fail closed) rather
 //! than letting a flood of identities grow the table.
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use governor::clock::Clock as _;
-use governor::middleware::{NoOpMiddleware, StateInformationMiddleware, StateSnapshot};
-use governor::nanos::Nanos;
-use governor::state::keyed::ShrinkableKeyedStateStore;
-use governor::state::{InMemoryState, StateStore};
-use governor::{Quota, RateLimiter};
 
 use crate::clock::EngineClock;
 use crate::policy::LimitConfig;
@@ -22,51 +27,28 @@ use crate::policy::LimitConfig;
 /// How many checks pass between two sweeps of stale keys.
 const SWEEP_EVERY: u64 = 4096;
 
+const SECOND: u64 = 1_000_000_000;
+
 /// Hashed with foldhash, as the token and certificate caches are, not the default
 /// SipHash: its seed is random per table, and a table never holds more than the
 /// limit's `max_keys` live keys, whatever a `key` expression makes of a request.
-type Map = DashMap<String, InMemoryState, foldhash::fast::RandomState>;
-
-/// The state store: governor's own DashMap store behind an `Arc`, so the limit can
-/// also ask whether a key is already live.
-#[derive(Clone)]
-struct KeyStore(Arc<Map>);
-
-impl StateStore for KeyStore {
-    type Key = String;
-
-    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        <Map as StateStore>::measure_and_replace(&self.0, key, f)
-    }
-}
-
-impl ShrinkableKeyedStateStore<String> for KeyStore {
-    fn retain_recent(&self, drop_below: Nanos) {
-        <Map as ShrinkableKeyedStateStore<String>>::retain_recent(&self.0, drop_below)
-    }
-    fn shrink_to_fit(&self) {
-        self.0.shrink_to_fit()
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-type Limiter = RateLimiter<String, KeyStore, EngineClock, StateInformationMiddleware>;
+/// The value is the key's TAT in the clock's nanoseconds.
+type Map = DashMap<String, u64, foldhash::fast::RandomState>;
 
 /// The live buckets of one limit. Shared between engines whose limit definitions are
 /// equal, so a config reload keeps them.
 pub struct LimitState {
-    limiter: Limiter,
-    store: KeyStore,
+    table: Map,
+    clock: EngineClock,
+    /// Nanoseconds for one cell to come back.
+    period: u64,
+    /// `period × burst`: how far ahead of now a TAT may be.
+    tau: u64,
+    burst: u32,
+    max_keys: usize,
     checks: AtomicU64,
-    last_full_sweep: std::sync::Mutex<Option<Instant>>,
+    /// When a full table was last swept (clock nanoseconds + 1; 0: never).
+    last_full_sweep: AtomicU64,
     fingerprint: String,
     policy_header: String,
 }
@@ -99,23 +81,17 @@ pub enum Outcome {
 
 impl LimitState {
     pub fn new(config: &LimitConfig, clock: EngineClock) -> Self {
-        let quota = Quota::with_period(config.rate.period())
-            .expect("rate period is checked to be non-zero at load")
-            .allow_burst(
-                NonZeroU32::new(config.burst).expect("burst is checked to be >= 1 at load"),
-            );
-        let store = KeyStore(Arc::new(Map::default()));
-        let limiter = RateLimiter::<String, KeyStore, EngineClock, NoOpMiddleware<Instant>>::new(
-            quota,
-            store.clone(),
-            clock,
-        )
-        .with_middleware::<StateInformationMiddleware>();
+        // Loading checked that period × burst is at most ten years of nanoseconds.
+        let period = config.rate.period().as_nanos() as u64;
         LimitState {
-            limiter,
-            store,
+            table: Map::default(),
+            clock,
+            period,
+            tau: period * u64::from(config.burst),
+            burst: config.burst,
+            max_keys: config.max_keys,
             checks: AtomicU64::new(0),
-            last_full_sweep: std::sync::Mutex::new(None),
+            last_full_sweep: AtomicU64::new(0),
             fingerprint: config.fingerprint.clone(),
             policy_header: policy_header(config),
         }
@@ -127,90 +103,160 @@ impl LimitState {
 
     /// Live keys right now.
     pub fn live_keys(&self) -> usize {
-        self.store.0.len()
+        self.table.len()
     }
 
-    /// Drops keys whose buckets are full again (indistinguishable from new ones).
+    /// Drops keys whose buckets are full again (indistinguishable from new ones) and
+    /// gives the memory back.
     pub fn sweep(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        self.drop_full();
+        self.table.shrink_to_fit();
+    }
+
+    fn drop_full(&self) {
+        let now = self.clock.nanos();
+        self.table.retain(|_, tat| *tat > now);
+    }
+
+    /// The cells `key` has left now, and the seconds until its bucket is full.
+    pub fn remaining(&self, key: &str) -> (u32, u64) {
+        let now = self.clock.nanos();
+        let tat = self.table.get(key).map_or(now, |t| (*t).max(now));
+        self.left(now, tat)
+    }
+
+    fn left(&self, now: u64, tat: u64) -> (u32, u64) {
+        let ahead = tat - now;
+        let remaining = (self.tau.saturating_sub(ahead) / self.period) as u32;
+        (remaining, ceil_secs_nanos(ahead))
+    }
+
+    /// Runs `f` on `key`'s TAT (`None`: no live bucket, which is a full one) and stores
+    /// what it returns; a new key is only created when `f` stores something.
+    fn update<T>(&self, key: &str, f: impl FnOnce(Option<u64>) -> (T, Option<u64>)) -> T {
+        if let Some(mut tat) = self.table.get_mut(key) {
+            let (out, new) = f(Some(*tat));
+            if let Some(n) = new {
+                *tat = n;
+            }
+            return out;
+        }
+        match self.table.entry(key.to_owned()) {
+            Entry::Occupied(mut o) => {
+                let (out, new) = f(Some(*o.get()));
+                if let Some(n) = new {
+                    o.insert(n);
+                }
+                out
+            }
+            Entry::Vacant(v) => {
+                let (out, new) = f(None);
+                if let Some(n) = new {
+                    v.insert(n);
+                }
+                out
+            }
+        }
     }
 
     /// Takes `cost` cells from `key`'s bucket.
-    // `&String`, not `&str`: governor's keyed store looks keys up by `&K`, and the
-    // caller usually holds the identity as a String already, so nothing is copied.
-    #[allow(clippy::ptr_arg)]
-    pub fn check(&self, config: &LimitConfig, key: &String, cost: u64) -> Outcome {
-        if cost > u64::from(config.burst) {
+    pub fn check(&self, key: &str, cost: u64) -> Outcome {
+        if cost > u64::from(self.burst) {
             return Outcome::CostExceedsBurst {
                 cost,
-                burst: config.burst,
+                burst: self.burst,
             };
         }
         if cost == 0 {
             // Nothing to take: the bucket is not touched and no key is created.
             return Outcome::Allowed {
-                remaining: config.burst,
+                remaining: self.burst,
                 reset_secs: 0,
             };
         }
-        let n = u32::try_from(cost)
-            .ok()
-            .and_then(NonZeroU32::new)
-            .expect("0 < cost <= burst <= u32::MAX");
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             // Only drop stale keys here: shrinking the table every few thousand requests
-            // would rehash it just to grow it again. `sweep` (a full table, or the
-            // caller) also gives the memory back.
-            self.limiter.retain_recent();
+            // would rehash it just to grow it again. `sweep` also gives the memory back.
+            self.drop_full();
         }
-        if self.store.0.len() >= config.max_keys && !self.store.0.contains_key(key) {
+        if self.table.len() >= self.max_keys && !self.table.contains_key(key) {
             self.sweep_when_full();
-            let live = self.store.0.len();
-            if live >= config.max_keys {
+            let live = self.table.len();
+            if live >= self.max_keys {
                 return Outcome::TableFull { live_keys: live };
             }
         }
-        let result = self.limiter.check_key_n(key, n);
-        match result {
-            Ok(Ok(snapshot)) => Outcome::Allowed {
-                remaining: snapshot.remaining_burst_capacity(),
-                reset_secs: reset_secs(&snapshot, config),
-            },
-            Ok(Err(not_until)) => {
-                let wait = not_until.wait_time_from(self.limiter.clock().now());
-                Outcome::Limited {
-                    retry_after_secs: ceil_secs(wait).max(1),
-                }
+        let now = self.clock.nanos();
+        let weight = cost * self.period;
+        self.update(key, |tat| {
+            let from = tat.unwrap_or(now).max(now);
+            let new = from + weight;
+            if new - now > self.tau {
+                let wait = new - now - self.tau;
+                let out = Outcome::Limited {
+                    retry_after_secs: ceil_secs_nanos(wait).max(1),
+                };
+                return (out, None);
             }
-            Err(_) => Outcome::CostExceedsBurst {
-                cost,
-                burst: config.burst,
-            },
+            let (remaining, reset_secs) = self.left(now, new);
+            (
+                Outcome::Allowed {
+                    remaining,
+                    reset_secs,
+                },
+                Some(new),
+            )
+        })
+    }
+
+    /// Gives `cells` back to `key`'s bucket (a reservation not used, or a request a
+    /// later step refused), never past full. Returns the cells given back.
+    pub fn refund(&self, key: &str, cells: u64) -> u64 {
+        if cells == 0 {
+            return 0;
         }
+        let now = self.clock.nanos();
+        let Some(mut tat) = self.table.get_mut(key) else {
+            return 0; // swept: the bucket is full already
+        };
+        let back = (*tat).saturating_sub(now).min(cells.saturating_mul(self.period));
+        *tat -= back;
+        back / self.period
+    }
+
+    /// Takes `cells` more from `key`'s bucket after the fact (usage beyond the
+    /// reservation): never refused, never past empty. Returns the cells taken.
+    pub fn charge(&self, key: &str, cells: u64) -> u64 {
+        if cells == 0 {
+            return 0;
+        }
+        let now = self.clock.nanos();
+        self.update(key, |tat| {
+            let from = tat.unwrap_or(now).max(now);
+            let room = (now + self.tau).saturating_sub(from);
+            let taken = (cells.saturating_mul(self.period)).min(room) / self.period;
+            (taken, (taken > 0).then(|| from + taken * self.period))
+        })
     }
 
     /// A full table is swept at most once a second, so a flood of new keys cannot make
     /// every request pay for a scan of the whole table.
     fn sweep_when_full(&self) {
-        let now = self.limiter.clock().now();
-        let mut last = self
-            .last_full_sweep
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
-            *last = Some(now);
-            drop(last);
+        let now = self.clock.nanos();
+        let last = self.last_full_sweep.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last - 1) >= SECOND)
+            && self
+                .last_full_sweep
+                .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             self.sweep();
         }
     }
 }
 
-fn reset_secs(snapshot: &StateSnapshot, config: &LimitConfig) -> u64 {
-    let used = config
-        .burst
-        .saturating_sub(snapshot.remaining_burst_capacity());
-    ceil_secs(config.rate.period() * used)
+fn ceil_secs_nanos(n: u64) -> u64 {
+    n.div_ceil(SECOND)
 }
 
 fn ceil_secs(d: Duration) -> u64 {

@@ -198,6 +198,22 @@ fn numeric_string(s: &str) -> Option<i64> {
     int.parse().ok()
 }
 
+/// Whether vLLM will stream this request's response without a usage chunk: a chat or
+/// completions request with `stream` true and no `stream_options` at all. Only then can
+/// `"stream_options":{"include_usage":true}` be added by inserting it before the
+/// object's closing brace (`raw`, the body as sent, must end with it), which changes
+/// nothing else vLLM reads.
+pub(crate) fn streams_without_usage(path: &str, body: &LazyBody<'_>, raw: &[u8]) -> bool {
+    matches!(path, "/v1/chat/completions" | "/v1/completions")
+        && body.field("stream").and_then(|f| bool_field(f.raw)) == Some(true)
+        && body.field("stream_options").is_none()
+        && raw
+            .iter()
+            .rev()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            == Some(&b'}')
+}
+
 /// pydantic's lax `bool`: `None` when unknown (a request vLLM refuses).
 fn bool_field(raw: &[u8]) -> Option<bool> {
     match raw {

@@ -24,6 +24,7 @@ pub struct Policy {
     pub token: Option<TokenConfig>,
     pub rules: Vec<Rule>,
     pub limits: Vec<LimitConfig>,
+    pub concurrency: Vec<ConcurrencyConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -118,7 +119,49 @@ pub struct LimitConfig {
     pub cost: Option<Expression>,
     pub when: Option<Expression>,
     pub max_keys: usize,
+    /// The limit reserves its cost at admission and settles to the response's usage.
+    pub settle: Option<Settle>,
     /// The definition in one string: a reload keeps a limit's buckets when this is equal.
+    pub fingerprint: String,
+}
+
+/// Which count of the response's OpenAI `usage` object a settled limit charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Settle {
+    /// `total_tokens` (`settle = "usage"` or `"total_tokens"`).
+    TotalTokens,
+    CompletionTokens,
+    PromptTokens,
+}
+
+impl Settle {
+    fn parse(text: &str) -> Option<Settle> {
+        match text {
+            "usage" | "total_tokens" => Some(Settle::TotalTokens),
+            "completion_tokens" => Some(Settle::CompletionTokens),
+            "prompt_tokens" => Some(Settle::PromptTokens),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settle::TotalTokens => "total_tokens",
+            Settle::CompletionTokens => "completion_tokens",
+            Settle::PromptTokens => "prompt_tokens",
+        }
+    }
+}
+
+/// `[[concurrency]]`: at most `max` requests of a key in flight at once.
+#[derive(Debug)]
+pub struct ConcurrencyConfig {
+    pub name: String,
+    pub key: Expression,
+    pub max: u32,
+    pub when: Option<Expression>,
+    /// A reload keeps the cap's open slots when this is equal.
     pub fingerprint: String,
 }
 
@@ -201,6 +244,8 @@ struct File {
     rules: Vec<RuleDef>,
     #[serde(default, rename = "limit")]
     limits: Vec<LimitDef>,
+    #[serde(default)]
+    concurrency: Vec<ConcurrencyDef>,
 }
 
 #[derive(Deserialize)]
@@ -288,6 +333,16 @@ struct LimitDef {
     cost: Option<Spanned<String>>,
     when: Option<Spanned<String>>,
     max_keys: Option<Spanned<i64>>,
+    settle: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConcurrencyDef {
+    name: String,
+    key: Option<Spanned<String>>,
+    max: Spanned<i64>,
+    when: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -328,7 +383,7 @@ fn default_token_header() -> String {
 
 /// Every number a policy can set: its default and the range it must fall in. The
 /// ranges keep each value where the code that uses it cannot overflow or allocate
-/// without bound (`limits` turns rates into governor's u64 nanoseconds).
+/// without bound (`limits` keeps time in u64 nanoseconds).
 struct Bound {
     name: &'static str,
     default: i64,
@@ -357,11 +412,12 @@ const MAX_BODY: Bound = bound("settings.max_body", 1 << 20, 1, 1 << 30);
 const RULE_STATUS: Bound = bound("status", 403, 400, 599);
 const BURST: Bound = bound("burst", 1, 1, 1_000_000_000);
 const MAX_KEYS: Bound = bound("max_keys", 100_000, 1, 10_000_000);
+const CONCURRENCY_MAX: Bound = bound("max", 1, 1, 1_000_000);
 
 /// The longest period a rate may name (`1/365d`).
 pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(365 * 86400);
 /// The longest a limit's bucket may take to refill from empty (burst × one cell's
-/// period): ten years, far inside governor's 584-year nanosecond clock.
+/// period): ten years, far inside the 584 years of u64 nanoseconds the buckets count in.
 pub const MAX_REFILL: Duration = Duration::from_secs(10 * 365 * 86400);
 
 /// Parses `"512KiB"`, `"1MiB"`, `"2MB"`, `"100B"` or a plain byte count.
@@ -668,7 +724,7 @@ impl Loader<'_> {
                 Some(b) => self.number(&format!("{label}: burst"), &BURST, Some(b)) as u32,
             };
             if let Some(rate) = rate {
-                // governor keeps time in u64 nanoseconds: the bucket's whole span must fit.
+                // the buckets keep time in u64 nanoseconds: the bucket's whole span must fit.
                 if rate.period().saturating_mul(burst) > MAX_REFILL {
                     let line = d
                         .burst
@@ -687,11 +743,21 @@ impl Loader<'_> {
                 &MAX_KEYS,
                 d.max_keys.as_ref(),
             ) as usize;
-            let key_src = d
-                .key
-                .clone()
-                .unwrap_or_else(|| Spanned::new(0..0, "identity".to_owned()));
-            let key = self.expr(&format!("{label} key"), &key_src, &VARIABLES);
+            let settle = d.settle.as_ref().and_then(|s| {
+                let parsed = Settle::parse(s.get_ref());
+                if parsed.is_none() {
+                    let line = self.line_of_span(s.span());
+                    self.problem_at(
+                        line,
+                        format!(
+                            "{label}: settle = {:?} is not one of \"usage\", \"total_tokens\", \"completion_tokens\", \"prompt_tokens\"",
+                            s.get_ref()
+                        ),
+                    );
+                }
+                parsed
+            });
+            let key = self.key_expr(&label, d.key.as_ref());
             let cost = d
                 .cost
                 .as_ref()
@@ -704,14 +770,15 @@ impl Loader<'_> {
                 (rate, key, cost.transpose_ok(), when.transpose_ok())
             {
                 let fingerprint = format!(
-                    "{}|{}|{}|{}|{}|{}|{}",
+                    "{}|{}|{}|{}|{}|{}|{}|{}",
                     d.name,
                     key.source,
                     rate,
                     burst,
                     cost.as_ref().map(|c| c.source.as_str()).unwrap_or("1"),
                     when.as_ref().map(|w| w.source.as_str()).unwrap_or("true"),
-                    max_keys
+                    max_keys,
+                    settle.map_or("", Settle::as_str),
                 );
                 limits.push(LimitConfig {
                     name: d.name.clone(),
@@ -721,11 +788,52 @@ impl Loader<'_> {
                     cost,
                     when,
                     max_keys,
+                    settle,
                     fingerprint,
                 });
             }
         }
         limits
+    }
+
+    /// A limit's or cap's `key`, the identity when it has none.
+    fn key_expr(&mut self, label: &str, key: Option<&Spanned<String>>) -> Option<Expression> {
+        let src = key
+            .cloned()
+            .unwrap_or_else(|| Spanned::new(0..0, "identity".to_owned()));
+        self.expr(&format!("{label} key"), &src, &VARIABLES)
+    }
+
+    fn concurrency(&mut self, defs: &[ConcurrencyDef], limits: &[LimitDef]) -> Vec<ConcurrencyConfig> {
+        // One namespace with the limits: a 429 names either, and so do metrics.
+        let mut names: HashSet<String> = limits.iter().map(|l| l.name.clone()).collect();
+        let mut caps = Vec::new();
+        for (i, d) in defs.iter().enumerate() {
+            let label = self.named("concurrency", i, &d.name, &mut names);
+            let max = self.number(&format!("{label}: max"), &CONCURRENCY_MAX, Some(&d.max)) as u32;
+            let key = self.key_expr(&label, d.key.as_ref());
+            let when = d
+                .when
+                .as_ref()
+                .map(|w| self.expr(&format!("{label} when"), w, &VARIABLES));
+            if let (Some(key), Some(when)) = (key, when.transpose_ok()) {
+                let fingerprint = format!(
+                    "{}|{}|{}|{}",
+                    d.name,
+                    key.source,
+                    max,
+                    when.as_ref().map(|w| w.source.as_str()).unwrap_or("true"),
+                );
+                caps.push(ConcurrencyConfig {
+                    name: d.name.clone(),
+                    key,
+                    max,
+                    when,
+                    fingerprint,
+                });
+            }
+        }
+        caps
     }
 }
 
@@ -789,6 +897,7 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
         .map(|t| l.token(t, settings.max_json_depth));
     let rules = l.rules(&parsed.rules);
     let limits = l.limits(&parsed.limits);
+    let concurrency = l.concurrency(&parsed.concurrency, &parsed.limits);
 
     if rules.iter().all(|r| r.effect != Effect::Allow) && l.problems.is_empty() {
         l.problem("the policy has no allow rule, so it denies every request".into());
@@ -815,6 +924,7 @@ pub fn load(source: &str, file: &str) -> Result<Policy, PolicyError> {
         token,
         rules,
         limits,
+        concurrency,
     })
 }
 

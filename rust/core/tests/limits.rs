@@ -198,8 +198,8 @@ max_keys = 100
         as_user("u7").decide(&e).allowed,
         "a known identity keeps its bucket"
     );
-    // Once the old buckets are full again (governor keeps a key one emission interval
-    // past its theoretical arrival time), the sweep makes room.
+    // Once the old buckets are full again (a key is kept until its bucket is full,
+    // its theoretical arrival time), the sweep makes room.
     e.clock().advance(Duration::from_secs(121));
     assert!(as_user("newcomer").decide(&e).allowed);
 }

@@ -1,6 +1,6 @@
 //! Every number a policy can set is bounded: loading never panics, whatever the value,
 //! and a value out of range is a problem naming its line. A policy that loads decides
-//! requests through its limits without panicking either (governor keeps time in u64
+//! requests through its limits without panicking either (the buckets keep time in u64
 //! nanoseconds, so a rate × burst that does not fit must be refused at load).
 
 mod common;
@@ -217,7 +217,7 @@ fn no_number_makes_loading_or_deciding_panic() {
 }
 
 #[test]
-fn a_rate_governor_cannot_hold_is_refused_with_its_line() {
+fn a_rate_the_buckets_cannot_hold_is_refused_with_its_line() {
     let mut n = Numbers {
         max_body: "1024".into(),
         max_json_depth: 32,

@@ -43,6 +43,14 @@ impl<'a> Activation<'a> {
             .as_ref()
     }
 
+    /// A streamed request vLLM will answer without a usage chunk (see
+    /// `llm::streams_without_usage`).
+    pub(super) fn streams_without_usage(&self) -> bool {
+        self.read_body().is_ok_and(|b| {
+            crate::llm::streams_without_usage(self.req.path, b, self.req.body)
+        })
+    }
+
     fn body(&self) -> &LazyBody<'a> {
         self.read_body().unwrap_or(&self.empty_body)
     }

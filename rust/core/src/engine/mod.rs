@@ -5,6 +5,9 @@
 
 mod activation;
 mod pipeline;
+mod settle;
+
+pub use settle::{Ending, SettleRule, Settled, Usage};
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,6 +19,7 @@ use crate::clock::EngineClock;
 use crate::decision::{Decision, Reason};
 use crate::eval::expr::{EvalError, Expression};
 use crate::eval::native::Scope;
+use crate::inflight::InFlightState;
 use crate::limits::LimitState;
 use crate::plain::Value;
 use crate::policy::{self, Policy, PolicyError};
@@ -32,6 +36,8 @@ pub struct Engine {
     certs: CertCache,
     verifier: Option<Verifier>,
     limits: Vec<Arc<LimitState>>,
+    caps: Vec<Arc<InFlightState>>,
+    leases: settle::Leases,
     absent_cert: Indexed,
     empty_claims: Indexed,
     needs_body: bool,
@@ -54,18 +60,29 @@ impl Engine {
             .iter()
             .map(|l| Arc::new(LimitState::new(l, clock.clone())))
             .collect();
+        let caps = policy
+            .concurrency
+            .iter()
+            .map(|c| Arc::new(InFlightState::new(c)))
+            .collect();
         let verifier = policy
             .token
             .as_ref()
             .map(|t| Verifier::new(t.settings.clone()));
         let reads_body = |e: &Expression| e.reads("body") || e.reads("llm");
+        // A settled limit reads the body too: whether vLLM will stream without usage.
         let needs_body = policy.rules.iter().any(|r| reads_body(&r.when))
             || policy.identity.as_ref().is_some_and(reads_body)
             || policy.limits.iter().any(|l| {
-                reads_body(&l.key)
+                l.settle.is_some()
+                    || reads_body(&l.key)
                     || l.cost.as_ref().is_some_and(reads_body)
                     || l.when.as_ref().is_some_and(reads_body)
-            });
+            })
+            || policy
+                .concurrency
+                .iter()
+                .any(|c| reads_body(&c.key) || c.when.as_ref().is_some_and(reads_body));
         let allow_messages = policy
             .rules
             .iter()
@@ -79,6 +96,8 @@ impl Engine {
             clock,
             verifier,
             limits,
+            caps,
+            leases: settle::Leases::default(),
             absent_cert: CertInfo::absent_value(),
             empty_claims: Indexed::from_json(&serde_json::json!({}), 1).expect("empty map"),
             needs_body,
@@ -139,21 +158,12 @@ impl Engine {
         }
     }
 
-    /// Takes over the buckets of `previous` for every limit whose definition is
-    /// unchanged, so a config reload does not reset them. Returns how many it kept.
+    /// Takes over the buckets of `previous` for every limit, and the open slots for
+    /// every in-flight cap, whose definition is unchanged, so a config reload resets
+    /// neither. Returns how many it kept.
     pub fn inherit_state(&mut self, previous: &Engine) -> usize {
-        let mut kept = 0;
-        for state in &mut self.limits {
-            if let Some(old) = previous
-                .limits
-                .iter()
-                .find(|o| o.fingerprint() == state.fingerprint())
-            {
-                *state = old.clone();
-                kept += 1;
-            }
-        }
-        kept
+        inherit(&mut self.limits, &previous.limits, LimitState::fingerprint)
+            + inherit(&mut self.caps, &previous.caps, InFlightState::fingerprint)
     }
 
     pub fn decide(&self, req: &Request<'_>) -> Decision<'_> {
@@ -244,6 +254,18 @@ impl Engine {
                 );
             }
         }
+        for c in &self.policy.concurrency {
+            probe(
+                format!("concurrency {:?} key", c.name),
+                c.key.eval_string(ctx).map(drop),
+            );
+            if let Some(w) = &c.when {
+                probe(
+                    format!("concurrency {:?} when", c.name),
+                    w.eval_bool(ctx).map(drop),
+                );
+            }
+        }
         found
     }
 
@@ -313,6 +335,18 @@ impl Engine {
             None => self.verifier = Some(Verifier::new(cfg.settings.clone())),
         }
     }
+}
+
+/// Replaces each state of `new` by the one of `old` with the same fingerprint.
+fn inherit<T>(new: &mut [Arc<T>], old: &[Arc<T>], fingerprint: fn(&T) -> &str) -> usize {
+    let mut kept = 0;
+    for state in new {
+        if let Some(o) = old.iter().find(|o| fingerprint(o) == fingerprint(state)) {
+            *state = o.clone();
+            kept += 1;
+        }
+    }
+    kept
 }
 
 /// One rule's `when` evaluated every way the engine can (for the differential tests).

@@ -13,6 +13,9 @@ use super::{Activation, Engine};
 use crate::cert::CertEntry;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
 use crate::eval::native::Scope;
+use super::settle::{Lease, Reservation};
+use crate::eval::expr::Expression;
+use crate::inflight;
 use crate::limits::{LimitState, Outcome};
 use crate::policy::{self, Effect, Mode};
 use crate::request::Request;
@@ -325,8 +328,10 @@ impl Engine {
         }
     }
 
-    /// 5. Limits, only for requests the rules allow (429); then the allow itself,
-    ///    reporting the limit with the fewest cells left.
+    /// 5. In-flight caps, then limits, only for requests the rules allow (429); then
+    ///    the allow itself, reporting the limit with the fewest cells left. A request
+    ///    refused here gives back every slot and cell it took on the way; an allowed one
+    ///    that holds reservations or slots gets a lease (see `settle`).
     fn limits<'e>(
         &'e self,
         act: &Activation<'_>,
@@ -338,51 +343,93 @@ impl Engine {
             rule: allow,
             explain,
         } = allowed;
-        // (limit, remaining, reset) of the limit with the fewest cells left.
-        let mut tightest: Option<(&policy::LimitConfig, &LimitState, u32, u64)> = None;
-        for (cfg, state) in self.policy.limits.iter().zip(&self.limits) {
-            let limit_error = |explain: Explain<'e>, what: &str, e: String| -> Decision<'e> {
-                explain.into(
-                    Decision::deny(
-                        self.policy.deny_status,
-                        Reason::LimitError,
-                        format!("limit {:?} {what} failed: {e}", cfg.name),
-                    ),
-                    Some(&allow.name),
-                )
-            };
-            if let Some(when) = &cfg.when {
-                match when.eval_bool(ctx) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => return limit_error(explain, "when", e.to_string()),
+        let mut held = Held::default();
+        let tightest = match self.take(act, ctx, &mut held) {
+            Ok(t) => t,
+            Err(refusal) => {
+                self.undo(held.lease, &held.taken);
+                let mut d = explain.into(refusal.decision, Some(&allow.name));
+                d.limit = refusal.limit;
+                return d;
+            }
+        };
+        let mut d = explain.into(
+            Decision::allow(&self.allow_messages[allow_index]),
+            Some(&allow.name),
+        );
+        d.limit = tightest.map(|(cfg, state, remaining, reset)| LimitReport {
+            name: &cfg.name,
+            remaining,
+            retry_after_secs: None,
+            headers: state.headers(cfg, remaining, reset),
+        });
+        let lease = held.lease;
+        if !lease.reservations.is_empty() {
+            d.reserved = lease
+                .reservations
+                .iter()
+                .map(|r| (self.policy.limits[r.limit].name.as_str(), r.reserved))
+                .collect();
+            d.add_stream_usage = act.streams_without_usage();
+        }
+        if !lease.reservations.is_empty() || !lease.slots.is_empty() {
+            d.lease = Some(self.leases.open(lease));
+        }
+        d
+    }
+
+    /// Takes a slot of every cap and cells of every limit that applies, recording each
+    /// in `held`; returns the limit with the fewest cells left, or the refusal.
+    #[allow(clippy::type_complexity)]
+    fn take<'e, 'a>(
+        &'e self,
+        act: &'a Activation<'_>,
+        ctx: &Scope<'_, '_>,
+        held: &mut Held<'e, 'a>,
+    ) -> Result<Option<(&'e policy::LimitConfig, &'e LimitState, u32, u64)>, Refusal<'e>> {
+        for (cfg, state) in self.policy.concurrency.iter().zip(&self.caps) {
+            let what = ("concurrency", cfg.name.as_str());
+            if !self.applies(cfg.when.as_ref(), ctx, what)? {
+                continue;
+            }
+            let key = self.key_of(&cfg.key, act, ctx, what)?;
+            match state.acquire(&key) {
+                Ok(_) => held.lease.slots.push((state.clone(), key.into_owned())),
+                Err(max) => {
+                    return Err(Refusal {
+                        decision: Decision::deny(
+                            429,
+                            Reason::ConcurrencyLimit,
+                            format!(
+                                "concurrency limit {:?} reached: {max} requests already in flight; retry when one ends",
+                                cfg.name
+                            ),
+                        ),
+                        limit: Some(LimitReport {
+                            name: &cfg.name,
+                            remaining: 0,
+                            retry_after_secs: Some(1),
+                            headers: inflight::headers(&cfg.name, max),
+                        }),
+                    })
                 }
             }
-            // The default key is the identity itself: no need to run CEL for it.
-            let key: Result<Cow<'_, String>, String> = if cfg.key.source == "identity" {
-                act.identity
-                    .get()
-                    .map(Cow::Borrowed)
-                    .ok_or_else(|| "no identity".to_owned())
-            } else {
-                cfg.key
-                    .eval_string(ctx)
-                    .map(Cow::Owned)
-                    .map_err(|e| e.to_string())
-            };
-            let key = match key {
-                Ok(k) if !k.is_empty() => k,
-                Ok(_) => return limit_error(explain, "key", "it is empty".into()),
-                Err(e) => return limit_error(explain, "key", e),
-            };
+        }
+        // (limit, remaining, reset) of the limit with the fewest cells left.
+        let mut tightest: Option<(&policy::LimitConfig, &LimitState, u32, u64)> = None;
+        for (i, (cfg, state)) in self.policy.limits.iter().zip(&self.limits).enumerate() {
+            let what = ("limit", cfg.name.as_str());
+            if !self.applies(cfg.when.as_ref(), ctx, what)? {
+                continue;
+            }
+            let key = self.key_of(&cfg.key, act, ctx, what)?;
             let cost = match &cfg.cost {
                 None => 1,
-                Some(c) => match c.eval_u64(ctx) {
-                    Ok(n) => n,
-                    Err(e) => return limit_error(explain, "cost", e.to_string()),
-                },
+                Some(c) => c
+                    .eval_u64(ctx)
+                    .map_err(|e| self.limit_error(what, "cost", e.to_string()))?,
             };
-            let (status, reason, message, retry_after) = match state.check(cfg, &key, cost) {
+            let (status, reason, message, retry_after) = match state.check(&key, cost) {
                 Outcome::Allowed {
                     remaining,
                     reset_secs,
@@ -393,6 +440,17 @@ impl Engine {
                         u64::from(remaining) * u64::from(c.burst) < u64::from(r) * u64::from(cfg.burst)
                     }) {
                         tightest = Some((cfg, state, remaining, reset_secs));
+                    }
+                    if let (Some(settle), true) = (cfg.settle, cost > 0) {
+                        held.lease.reservations.push(Reservation {
+                            limit: i,
+                            state: state.clone(),
+                            key: key.as_ref().clone(),
+                            reserved: cost,
+                            settle,
+                        });
+                    } else {
+                        held.taken.push((state, key, cost));
                     }
                     continue;
                 }
@@ -406,8 +464,8 @@ impl Engine {
                     retry_after_secs,
                 ),
                 Outcome::CostExceedsBurst { cost, burst } => {
-                    return explain.into(
-                        Decision::deny(
+                    return Err(Refusal {
+                        decision: Decision::deny(
                             self.policy.deny_status,
                             Reason::CostExceedsBurst,
                             format!(
@@ -415,8 +473,8 @@ impl Engine {
                                 cfg.name
                             ),
                         ),
-                        Some(&allow.name),
-                    )
+                        limit: None,
+                    })
                 }
                 Outcome::TableFull { live_keys } => (
                     429,
@@ -428,28 +486,86 @@ impl Engine {
                     1,
                 ),
             };
-            let mut d = explain.into(Decision::deny(status, reason, message), Some(&allow.name));
-            d.limit = Some(LimitReport {
-                name: &cfg.name,
-                remaining: 0,
-                retry_after_secs: Some(retry_after),
-                headers: state.headers(cfg, 0, retry_after),
+            return Err(Refusal {
+                decision: Decision::deny(status, reason, message),
+                limit: Some(LimitReport {
+                    name: &cfg.name,
+                    remaining: 0,
+                    retry_after_secs: Some(retry_after),
+                    headers: state.headers(cfg, 0, retry_after),
+                }),
             });
-            return d;
         }
-
-        let mut d = explain.into(
-            Decision::allow(&self.allow_messages[allow_index]),
-            Some(&allow.name),
-        );
-        d.limit = tightest.map(|(cfg, state, remaining, reset)| LimitReport {
-            name: &cfg.name,
-            remaining,
-            retry_after_secs: None,
-            headers: state.headers(cfg, remaining, reset),
-        });
-        d
+        Ok(tightest)
     }
+
+    /// Whether a limit's or cap's `when` holds (none: always).
+    fn applies<'e>(
+        &self,
+        when: Option<&Expression>,
+        ctx: &Scope<'_, '_>,
+        what: (&str, &str),
+    ) -> Result<bool, Refusal<'e>> {
+        match when.map(|w| w.eval_bool(ctx)) {
+            None | Some(Ok(true)) => Ok(true),
+            Some(Ok(false)) => Ok(false),
+            Some(Err(e)) => Err(self.limit_error(what, "when", e.to_string())),
+        }
+    }
+
+    /// A limit's or cap's key. The default key is the identity itself: no need to
+    /// run CEL for it.
+    fn key_of<'a, 'e>(
+        &self,
+        key: &Expression,
+        act: &'a Activation<'_>,
+        ctx: &Scope<'_, '_>,
+        what: (&str, &str),
+    ) -> Result<Cow<'a, String>, Refusal<'e>> {
+        let key: Result<Cow<'a, String>, String> = if key.source == "identity" {
+            act.identity
+                .get()
+                .map(Cow::Borrowed)
+                .ok_or_else(|| "no identity".to_owned())
+        } else {
+            key.eval_string(ctx)
+                .map(Cow::Owned)
+                .map_err(|e| e.to_string())
+        };
+        match key {
+            Ok(k) if !k.is_empty() => Ok(k),
+            Ok(_) => Err(self.limit_error(what, "key", "it is empty".into())),
+            Err(e) => Err(self.limit_error(what, "key", e)),
+        }
+    }
+
+    /// `what`: ("limit" or "concurrency", its name).
+    fn limit_error<'e>(&self, what: (&str, &str), part: &str, e: String) -> Refusal<'e> {
+        let (kind, name) = what;
+        Refusal {
+            decision: Decision::deny(
+                self.policy.deny_status,
+                Reason::LimitError,
+                format!("{kind} {name:?} {part} failed: {e}"),
+            ),
+            limit: None,
+        }
+    }
+}
+
+/// What a request has taken from caps and limits so far.
+#[derive(Default)]
+struct Held<'e, 'a> {
+    /// Slots and settled reservations: the lease, if the request is allowed.
+    lease: Lease,
+    /// Cells of limits that do not settle (given back only if the request is refused).
+    taken: Vec<(&'e LimitState, Cow<'a, String>, u64)>,
+}
+
+/// A refusal by a cap or a limit, with the limit to report.
+struct Refusal<'e> {
+    decision: Decision<'e>,
+    limit: Option<LimitReport<'e>>,
 }
 
 /// Who is calling: the verified certificate and token, when there are.

@@ -1,0 +1,220 @@
+//! Leases: what an allowed request holds until its response ends — the cells its
+//! settled limits reserved and the slots of its in-flight caps — and how they settle.
+//!
+//! | how the response ended (`Ending`)                  | settled limits               | slots    |
+//! | -------------------------------------------------- | ---------------------------- | -------- |
+//! | `Usage`: the response reported `usage`             | charge exactly the usage     | released |
+//! | `Refund`: the upstream refused before generating   | the whole reservation back   | released |
+//! | `Keep`: anything else (client gone, cut stream, …) | the reservation stays spent  | released |
+//!
+//! Settling to usage gives back what was reserved and not used, or charges the excess
+//! beyond the reservation — never past an empty bucket, never a 429 after the fact
+//! (what could not be charged is reported as `unbilled`).
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::Engine;
+use crate::inflight::InFlightState;
+use crate::limits::LimitState;
+use crate::policy::Settle;
+
+/// What an allowed request holds.
+#[derive(Default)]
+pub(super) struct Lease {
+    pub(super) reservations: Vec<Reservation>,
+    pub(super) slots: Vec<(Arc<InFlightState>, String)>,
+}
+
+pub(super) struct Reservation {
+    /// The limit's index in the deciding engine's policy.
+    pub(super) limit: usize,
+    pub(super) state: Arc<LimitState>,
+    pub(super) key: String,
+    pub(super) reserved: u64,
+    pub(super) settle: Settle,
+}
+
+/// The open leases of one engine, by number.
+#[derive(Default)]
+pub(super) struct Leases {
+    open: DashMap<u64, Lease, foldhash::fast::RandomState>,
+    next: AtomicU64,
+}
+
+impl Leases {
+    pub(super) fn open(&self, lease: Lease) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open.insert(id, lease);
+        id
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.open.len()
+    }
+}
+
+/// The OpenAI `usage` object of a response (the counts it gave).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub total_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// The count a limit settles on; `total_tokens` may be the sum of the other two.
+    fn count(&self, settle: Settle) -> Option<u64> {
+        match settle {
+            Settle::PromptTokens => self.prompt_tokens,
+            Settle::CompletionTokens => self.completion_tokens,
+            Settle::TotalTokens => self.total_tokens.or_else(|| {
+                self.prompt_tokens
+                    .zip(self.completion_tokens)
+                    .map(|(p, c)| p.saturating_add(c))
+            }),
+        }
+    }
+}
+
+/// How a response ended, as the caller saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The response carried `usage`.
+    Usage(Usage),
+    /// The upstream refused the request before generating (an error status without
+    /// usage, or no connection): the whole reservation comes back.
+    Refund,
+    /// No usage for any other reason: the reservation stays spent.
+    Keep,
+}
+
+/// Which rule settled a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettleRule {
+    Usage,
+    Refunded,
+    Kept,
+    /// The response had `usage` but not the count this limit settles on.
+    KeptUsageIncomplete,
+}
+
+impl SettleRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettleRule::Usage => "usage",
+            SettleRule::Refunded => "refunded",
+            SettleRule::Kept => "kept",
+            SettleRule::KeptUsageIncomplete => "kept_usage_incomplete",
+        }
+    }
+}
+
+/// One settled limit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Settled<'e> {
+    pub limit: &'e str,
+    pub rule: SettleRule,
+    pub reserved: u64,
+    /// The usage count the limit settles on, when the response gave it.
+    pub used: Option<u64>,
+    /// What the request is finally billed: the usage (less `unbilled`), nothing when
+    /// refunded, the reservation when kept. (A bucket that has filled up again since
+    /// admission takes a refund only as far as full.)
+    pub charged: u64,
+    /// Usage beyond the reservation that an empty bucket could not take.
+    pub unbilled: u64,
+}
+
+impl Engine {
+    /// Ends a lease (`Decision::lease`): settles its limits by how the response ended
+    /// and gives back its in-flight slots. `None` for a lease that is not open (never
+    /// given, or ended already): each lease ends once.
+    pub fn settle(&self, lease: u64, ending: Ending) -> Option<Vec<Settled<'_>>> {
+        let (_, lease) = self.leases.open.remove(&lease)?;
+        for (cap, key) in &lease.slots {
+            cap.release(key);
+        }
+        Some(
+            lease
+                .reservations
+                .iter()
+                .map(|r| settle_one(r, ending, &self.policy.limits[r.limit].name))
+                .collect(),
+        )
+    }
+
+    /// Leases open right now (requests holding reservations or slots).
+    pub fn open_leases(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Requests in flight under each `[[concurrency]]` cap, by name.
+    pub fn in_flight(&self) -> Vec<(String, u64)> {
+        self.policy
+            .concurrency
+            .iter()
+            .zip(&self.caps)
+            .map(|(c, s)| (c.name.clone(), s.in_flight()))
+            .collect()
+    }
+
+    /// The cells a limit's bucket for `key` has left now (`None`: no such limit).
+    pub fn limit_remaining(&self, limit: &str, key: &str) -> Option<u32> {
+        let i = self.policy.limits.iter().position(|l| l.name == limit)?;
+        Some(self.limits[i].remaining(key).0)
+    }
+
+    /// Gives back what a request took before a later step refused it.
+    pub(super) fn undo(&self, lease: Lease, taken: &[(&LimitState, Cow<'_, String>, u64)]) {
+        for (cap, key) in &lease.slots {
+            cap.release(key);
+        }
+        for r in &lease.reservations {
+            r.state.refund(&r.key, r.reserved);
+        }
+        for (state, key, cost) in taken {
+            state.refund(key, *cost);
+        }
+    }
+}
+
+fn settle_one<'e>(r: &Reservation, ending: Ending, name: &'e str) -> Settled<'e> {
+    let mut s = Settled {
+        limit: name,
+        rule: SettleRule::Kept,
+        reserved: r.reserved,
+        used: None,
+        charged: r.reserved,
+        unbilled: 0,
+    };
+    match ending {
+        Ending::Keep => {}
+        Ending::Refund => {
+            s.rule = SettleRule::Refunded;
+            s.charged = 0;
+            r.state.refund(&r.key, r.reserved);
+        }
+        Ending::Usage(usage) => match usage.count(r.settle) {
+            None => s.rule = SettleRule::KeptUsageIncomplete,
+            Some(used) => {
+                s.rule = SettleRule::Usage;
+                s.used = Some(used);
+                if used < r.reserved {
+                    s.charged = used;
+                    r.state.refund(&r.key, r.reserved - used);
+                } else {
+                    let excess = used - r.reserved;
+                    let taken = r.state.charge(&r.key, excess);
+                    s.charged = r.reserved + taken;
+                    s.unbilled = excess - taken;
+                }
+            }
+        },
+    }
+    s
+}
