@@ -103,6 +103,13 @@ func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&z.IdPCAFile) {
 				return d.ArgErr()
 			}
+		case "stream_usage":
+			if !d.AllArgs(&z.StreamUsage) {
+				return d.ArgErr()
+			}
+			if z.StreamUsage != "add" && z.StreamUsage != "off" {
+				return d.Errf("stream_usage: %q is not add or off", z.StreamUsage)
+			}
 		default:
 			return d.Errf("unrecognized zt_policy option '%s'", d.Val())
 		}

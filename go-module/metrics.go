@@ -41,12 +41,38 @@ var unreadable = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help:      "Requests refused because their body could not be read, by cause.",
 }, []string{"cause"})
 
+// tokensReserved and tokensSettled count, per limit that settles from usage, the
+// tokens reserved at admission and what requests were finally charged (by the rule
+// that settled them: usage, refunded, kept, kept_usage_incomplete). Never by identity.
+var tokensReserved = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "caddy",
+	Subsystem: "zt_policy",
+	Name:      "tokens_reserved_total",
+	Help:      "Tokens reserved at admission by limits that settle from usage, per limit.",
+}, []string{"limit"})
+
+var tokensSettled = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "caddy",
+	Subsystem: "zt_policy",
+	Name:      "tokens_settled_total",
+	Help:      "Tokens finally charged by limits that settle from usage, per limit and settle rule.",
+}, []string{"limit", "rule"})
+
+// inFlight is the requests zt_policy has passed on that hold a lease (a reservation
+// or an in-flight slot) and whose response has not ended.
+var inFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+	Namespace: "caddy",
+	Subsystem: "zt_policy",
+	Name:      "requests_in_flight",
+	Help:      "Requests passed on that hold reservations or in-flight slots, not yet ended.",
+})
+
 func registerMetrics(ctx caddy.Context) error {
 	reg := ctx.GetMetricsRegistry()
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{decisions, decisionSeconds, unreadable} {
+	for _, c := range []prometheus.Collector{decisions, decisionSeconds, unreadable, tokensReserved, tokensSettled, inFlight} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -86,6 +86,12 @@ type Handler struct {
 	// A PEM file of the CA(s) that sign the issuer's TLS certificate, for private IdPs.
 	IdPCAFile string `json:"idp_ca_file,omitempty"`
 
+	// What to do with a streamed request a limit settles from usage but whose client
+	// did not ask for usage: `add` (default) adds
+	// `"stream_options":{"include_usage":true}` and removes the usage-only chunk from
+	// the response; `off` leaves it alone (the reservation is then kept in full).
+	StreamUsage string `json:"stream_usage,omitempty"`
+
 	eng      *engine.Engine
 	jwks     *jwksSource
 	info     engineInfo
@@ -315,6 +321,9 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("zt_policy: %q is not a header name", name)
 		}
 	}
+	if h.StreamUsage != "" && h.StreamUsage != "add" && h.StreamUsage != "off" {
+		return fmt.Errorf("zt_policy: stream_usage %q is not add or off", h.StreamUsage)
+	}
 	return nil
 }
 
@@ -433,6 +442,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	decisionSeconds.Observe(time.Since(start).Seconds())
 	forwarded = true // its buffer goes back when the proxy closes the body
+	if d.HasLease {
+		return h.serveLeased(w, r, next, &d)
+	}
 	return next.ServeHTTP(w, r)
 }
 
@@ -714,6 +726,9 @@ func (h *Handler) log(r *http.Request, f *engine.RequestFields, d *engine.Decisi
 	}
 	if d.Detail != "" {
 		fields = append(fields, zap.String("detail", d.Detail))
+	}
+	if d.Reserved != "" {
+		fields = append(fields, zap.String("reserved", d.Reserved))
 	}
 	ce.Write(fields...)
 }

@@ -78,6 +78,15 @@ type Decision struct {
 	Errors          []string
 	// Detail is for the log only: what the client's message must not say.
 	Detail string
+	// Lease is what the allowed request holds (reservations, in-flight slots) until
+	// Settle ends it; 0 when HasLease is false.
+	Lease    uint64
+	HasLease bool
+	// AddStreamUsage: add "stream_options":{"include_usage":true} to the streamed
+	// request and remove the usage-only chunk from what the client receives.
+	AddStreamUsage bool
+	// Reserved is what the settled limits reserved: "limit=tokens" lines.
+	Reserved string
 }
 
 // Reasons by ztp_reason number (TestReasonNamesAreTheHeaders checks them against the
@@ -86,6 +95,7 @@ var Reasons = [...]string{
 	"allowed", "no_identity", "invalid_certificate", "invalid_token", "body_too_large",
 	"denied_by_rule", "no_allow_rule", "rate_limited", "cost_exceeds_burst",
 	"limit_table_full", "limit_error", "engine_error", "bad_request", "malformed_body",
+	"concurrency_limit",
 }
 
 var ErrDecision = errors.New("malformed decision from the engine")
@@ -102,6 +112,8 @@ func DecodeDecision(b []byte) (Decision, error) {
 	d.HasLimit = flags&C.ZTP_DECISION_HAS_LIMIT != 0
 	d.HasRetryAfter = flags&C.ZTP_DECISION_HAS_RETRY_AFTER != 0
 	d.JWKSMiss = flags&C.ZTP_DECISION_JWKS_MISS != 0
+	d.HasLease = flags&C.ZTP_DECISION_HAS_LEASE != 0
+	d.AddStreamUsage = flags&C.ZTP_DECISION_ADD_STREAM_USAGE != 0
 	d.Status = int(binary.LittleEndian.Uint16(b[C.ZTP_DECISION_AT_STATUS:]))
 	if int(b[C.ZTP_DECISION_AT_REASON]) >= len(Reasons) {
 		return d, ErrDecision
@@ -109,6 +121,7 @@ func DecodeDecision(b []byte) (Decision, error) {
 	d.Reason = Reasons[b[C.ZTP_DECISION_AT_REASON]]
 	d.Remaining = binary.LittleEndian.Uint32(b[C.ZTP_DECISION_AT_REMAINING:])
 	d.RetryAfter = binary.LittleEndian.Uint64(b[C.ZTP_DECISION_AT_RETRY_AFTER:])
+	d.Lease = binary.LittleEndian.Uint64(b[C.ZTP_DECISION_AT_LEASE:])
 	rest := b[C.ZTP_DECISION_AT_STRINGS:]
 	var fields [C.ZTP_DECISION_STRINGS]string
 	for i := range fields {
@@ -120,8 +133,9 @@ func DecodeDecision(b []byte) (Decision, error) {
 		if uint64(n) > uint64(len(rest)) {
 			return d, ErrDecision
 		}
-		if i == 4 || i == 8 {
-			fields[i] = string(rest[:n]) // RateLimit (its count changes), the detail
+		if i == 4 || i == 8 || i == 9 {
+			// RateLimit (its count changes), the detail, the reservations
+			fields[i] = string(rest[:n])
 		} else {
 			fields[i] = Names.Intern(rest[:n])
 		}
@@ -135,7 +149,7 @@ func DecodeDecision(b []byte) (Decision, error) {
 	if fields[6] != "" {
 		d.Matched = Names.Split(fields[6])
 	}
-	d.Detail = fields[8]
+	d.Detail, d.Reserved = fields[8], fields[9]
 	if fields[7] != "" {
 		d.Errors = strings.Split(fields[7], "\n")
 	}
@@ -203,4 +217,72 @@ func (in *Interner) Split(s string) []string {
 		in.lists[s] = l
 	}
 	return l
+}
+
+// Ending is how a response ended, for Settle (ztp_ending).
+type Ending uint8
+
+const (
+	// EndUsage: the response reported usage.
+	EndUsage Ending = C.ZTP_ENDING_USAGE
+	// EndRefund: the upstream refused before generating; reservations come back.
+	EndRefund Ending = C.ZTP_ENDING_REFUND
+	// EndKeep: no usage for any other reason; reservations stay spent.
+	EndKeep Ending = C.ZTP_ENDING_KEEP
+)
+
+// UsageAbsent marks a usage count the response did not give.
+const UsageAbsent = uint64(C.ZTP_USAGE_ABSENT)
+
+// Usage is a response's OpenAI usage counts; UsageAbsent where not given.
+type Usage struct {
+	Prompt, Completion, Total uint64
+}
+
+// NoUsage is a Usage that gives no count.
+var NoUsage = Usage{UsageAbsent, UsageAbsent, UsageAbsent}
+
+// Settled is one limit's settlement.
+type Settled struct {
+	Limit    string
+	Rule     string
+	Reserved uint64
+	Used     uint64 // UsageAbsent when the response did not give it
+	Charged  uint64
+	Unbilled uint64
+}
+
+// SettleRules by ztp_settle_rule number.
+var SettleRules = [...]string{"usage", "refunded", "kept", "kept_usage_incomplete"}
+
+// DecodeSettlement decodes what ztp_engine_settle wrote.
+func DecodeSettlement(b []byte) ([]Settled, error) {
+	if len(b) < 4 {
+		return nil, ErrDecision
+	}
+	n := binary.LittleEndian.Uint32(b)
+	b = b[4:]
+	var out []Settled
+	for range n {
+		if len(b) < 4 {
+			return nil, ErrDecision
+		}
+		l := binary.LittleEndian.Uint32(b)
+		b = b[4:]
+		if uint64(l)+33 > uint64(len(b)) || int(b[l]) >= len(SettleRules) {
+			return nil, ErrDecision
+		}
+		s := Settled{Limit: Names.Intern(b[:l]), Rule: SettleRules[b[l]]}
+		b = b[l+1:]
+		s.Reserved = binary.LittleEndian.Uint64(b)
+		s.Used = binary.LittleEndian.Uint64(b[8:])
+		s.Charged = binary.LittleEndian.Uint64(b[16:])
+		s.Unbilled = binary.LittleEndian.Uint64(b[24:])
+		b = b[32:]
+		out = append(out, s)
+	}
+	if len(b) != 0 {
+		return nil, ErrDecision
+	}
+	return out, nil
 }

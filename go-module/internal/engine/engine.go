@@ -252,6 +252,32 @@ func (e *Engine) Decide(req, cert, body, out []byte) (int, error) {
 
 var emptyByte byte
 
+// ErrUnknownLease: the lease was never given by this engine, or has ended already.
+var ErrUnknownLease = fmt.Errorf("%w: the lease is not open", ErrEngine)
+
+// Settle ends a lease (Decision.Lease): settles its limits by how the response ended
+// and gives back its in-flight slots. Each lease ends once.
+func (e *Engine) Settle(lease uint64, ending Ending, u Usage) ([]Settled, error) {
+	var buf [512]byte
+	out := buf[:]
+	var n C.size_t
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.ptr == nil {
+		return nil, ErrReleased
+	}
+	r := C.ztp_engine_settle(e.ptr, C.uint64_t(lease), C.uint8_t(ending),
+		C.uint64_t(u.Prompt), C.uint64_t(u.Completion), C.uint64_t(u.Total),
+		bytesPtr(out), C.size_t(len(out)), &n)
+	if r == C.ZTP_UNKNOWN_LEASE {
+		return nil, ErrUnknownLease
+	}
+	if err := resultError(r); err != nil {
+		return nil, err
+	}
+	return DecodeSettlement(out[:n])
+}
+
 // CheckABI refuses a library that speaks another ABI than the header this module was
 // compiled with (a shared library from another build, with the ztp_dynamic tag).
 func CheckABI() error {

@@ -12,13 +12,13 @@
 // The version of this ABI. A caller built against one header must refuse a library
 // of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
 // Provision). Raised whenever a function, a result, a reason or an encoding changes.
-#define ZTP_ABI_VERSION 4
+#define ZTP_ABI_VERSION 5
 
 // The version byte that starts an encoded request.
 #define ZTP_REQUEST_VERSION 1
 
 // The version byte that starts an encoded decision.
-#define ZTP_DECISION_VERSION 2
+#define ZTP_DECISION_VERSION 3
 
 // Decision flag: the request goes on (also in audit mode).
 #define ZTP_DECISION_ALLOWED 1
@@ -38,6 +38,15 @@
 // Decision flag: the token names a key the JWKS lacks (refetch, then decide again).
 #define ZTP_DECISION_JWKS_MISS 32
 
+// Decision flag: the request holds a lease (reservations, in-flight slots): the
+// caller must end it with [`ztp_engine_settle`] when the response is done, whatever
+// happened to it.
+#define ZTP_DECISION_HAS_LEASE 64
+
+// Decision flag: add `"stream_options":{"include_usage":true}` before the body's last
+// `}` and remove the usage-only chunk from what the client receives.
+#define ZTP_DECISION_ADD_STREAM_USAGE 128
+
 #define ZTP_DECISION_AT_FLAGS 1
 
 #define ZTP_DECISION_AT_STATUS 2
@@ -48,10 +57,15 @@
 
 #define ZTP_DECISION_AT_RETRY_AFTER 9
 
-#define ZTP_DECISION_AT_STRINGS 17
+#define ZTP_DECISION_AT_LEASE 17
+
+#define ZTP_DECISION_AT_STRINGS 25
 
 // How many strings follow the fixed part of a decision.
-#define ZTP_DECISION_STRINGS 9
+#define ZTP_DECISION_STRINGS 10
+
+// A usage count the response did not give (`ztp_engine_settle`).
+#define ZTP_USAGE_ABSENT UINT64_MAX
 
 // The outcome of every fallible call. Numbers are stable.
 typedef enum {
@@ -69,6 +83,8 @@ typedef enum {
   // The engine panicked. The call had no effect the caller can see; never pass the
   // request.
   ZTP_PANIC = 6,
+  // The lease is not open: never given by this engine, or ended already.
+  ZTP_UNKNOWN_LEASE = 8,
 } ztp_result;
 
 // Why a decision came out as it did (the `reason` byte of an encoded decision).
@@ -91,12 +107,53 @@ enum ztp_reason
   ZTP_REASON_ENGINE_ERROR = 11,
   ZTP_REASON_BAD_REQUEST = 12,
   ZTP_REASON_MALFORMED_BODY = 13,
+  ZTP_REASON_CONCURRENCY_LIMIT = 14,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum ztp_reason ztp_reason;
 #else
 typedef uint8_t ztp_reason;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// How a response ended, for [`ztp_engine_settle`].
+enum ztp_ending
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint8_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The response reported `usage` (the counts given to the call).
+  ZTP_ENDING_USAGE = 0,
+  // The upstream refused before generating: every reservation comes back.
+  ZTP_ENDING_REFUND = 1,
+  // No usage for any other reason: reservations stay spent.
+  ZTP_ENDING_KEEP = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ztp_ending ztp_ending;
+#else
+typedef uint8_t ztp_ending;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// Which rule settled a limit (the rule byte of an encoded settlement).
+enum ztp_settle_rule
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint8_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  ZTP_SETTLE_USAGE = 0,
+  ZTP_SETTLE_REFUNDED = 1,
+  ZTP_SETTLE_KEPT = 2,
+  ZTP_SETTLE_KEPT_USAGE_INCOMPLETE = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ztp_settle_rule ztp_settle_rule;
+#else
+typedef uint8_t ztp_settle_rule;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -207,10 +264,14 @@ ztp_result ztp_engine_describe(const ztp_engine *engine, ztp_buffer **json_out);
 // u8  reason (ztp_reason)
 // u32 remaining cells of the reported limit
 // u64 retry-after seconds
-// 9 × string: message, rule, identity, limit name, RateLimit value,
+// u64 lease (0: none; flag 64 says there is one)
+// 10 × string: message, rule, identity, limit name, RateLimit value,
 //     RateLimit-Policy value, matched rules ("\n"-separated),
-//     rule errors ("rule: error", "\n"-separated), detail (for the log only)
+//     rule errors ("rule: error", "\n"-separated), detail (for the log only),
+//     reservations ("limit=tokens", "\n"-separated)
 // ```
+// (flags 64: the request holds a lease, end it with [`ztp_engine_settle`];
+// 128: add `include_usage` to the streamed request, see `ZTP_DECISION_ADD_STREAM_USAGE`)
 //
 // A request that is not UTF-8 where text is expected gets a 400 decision
 // (`ZTP_REASON_BAD_REQUEST`); a broken encoding gets `ZTP_INVALID_INPUT`.
@@ -221,6 +282,23 @@ ztp_result ztp_engine_decide(const ztp_engine *engine,
                              size_t cert_len,
                              const uint8_t *body,
                              size_t body_len,
+                             uint8_t *out,
+                             size_t out_cap,
+                             size_t *out_len);
+
+// Ends a lease of a decision made by this engine: settles its limits by how the
+// response ended (`ending`, a `ztp_ending`; the usage counts only for
+// `ZTP_ENDING_USAGE`, each `ZTP_USAGE_ABSENT` when the response did not give it) and
+// gives back its in-flight slots. Writes the settlement to `out` (see the wire format
+// above) and its length to `*out_len`. Each lease ends once: `ZTP_UNKNOWN_LEASE`
+// after that. On `ZTP_BUFFER_TOO_SMALL` the lease has ended anyway; only the report
+// is lost, so give room for every settled limit (their names plus 37 bytes each).
+ztp_result ztp_engine_settle(const ztp_engine *engine,
+                             uint64_t lease,
+                             uint8_t ending,
+                             uint64_t prompt_tokens,
+                             uint64_t completion_tokens,
+                             uint64_t total_tokens,
                              uint8_t *out,
                              size_t out_cap,
                              size_t *out_len);

@@ -3,12 +3,13 @@
 //! The decision's layout is defined once, by the `ZTP_DECISION_*` constants in
 //! lib.rs (and so in the header).
 
-use zt_policy_core::{Decision, Effect, Engine, Reason};
+use zt_policy_core::{Decision, Effect, Engine, Reason, SettleRule, Settled};
 
 use crate::{
-    ztp_reason, ZTP_DECISION_ALLOWED, ZTP_DECISION_AT_STRINGS, ZTP_DECISION_AUDIT,
-    ZTP_DECISION_DENY, ZTP_DECISION_HAS_LIMIT, ZTP_DECISION_HAS_RETRY_AFTER,
-    ZTP_DECISION_JWKS_MISS, ZTP_DECISION_STRINGS, ZTP_DECISION_VERSION,
+    ztp_reason, ztp_settle_rule, ZTP_DECISION_ADD_STREAM_USAGE, ZTP_DECISION_ALLOWED,
+    ZTP_DECISION_AT_STRINGS, ZTP_DECISION_AUDIT, ZTP_DECISION_DENY, ZTP_DECISION_HAS_LEASE,
+    ZTP_DECISION_HAS_LIMIT, ZTP_DECISION_HAS_RETRY_AFTER, ZTP_DECISION_JWKS_MISS,
+    ZTP_DECISION_STRINGS, ZTP_DECISION_VERSION, ZTP_USAGE_ABSENT,
 };
 
 pub fn reason_code(r: Reason) -> ztp_reason {
@@ -27,6 +28,7 @@ pub fn reason_code(r: Reason) -> ztp_reason {
         Reason::EngineError => ztp_reason::ZTP_REASON_ENGINE_ERROR,
         Reason::BadRequest => ztp_reason::ZTP_REASON_BAD_REQUEST,
         Reason::MalformedBody => ztp_reason::ZTP_REASON_MALFORMED_BODY,
+        Reason::ConcurrencyLimit => ztp_reason::ZTP_REASON_CONCURRENCY_LIMIT,
     }
 }
 
@@ -43,6 +45,19 @@ impl Writer<'_> {
     }
     fn str_len(&mut self, n: usize) {
         self.put(&(n as u32).to_le_bytes());
+    }
+    fn decimal(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.put(&digits[at..]);
     }
     fn str(&mut self, s: &str) {
         self.str_len(s.len());
@@ -85,8 +100,8 @@ fn errors<'a>(d: &'a Decision<'_>) -> impl Iterator<Item = [&'a str; 3]> + Clone
 
 /// The fixed part, and the strings' lengths.
 const FIXED: usize = ZTP_DECISION_AT_STRINGS + ZTP_DECISION_STRINGS * 4;
-// `decision_into` writes the strings one by one: nine of them.
-const _: () = assert!(ZTP_DECISION_STRINGS == 9);
+// `decision_into` writes the strings one by one: ten of them.
+const _: () = assert!(ZTP_DECISION_STRINGS == 10);
 
 /// The encoded decision's length.
 pub fn decision_len(d: &Decision) -> usize {
@@ -101,6 +116,26 @@ pub fn decision_len(d: &Decision) -> usize {
         + joined_len(matched(d))
         + joined_len(errors(d))
         + d.detail.as_deref().map_or(0, str::len)
+        + reserved_len(d)
+}
+
+/// The reservations as one string: "limit=tokens" lines.
+fn reserved_len(d: &Decision) -> usize {
+    let lines: usize = d
+        .reserved
+        .iter()
+        .map(|(name, n)| name.len() + 1 + decimal_len(*n))
+        .sum();
+    lines + d.reserved.len().max(1) - 1
+}
+
+fn decimal_len(mut n: u64) -> usize {
+    let mut len = 1;
+    while n >= 10 {
+        n /= 10;
+        len += 1;
+    }
+    len
 }
 
 /// Encodes `d` into `out`, which must hold [`decision_len`] bytes; returns that length.
@@ -115,12 +150,15 @@ pub fn decision_into(d: &Decision, out: &mut [u8]) -> usize {
         | flag(d.effect == Effect::Deny, ZTP_DECISION_DENY)
         | flag(limit.is_some(), ZTP_DECISION_HAS_LIMIT)
         | flag(retry.is_some(), ZTP_DECISION_HAS_RETRY_AFTER)
-        | flag(d.jwks_miss, ZTP_DECISION_JWKS_MISS);
+        | flag(d.jwks_miss, ZTP_DECISION_JWKS_MISS)
+        | flag(d.lease.is_some(), ZTP_DECISION_HAS_LEASE)
+        | flag(d.add_stream_usage, ZTP_DECISION_ADD_STREAM_USAGE);
     w.put(&[ZTP_DECISION_VERSION, flags]);
     w.put(&d.status.to_le_bytes());
     w.put(&[reason_code(d.reason) as u8]);
     w.put(&limit.map_or(0, |l| l.remaining).to_le_bytes());
     w.put(&retry.unwrap_or(0).to_le_bytes());
+    w.put(&d.lease.unwrap_or(0).to_le_bytes());
     w.str(&d.message);
     w.str(d.rule.unwrap_or(""));
     w.str(d.identity.as_deref().unwrap_or(""));
@@ -130,6 +168,41 @@ pub fn decision_into(d: &Decision, out: &mut [u8]) -> usize {
     w.joined(matched(d));
     w.joined(errors(d));
     w.str(d.detail.as_deref().unwrap_or(""));
+    w.str_len(reserved_len(d));
+    for (i, (name, n)) in d.reserved.iter().enumerate() {
+        if i > 0 {
+            w.put(b"\n");
+        }
+        w.put(name.as_bytes());
+        w.put(b"=");
+        w.decimal(*n);
+    }
+    w.at
+}
+
+/// An encoded settlement's length.
+pub fn settlement_len(settled: &[Settled]) -> usize {
+    4 + settled.iter().map(|s| 4 + s.limit.len() + 1 + 32).sum::<usize>()
+}
+
+/// Encodes a settlement into `out`, which must hold [`settlement_len`] bytes.
+pub fn settlement_into(settled: &[Settled], out: &mut [u8]) -> usize {
+    let mut w = Writer { out, at: 0 };
+    w.put(&(settled.len() as u32).to_le_bytes());
+    for s in settled {
+        w.str(s.limit);
+        let rule = match s.rule {
+            SettleRule::Usage => ztp_settle_rule::ZTP_SETTLE_USAGE,
+            SettleRule::Refunded => ztp_settle_rule::ZTP_SETTLE_REFUNDED,
+            SettleRule::Kept => ztp_settle_rule::ZTP_SETTLE_KEPT,
+            SettleRule::KeptUsageIncomplete => ztp_settle_rule::ZTP_SETTLE_KEPT_USAGE_INCOMPLETE,
+        };
+        w.put(&[rule as u8]);
+        w.put(&s.reserved.to_le_bytes());
+        w.put(&s.used.unwrap_or(ZTP_USAGE_ABSENT).to_le_bytes());
+        w.put(&s.charged.to_le_bytes());
+        w.put(&s.unbilled.to_le_bytes());
+    }
     w.at
 }
 
@@ -141,6 +214,8 @@ pub fn describe(engine: &Engine) -> String {
         "mode": p.mode,
         "rules": p.rules.iter().map(|r| &r.name).collect::<Vec<_>>(),
         "limits": p.limits.iter().map(|l| &l.name).collect::<Vec<_>>(),
+        "settled_limits": p.limits.iter().filter(|l| l.settle.is_some()).map(|l| &l.name).collect::<Vec<_>>(),
+        "concurrency": p.concurrency.iter().map(|c| &c.name).collect::<Vec<_>>(),
         "token": p.token.as_ref().map(|t| serde_json::json!({
             "header": t.header,
             "jwks_file": t.jwks_file,

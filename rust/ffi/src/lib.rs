@@ -25,12 +25,12 @@ use castable::{
     ArcCastable, BoxCastable, Castable,
 };
 use panic::ffi_panic_boundary;
-use zt_policy_core::{Decision, Engine, EngineClock};
+use zt_policy_core::{Decision, Ending, Engine, EngineClock, Usage};
 
 /// The version of this ABI. A caller built against one header must refuse a library
 /// of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
 /// Provision). Raised whenever a function, a result, a reason or an encoding changes.
-pub const ZTP_ABI_VERSION: u32 = 4;
+pub const ZTP_ABI_VERSION: u32 = 5;
 
 /// The ABI version this library speaks: [`ZTP_ABI_VERSION`] of the header it was
 /// built with.
@@ -56,14 +56,19 @@ pub extern "C" fn ztp_source_hash() -> *const std::ffi::c_char {
 // ZTP_DECISION_AT_FLAGS, u16 status at ZTP_DECISION_AT_STATUS, u8 reason
 // (`ztp_reason`) at ZTP_DECISION_AT_REASON, u32 remaining cells of the reported limit
 // at ZTP_DECISION_AT_REMAINING, u64 retry-after seconds at ZTP_DECISION_AT_RETRY_AFTER,
-// then from ZTP_DECISION_AT_STRINGS the ZTP_DECISION_STRINGS strings: message, rule,
-// identity, limit name, RateLimit value, RateLimit-Policy value, matched rules and rule
-// errors ("rule: error"), both "\n"-separated, and the detail for the log only.
+// u64 lease at ZTP_DECISION_AT_LEASE (0: none), then from ZTP_DECISION_AT_STRINGS the
+// ZTP_DECISION_STRINGS strings: message, rule, identity, limit name, RateLimit value,
+// RateLimit-Policy value, matched rules and rule errors ("rule: error"), both
+// "\n"-separated, the detail for the log only, and the reservations ("limit=tokens",
+// "\n"-separated).
+// A settlement (`ztp_engine_settle`) comes back as: u32 count, then per settled limit
+// a string (its name), u8 rule (`ztp_settle_rule`), u64 reserved, u64 used
+// (ZTP_USAGE_ABSENT: not given), u64 charged, u64 unbilled.
 
 /// The version byte that starts an encoded request.
 pub const ZTP_REQUEST_VERSION: u8 = 1;
 /// The version byte that starts an encoded decision.
-pub const ZTP_DECISION_VERSION: u8 = 2;
+pub const ZTP_DECISION_VERSION: u8 = 3;
 /// Decision flag: the request goes on (also in audit mode).
 pub const ZTP_DECISION_ALLOWED: u8 = 1;
 /// Decision flag: audit mode; effect and status are what enforcement would do.
@@ -76,14 +81,24 @@ pub const ZTP_DECISION_HAS_LIMIT: u8 = 8;
 pub const ZTP_DECISION_HAS_RETRY_AFTER: u8 = 16;
 /// Decision flag: the token names a key the JWKS lacks (refetch, then decide again).
 pub const ZTP_DECISION_JWKS_MISS: u8 = 32;
+/// Decision flag: the request holds a lease (reservations, in-flight slots): the
+/// caller must end it with [`ztp_engine_settle`] when the response is done, whatever
+/// happened to it.
+pub const ZTP_DECISION_HAS_LEASE: u8 = 64;
+/// Decision flag: add `"stream_options":{"include_usage":true}` before the body's last
+/// `}` and remove the usage-only chunk from what the client receives.
+pub const ZTP_DECISION_ADD_STREAM_USAGE: u8 = 128;
 pub const ZTP_DECISION_AT_FLAGS: usize = 1;
 pub const ZTP_DECISION_AT_STATUS: usize = 2;
 pub const ZTP_DECISION_AT_REASON: usize = 4;
 pub const ZTP_DECISION_AT_REMAINING: usize = 5;
 pub const ZTP_DECISION_AT_RETRY_AFTER: usize = 9;
-pub const ZTP_DECISION_AT_STRINGS: usize = 17;
+pub const ZTP_DECISION_AT_LEASE: usize = 17;
+pub const ZTP_DECISION_AT_STRINGS: usize = 25;
 /// How many strings follow the fixed part of a decision.
-pub const ZTP_DECISION_STRINGS: usize = 9;
+pub const ZTP_DECISION_STRINGS: usize = 10;
+/// A usage count the response did not give (`ztp_engine_settle`).
+pub const ZTP_USAGE_ABSENT: u64 = u64::MAX;
 
 /// The outcome of every fallible call. Numbers are stable.
 #[repr(C)]
@@ -104,6 +119,8 @@ pub enum ztp_result {
     /// request.
     ZTP_PANIC = 6,
     // 7 was ZTP_ENGINE_SHARED: engines are no longer changed after they are built.
+    /// The lease is not open: never given by this engine, or ended already.
+    ZTP_UNKNOWN_LEASE = 8,
 }
 
 impl ztp_result {
@@ -120,6 +137,9 @@ impl ztp_result {
             }
             ztp_result::ZTP_BUFFER_TOO_SMALL => "the output buffer is too small for the decision\0",
             ztp_result::ZTP_PANIC => "the engine panicked; never pass the request\0",
+            ztp_result::ZTP_UNKNOWN_LEASE => {
+                "the lease is not open (never given by this engine, or ended already)\0"
+            }
         }
     }
 }
@@ -137,6 +157,7 @@ pub extern "C" fn ztp_result_message(result: u32) -> *const std::ffi::c_char {
             ztp_result::ZTP_INVALID_INPUT,
             ztp_result::ZTP_BUFFER_TOO_SMALL,
             ztp_result::ZTP_PANIC,
+            ztp_result::ZTP_UNKNOWN_LEASE,
         ];
         let text = all
             .into_iter()
@@ -164,6 +185,29 @@ pub enum ztp_reason {
     ZTP_REASON_ENGINE_ERROR = 11,
     ZTP_REASON_BAD_REQUEST = 12,
     ZTP_REASON_MALFORMED_BODY = 13,
+    ZTP_REASON_CONCURRENCY_LIMIT = 14,
+}
+
+/// How a response ended, for [`ztp_engine_settle`].
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ztp_ending {
+    /// The response reported `usage` (the counts given to the call).
+    ZTP_ENDING_USAGE = 0,
+    /// The upstream refused before generating: every reservation comes back.
+    ZTP_ENDING_REFUND = 1,
+    /// No usage for any other reason: reservations stay spent.
+    ZTP_ENDING_KEEP = 2,
+}
+
+/// Which rule settled a limit (the rule byte of an encoded settlement).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ztp_settle_rule {
+    ZTP_SETTLE_USAGE = 0,
+    ZTP_SETTLE_REFUNDED = 1,
+    ZTP_SETTLE_KEPT = 2,
+    ZTP_SETTLE_KEPT_USAGE_INCOMPLETE = 3,
 }
 
 /// A compiled policy with its caches and rate-limit buckets, immutable once built
@@ -428,10 +472,14 @@ pub unsafe extern "C" fn ztp_engine_describe(
 /// u8  reason (ztp_reason)
 /// u32 remaining cells of the reported limit
 /// u64 retry-after seconds
-/// 9 × string: message, rule, identity, limit name, RateLimit value,
+/// u64 lease (0: none; flag 64 says there is one)
+/// 10 × string: message, rule, identity, limit name, RateLimit value,
 ///     RateLimit-Policy value, matched rules ("\n"-separated),
-///     rule errors ("rule: error", "\n"-separated), detail (for the log only)
+///     rule errors ("rule: error", "\n"-separated), detail (for the log only),
+///     reservations ("limit=tokens", "\n"-separated)
 /// ```
+/// (flags 64: the request holds a lease, end it with [`ztp_engine_settle`];
+/// 128: add `include_usage` to the streamed request, see `ZTP_DECISION_ADD_STREAM_USAGE`)
 ///
 /// A request that is not UTF-8 where text is expected gets a 400 decision
 /// (`ZTP_REASON_BAD_REQUEST`); a broken encoding gets `ZTP_INVALID_INPUT`.
@@ -495,6 +543,56 @@ unsafe fn write_decision(
     debug_assert_eq!(written, len, "decision_len and decision_into disagree");
     *out_len = written;
     ztp_result::ZTP_OK
+}
+
+/// Ends a lease of a decision made by this engine: settles its limits by how the
+/// response ended (`ending`, a `ztp_ending`; the usage counts only for
+/// `ZTP_ENDING_USAGE`, each `ZTP_USAGE_ABSENT` when the response did not give it) and
+/// gives back its in-flight slots. Writes the settlement to `out` (see the wire format
+/// above) and its length to `*out_len`. Each lease ends once: `ZTP_UNKNOWN_LEASE`
+/// after that. On `ZTP_BUFFER_TOO_SMALL` the lease has ended anyway; only the report
+/// is lost, so give room for every settled limit (their names plus 37 bytes each).
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_settle(
+    engine: *const ztp_engine,
+    lease: u64,
+    ending: u8,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    out: *mut u8,
+    out_cap: usize,
+    out_len: *mut usize,
+) -> ztp_result {
+    ffi_panic_boundary! {
+        let Some(engine) = arc_ref(engine) else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        if out.is_null() || out_len.is_null() {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        }
+        let given = |n: u64| (n != ZTP_USAGE_ABSENT).then_some(n);
+        let ending = match ending {
+            e if e == ztp_ending::ZTP_ENDING_USAGE as u8 => Ending::Usage(Usage {
+                prompt_tokens: given(prompt_tokens),
+                completion_tokens: given(completion_tokens),
+                total_tokens: given(total_tokens),
+            }),
+            e if e == ztp_ending::ZTP_ENDING_REFUND as u8 => Ending::Refund,
+            e if e == ztp_ending::ZTP_ENDING_KEEP as u8 => Ending::Keep,
+            _ => return ztp_result::ZTP_INVALID_INPUT,
+        };
+        let Some(settled) = engine.settle(lease, ending) else {
+            return ztp_result::ZTP_UNKNOWN_LEASE;
+        };
+        let len = encode::settlement_len(&settled);
+        if len > out_cap {
+            return ztp_result::ZTP_BUFFER_TOO_SMALL;
+        }
+        let out = std::slice::from_raw_parts_mut(out, len);
+        *out_len = encode::settlement_into(&settled, out);
+        ztp_result::ZTP_OK
+    }
 }
 
 /// The bytes of a buffer; `*len_out` gets their length. NULL for NULL.
