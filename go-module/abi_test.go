@@ -23,19 +23,22 @@ func TestABIVersionIsChecked(t *testing.T) {
 
 // Go's reason names are the header's ztp_reason enum, by number: ZTP_REASON_<NAME> = i
 // for reasons[i], and no reason the header has is missing here.
+// The same for the settle rules (ztp_settle_rule).
 func TestReasonNamesAreTheHeaders(t *testing.T) {
 	header, err := os.ReadFile("../rust/ffi/include/zt_policy.h")
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := regexp.MustCompile(`ZTP_REASON_([A-Z_]+) = (\d+)`).FindAllStringSubmatch(string(header), -1)
-	if len(found) != len(engine.Reasons) {
-		t.Fatalf("the header has %d reasons, Go %d", len(found), len(engine.Reasons))
-	}
-	for _, m := range found {
-		i, _ := strconv.Atoi(m[2])
-		if i >= len(engine.Reasons) || engine.Reasons[i] != strings.ToLower(m[1]) {
-			t.Errorf("ZTP_REASON_%s = %d, Go says %q", m[1], i, engine.Reasons[min(i, len(engine.Reasons)-1)])
+	for prefix, names := range map[string][]string{"ZTP_REASON_": engine.Reasons[:], "ZTP_SETTLE_": engine.SettleRules[:]} {
+		found := regexp.MustCompile(prefix+`([A-Z_]+) = (\d+)`).FindAllStringSubmatch(string(header), -1)
+		if len(found) != len(names) {
+			t.Fatalf("the header has %d %s names, Go %d", len(found), prefix, len(names))
+		}
+		for _, m := range found {
+			i, _ := strconv.Atoi(m[2])
+			if i >= len(names) || names[i] != strings.ToLower(m[1]) {
+				t.Errorf("%s%s = %d, Go says %q", prefix, m[1], i, names[min(i, len(names)-1)])
+			}
 		}
 	}
 }

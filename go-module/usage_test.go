@@ -149,7 +149,7 @@ func randomStream(rng *rand.Rand, withUsage bool) (full, stripped []byte, usage 
 	for i := range rng.IntN(6) {
 		chunk, _ := json.Marshal(map[string]any{"id": "c", "object": "chat.completion.chunk",
 			"choices": []any{map[string]any{"index": 0, "delta": map[string]any{"content": randomJSON(rng, 3)}}},
-			"usage": nil})
+			"usage":   nil})
 		lines := []string{"data: " + string(chunk)}
 		if rng.IntN(5) == 0 {
 			lines = append([]string{": keep-alive", fmt.Sprintf("id: %d", i)}, lines...)

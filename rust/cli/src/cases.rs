@@ -12,13 +12,29 @@
 //! Cases of one file share one engine, in order, so limits carry over between them;
 //! `repeat` sends a case's request several times (the expectation is for the last)
 //! and `advance` moves the engine's clock first.
+//!
+//! An allowed request that holds a lease (a limit with `settle`, a `[[concurrency]]`
+//! cap) ends as `response` says, by the module's rules: `usage = {...}` settles to it;
+//! `status` 4xx/5xx but 504 (or `ended = "upstream_unreachable"`) refunds; anything
+//! else keeps the reservation. `in_flight = true` leaves the request open (streaming)
+//! until a case with `end_in_flight = true`, or the end of the file.
+//!
+//! ```toml
+//! [[case]]
+//! name = "a chat that used 30 tokens"
+//! # ...request...
+//! response = { usage = { prompt_tokens = 4, completion_tokens = 26 } }
+//! expect = { effect = "allow", charged = { tokens = 30 }, remaining = { tokens = 131042 } }
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use zt_policy_core::{Decision, EngineClock};
+use std::collections::BTreeMap;
+
+use zt_policy_core::{Decision, Ending, Engine, EngineClock, Settled, Usage};
 
 use crate::input::Input;
 use crate::{load_engine, Args};
@@ -41,6 +57,54 @@ struct Case {
     #[serde(default = "one")]
     repeat: u32,
     advance: Option<String>,
+    #[serde(default)]
+    response: Response,
+    /// The case's requests stay open (streaming) after it.
+    #[serde(default)]
+    in_flight: bool,
+    /// Before the case: every open request of earlier cases ends (reservations kept).
+    #[serde(default)]
+    end_in_flight: bool,
+}
+
+/// How an allowed request's response ends (for limits that settle and caps).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Response {
+    status: Option<u16>,
+    usage: Option<UsageDef>,
+    ended: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageDef {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl Response {
+    /// The module's rule (README, "Budgets that settle"), from what the case says.
+    fn ending(&self) -> Result<Ending, String> {
+        if let Some(u) = &self.usage {
+            return Ok(Ending::Usage(Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                total_tokens: u.total_tokens,
+            }));
+        }
+        match (self.ended.as_deref(), self.status.unwrap_or(200)) {
+            (Some("upstream_unreachable"), _) => Ok(Ending::Refund),
+            (Some("client_gone"), _) => Ok(Ending::Keep),
+            (Some(other), _) => Err(format!(
+                "response.ended = {other:?} is not \"client_gone\" or \"upstream_unreachable\""
+            )),
+            (None, 504) => Ok(Ending::Keep),
+            (None, s) if s >= 400 => Ok(Ending::Refund),
+            (None, _) => Ok(Ending::Keep),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -61,9 +125,48 @@ struct Expect {
     matched: Vec<String>,
     /// A substring of the decision's message.
     message: Option<String>,
+    /// Tokens each settled limit finally charged the case's (last) request.
+    #[serde(default)]
+    charged: BTreeMap<String, u64>,
+    /// Cells each limit has left for the decision's identity after the case.
+    #[serde(default)]
+    remaining: BTreeMap<String, u32>,
 }
 
 impl Expect {
+    /// What differs in what the request was charged and what its limits have left.
+    fn settle_differences(
+        &self,
+        engine: &Engine,
+        d: &Decision,
+        settled: &[Settled],
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (limit, want) in &self.charged {
+            match settled.iter().find(|s| s.limit == limit) {
+                Some(s) if s.charged == *want => {}
+                Some(s) => out.push(format!(
+                    "charged {limit}: want {want}, got {} ({}, reserved {})",
+                    s.charged,
+                    s.rule.as_str(),
+                    s.reserved
+                )),
+                None => out.push(format!(
+                    "charged {limit}: the request reserved nothing there"
+                )),
+            }
+        }
+        let key = d.identity.as_deref().unwrap_or("");
+        for (limit, want) in &self.remaining {
+            match engine.limit_remaining(limit, key) {
+                Some(got) if got == *want => {}
+                Some(got) => out.push(format!("remaining {limit}: want {want}, got {got}")),
+                None => out.push(format!("remaining {limit}: the policy has no such limit")),
+            }
+        }
+        out
+    }
+
     /// What differs between the expectation and the decision, one phrase each.
     fn differences(&self, d: &Decision) -> Vec<String> {
         let mut out = Vec::new();
@@ -137,6 +240,8 @@ impl Expect {
             && self.limit.is_none()
             && self.matched.is_empty()
             && self.message.is_none()
+            && self.charged.is_empty()
+            && self.remaining.is_empty()
     }
 }
 
@@ -240,6 +345,8 @@ fn run_file(file: &Path, verbose: bool) -> (usize, usize) {
         return (0, 1);
     }
     let (mut passed, mut failed) = (0, 0);
+    // Leases of requests the cases left open (`in_flight`).
+    let mut open: Vec<u64> = Vec::new();
     for case in &parsed.cases {
         let fail = |why: String| println!("FAIL {shown}: case {:?}: {why}", case.name);
         if case.expect.is_empty() {
@@ -265,12 +372,36 @@ fn run_file(file: &Path, verbose: bool) -> (usize, usize) {
                 continue;
             }
         };
+        let ending = match case.response.ending() {
+            Ok(e) => e,
+            Err(e) => {
+                fail(e);
+                failed += 1;
+                continue;
+            }
+        };
+        if case.end_in_flight {
+            for lease in open.drain(..) {
+                engine.settle(lease, Ending::Keep);
+            }
+        }
         let mut decision = None;
+        let mut settled = Vec::new();
         for _ in 0..case.repeat.max(1) {
-            decision = Some(prepared.decide(&engine));
+            let d = prepared.decide(&engine);
+            settled.clear();
+            if let Some(lease) = d.lease {
+                if case.in_flight {
+                    open.push(lease);
+                } else {
+                    settled = engine.settle(lease, ending).unwrap_or_default();
+                }
+            }
+            decision = Some(d);
         }
         let d = decision.expect("repeat is at least 1");
-        let diffs = case.expect.differences(&d);
+        let mut diffs = case.expect.differences(&d);
+        diffs.extend(case.expect.settle_differences(&engine, &d, &settled));
         if diffs.is_empty() {
             passed += 1;
             if verbose {

@@ -219,7 +219,9 @@ impl LimitState {
         let Some(mut tat) = self.table.get_mut(key) else {
             return 0; // swept: the bucket is full already
         };
-        let back = (*tat).saturating_sub(now).min(cells.saturating_mul(self.period));
+        let back = (*tat)
+            .saturating_sub(now)
+            .min(cells.saturating_mul(self.period));
         *tat -= back;
         back / self.period
     }

@@ -804,7 +804,11 @@ impl Loader<'_> {
         self.expr(&format!("{label} key"), &src, &VARIABLES)
     }
 
-    fn concurrency(&mut self, defs: &[ConcurrencyDef], limits: &[LimitDef]) -> Vec<ConcurrencyConfig> {
+    fn concurrency(
+        &mut self,
+        defs: &[ConcurrencyDef],
+        limits: &[LimitDef],
+    ) -> Vec<ConcurrencyConfig> {
         // One namespace with the limits: a 429 names either, and so do metrics.
         let mut names: HashSet<String> = limits.iter().map(|l| l.name.clone()).collect();
         let mut caps = Vec::new();

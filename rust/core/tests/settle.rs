@@ -58,10 +58,20 @@ fn reserve_then_refund_what_was_not_used() {
     let s = e.settle(lease, usage(4, 26)).unwrap();
     assert_eq!(s.len(), 1);
     assert_eq!(
-        (s[0].rule, s[0].reserved, s[0].used, s[0].charged, s[0].unbilled),
+        (
+            s[0].rule,
+            s[0].reserved,
+            s[0].used,
+            s[0].charged,
+            s[0].unbilled
+        ),
         (SettleRule::Usage, 100, Some(30), 30, 0)
     );
-    assert_eq!(remaining(&e, "alice"), 970, "the bucket moved by exactly the usage");
+    assert_eq!(
+        remaining(&e, "alice"),
+        970,
+        "the bucket moved by exactly the usage"
+    );
     assert!(e.settle(lease, usage(1, 1)).is_none(), "a lease ends once");
     assert_eq!(remaining(&e, "alice"), 970);
     assert_eq!(e.open_leases(), 0);
@@ -190,7 +200,9 @@ fn a_full_cap_is_a_429_and_a_slot_comes_back_when_its_lease_ends() {
     assert_eq!(e.in_flight(), vec![("streams".to_owned(), 0)]);
     assert_eq!(e.open_leases(), 0);
     // Outside the cap's `when`, no slot and no lease.
-    let d = Req::new("GET", "/health").header("X-User", "alice").decide(&e);
+    let d = Req::new("GET", "/health")
+        .header("X-User", "alice")
+        .decide(&e);
     assert!(d.lease.is_none());
 }
 
@@ -263,9 +275,18 @@ fn a_stream_without_usage_is_flagged_only_where_adding_it_is_safe() {
         d.add_stream_usage
     };
     let chat_path = "/v1/chat/completions";
-    assert!(flag(r#"{"max_tokens":5,"messages":[],"stream":true}"#, chat_path));
-    assert!(flag("{\"max_tokens\":5,\"prompt\":\"x\",\"stream\":\"yes\"}\n\t ", "/v1/completions"));
-    assert!(!flag(r#"{"max_tokens":5,"messages":[],"stream":false}"#, chat_path));
+    assert!(flag(
+        r#"{"max_tokens":5,"messages":[],"stream":true}"#,
+        chat_path
+    ));
+    assert!(flag(
+        "{\"max_tokens\":5,\"prompt\":\"x\",\"stream\":\"yes\"}\n\t ",
+        "/v1/completions"
+    ));
+    assert!(!flag(
+        r#"{"max_tokens":5,"messages":[],"stream":false}"#,
+        chat_path
+    ));
     assert!(!flag(r#"{"max_tokens":5,"messages":[]}"#, chat_path));
     assert!(!flag(
         r#"{"max_tokens":5,"messages":[],"stream":true,"stream_options":{"include_usage":true}}"#,
@@ -275,7 +296,10 @@ fn a_stream_without_usage_is_flagged_only_where_adding_it_is_safe() {
         r#"{"max_tokens":5,"messages":[],"stream":true,"stream_options":null}"#,
         chat_path
     ));
-    assert!(!flag(r#"{"max_tokens":5,"prompt":"x","stream":true}"#, "/v1/embeddings"));
+    assert!(!flag(
+        r#"{"max_tokens":5,"prompt":"x","stream":true}"#,
+        "/v1/embeddings"
+    ));
 }
 
 #[derive(Debug, Clone)]

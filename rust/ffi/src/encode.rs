@@ -182,7 +182,10 @@ pub fn decision_into(d: &Decision, out: &mut [u8]) -> usize {
 
 /// An encoded settlement's length.
 pub fn settlement_len(settled: &[Settled]) -> usize {
-    4 + settled.iter().map(|s| 4 + s.limit.len() + 1 + 32).sum::<usize>()
+    4 + settled
+        .iter()
+        .map(|s| 4 + s.limit.len() + 1 + 32)
+        .sum::<usize>()
 }
 
 /// Encodes a settlement into `out`, which must hold [`settlement_len`] bytes.

@@ -46,9 +46,8 @@ impl<'a> Activation<'a> {
     /// A streamed request vLLM will answer without a usage chunk (see
     /// `llm::streams_without_usage`).
     pub(super) fn streams_without_usage(&self) -> bool {
-        self.read_body().is_ok_and(|b| {
-            crate::llm::streams_without_usage(self.req.path, b, self.req.body)
-        })
+        self.read_body()
+            .is_ok_and(|b| crate::llm::streams_without_usage(self.req.path, b, self.req.body))
     }
 
     fn body(&self) -> &LazyBody<'a> {

@@ -9,12 +9,12 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::settle::{Lease, Reservation};
 use super::{Activation, Engine};
 use crate::cert::CertEntry;
 use crate::decision::{Decision, LimitReport, Reason, RuleError};
-use crate::eval::native::Scope;
-use super::settle::{Lease, Reservation};
 use crate::eval::expr::Expression;
+use crate::eval::native::Scope;
 use crate::inflight;
 use crate::limits::{LimitState, Outcome};
 use crate::policy::{self, Effect, Mode};
@@ -445,7 +445,7 @@ impl Engine {
                         held.lease.reservations.push(Reservation {
                             limit: i,
                             state: state.clone(),
-                            key: key.as_ref().clone(),
+                            key: key.clone().into_owned(),
                             reserved: cost,
                             settle,
                         });
@@ -521,11 +521,11 @@ impl Engine {
         act: &'a Activation<'_>,
         ctx: &Scope<'_, '_>,
         what: (&str, &str),
-    ) -> Result<Cow<'a, String>, Refusal<'e>> {
-        let key: Result<Cow<'a, String>, String> = if key.source == "identity" {
+    ) -> Result<Cow<'a, str>, Refusal<'e>> {
+        let key: Result<Cow<'a, str>, String> = if key.source == "identity" {
             act.identity
                 .get()
-                .map(Cow::Borrowed)
+                .map(|s| Cow::Borrowed(s.as_str()))
                 .ok_or_else(|| "no identity".to_owned())
         } else {
             key.eval_string(ctx)
@@ -559,7 +559,7 @@ struct Held<'e, 'a> {
     /// Slots and settled reservations: the lease, if the request is allowed.
     lease: Lease,
     /// Cells of limits that do not settle (given back only if the request is refused).
-    taken: Vec<(&'e LimitState, Cow<'a, String>, u64)>,
+    taken: Vec<(&'e LimitState, Cow<'a, str>, u64)>,
 }
 
 /// A refusal by a cap or a limit, with the limit to report.

@@ -170,7 +170,7 @@ impl Engine {
     }
 
     /// Gives back what a request took before a later step refused it.
-    pub(super) fn undo(&self, lease: Lease, taken: &[(&LimitState, Cow<'_, String>, u64)]) {
+    pub(super) fn undo(&self, lease: Lease, taken: &[(&LimitState, Cow<'_, str>, u64)]) {
         for (cap, key) in &lease.slots {
             cap.release(key);
         }
