@@ -7,6 +7,14 @@ reached inference.
 A streamed response pauses after its first event until the test releases it through
 the control port, which proves that events arrive one by one without timing anything.
 
+Every completion reports its usage as vLLM does (in the JSON body; in a last chunk of a
+stream when the request has stream_options.include_usage) and also in the response
+header X-Upstream-Usage, so tests know what was reported even when the client does
+not see it. Test headers make it misbehave: X-Test-Stall (no headers until released),
+X-Test-Hold (a stream pauses after its first event until released), X-Test-Delay (ms
+between a stream's events), X-Test-Fail: before (a 500 before generating) or
+midstream (the connection dropped after the first event).
+
     python3 upstream.py --port P --control-port C --log requests.jsonl
 """
 
@@ -58,15 +66,20 @@ class Api(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
 
+    usage_header = None
+
     def _json(self, status, obj):
         b = json.dumps(obj).encode()
         self.send_response(status)
+        if self.usage_header and status == 200:
+            self.send_header("X-Upstream-Usage", self.usage_header)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(b)))
         self.end_headers()
         self.wfile.write(b)
 
     def do_GET(self):
+        self.usage_header = None
         self._record(b"")
         if self.path == "/v1/models":
             self._json(200, {"object": "list", "data": [
@@ -85,6 +98,7 @@ class Api(BaseHTTPRequestHandler):
             self._json(404, {"error": {"message": "not found", "type": "invalid_request_error", "code": 404}})
 
     def do_POST(self):
+        self.usage_header = None
         raw = self._body()
         self._record(raw)
         stall = self.headers.get("X-Test-Stall")
@@ -107,6 +121,12 @@ class Api(BaseHTTPRequestHandler):
                  "total_tokens": prompt_tokens + len(words)}
         created = int(time.time())
         rid = "cmpl-" + str(created)
+        self.usage_header = json.dumps(usage)
+        fail = self.headers.get("X-Test-Fail")
+        if fail == "before":
+            return self._json(500, {"error": {"message": "the engine failed", "type": "InternalServerError",
+                                              "code": 500}})
+        delay = int(self.headers.get("X-Test-Delay") or 0) / 1000
         if not req.get("stream"):
             text = "".join(words)
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
@@ -119,9 +139,12 @@ class Api(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("X-Upstream-Usage", self.usage_header)
         self.end_headers()
         hold = self.headers.get("X-Test-Hold")
         for i, w in enumerate(words):
+            if i and delay:
+                time.sleep(delay)
             delta = {"index": 0, "delta": {"content": w}, "finish_reason": None} if chat \
                 else {"index": 0, "text": w, "finish_reason": None}
             event = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
@@ -130,6 +153,12 @@ class Api(BaseHTTPRequestHandler):
             if i == 0 and hold:
                 # Wait until the test has received the first event and says go on.
                 release_event(hold).wait(timeout=60)
+            if i == 0 and fail == "midstream":
+                # A model server that dies mid-generation: no end of the chunked body.
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
         if (req.get("stream_options") or {}).get("include_usage"):
             # As vLLM does: a last chunk with no choices and the request's usage.
             last = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",

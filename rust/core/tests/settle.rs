@@ -377,3 +377,26 @@ proptest! {
         prop_assert_eq!(e.open_leases(), 0);
     }
 }
+
+#[test]
+fn ratelimit_lists_the_token_budget_after_the_tightest_limit() {
+    let policy = format!(
+        "{CAPPED}\n[[limit]]\nname = \"tokens\"\nrate = \"1000/h\"\nburst = 1000\ncost = 'llm.max_output_tokens'\nsettle = \"usage\"\n"
+    );
+    let e = engine(&policy);
+    let d = chat("alice", 100).decide(&e);
+    let l = d.limit.unwrap();
+    assert_eq!(l.name, "requests", "2 of 3 left is tighter than 900 of 1000");
+    assert_eq!(
+        l.headers.ratelimit,
+        "\"requests\";r=2;t=1200, \"tokens\";r=900;t=360"
+    );
+    assert_eq!(
+        l.headers.ratelimit_policy,
+        "\"requests\";q=3;w=3600, \"tokens\";q=1000;w=3600"
+    );
+    // Only the budget: reported once.
+    let e = engine(BUDGET);
+    let d = chat("alice", 96).decide(&e);
+    assert_eq!(d.limit.unwrap().headers.ratelimit, "\"tokens\";r=900;t=360");
+}

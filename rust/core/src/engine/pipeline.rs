@@ -357,11 +357,25 @@ impl Engine {
             Decision::allow(&self.allow_messages[allow_index]),
             Some(&allow.name),
         );
-        d.limit = tightest.map(|(cfg, state, remaining, reset)| LimitReport {
-            name: &cfg.name,
-            remaining,
-            retry_after_secs: None,
-            headers: state.headers(cfg, remaining, reset),
+        d.limit = tightest.map(|(cfg, state, remaining, reset)| {
+            let mut headers = state.headers(cfg, remaining, reset);
+            // A token budget is reported too, after the tightest limit (the fields are
+            // lists), so clients see the tokens they have left.
+            for &(c, s, r, t) in &held.budgets {
+                if !std::ptr::eq(c, cfg) {
+                    let h = s.headers(c, r, t);
+                    headers.ratelimit.push_str(", ");
+                    headers.ratelimit.push_str(&h.ratelimit);
+                    headers.ratelimit_policy.push_str(", ");
+                    headers.ratelimit_policy.push_str(&h.ratelimit_policy);
+                }
+            }
+            LimitReport {
+                name: &cfg.name,
+                remaining,
+                retry_after_secs: None,
+                headers,
+            }
         });
         let lease = held.lease;
         if !lease.reservations.is_empty() {
@@ -442,6 +456,7 @@ impl Engine {
                         tightest = Some((cfg, state, remaining, reset_secs));
                     }
                     if let (Some(settle), true) = (cfg.settle, cost > 0) {
+                        held.budgets.push((cfg, state, remaining, reset_secs));
                         held.lease.reservations.push(Reservation {
                             limit: i,
                             state: state.clone(),
@@ -560,6 +575,8 @@ struct Held<'e, 'a> {
     lease: Lease,
     /// Cells of limits that do not settle (given back only if the request is refused).
     taken: Vec<(&'e LimitState, Cow<'a, str>, u64)>,
+    /// The settled limits' (limit, remaining, reset) at admission, for RateLimit.
+    budgets: Vec<(&'e policy::LimitConfig, &'e LimitState, u32, u64)>,
 }
 
 /// A refusal by a cap or a limit, with the limit to report.
