@@ -23,6 +23,24 @@ UPSTREAM_REPLY = json.dumps({"id": "cmpl-bench", "object": "chat.completion", "c
                              "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}})
 
 
+def _stream_reply():
+    """A streamed chat completion as vLLM writes it: eight content chunks, the
+    usage-only chunk (include_usage), [DONE]."""
+    events = []
+    for w in ["Verify", " every", " hop", ",", " every", " time", ",", " always."]:
+        events.append({"id": "cmpl-bench", "object": "chat.completion.chunk", "created": 0,
+                       "model": "llama-3.1-8b-instruct",
+                       "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]})
+    events.append({"id": "cmpl-bench", "object": "chat.completion.chunk", "created": 0,
+                   "model": "llama-3.1-8b-instruct", "choices": [],
+                   "usage": {"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17}})
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+# The upstream answers requests carrying `X-Bench-Stream: 1` with this stream.
+UPSTREAM_STREAM = _stream_reply()
+
+
 def sh(*args, **kw):
     return subprocess.run(args, check=True, text=True, capture_output=True, **kw).stdout
 
@@ -122,8 +140,15 @@ http {{
   server {{
     listen 127.0.0.1:{self.ports['upstream']};
     location / {{
+      if ($http_x_bench_stream) {{
+        rewrite ^ /__stream last;
+      }}
       default_type application/json;
       return 200 '{UPSTREAM_REPLY}';
+    }}
+    location = /__stream {{
+      default_type text/event-stream;
+      return 200 '{UPSTREAM_STREAM}';
     }}
   }}
 }}
@@ -263,6 +288,7 @@ def bench_policy(work, raise_limits, jwks=None):
     text = (ROOT / "examples" / "policy" / "policy.toml").read_text()
     if raise_limits:
         for old, new in (('rate = "120/m"', 'rate = "1000000/s"'), ("burst = 20\n", "burst = 100000000\n"),
+                         ("max = 4\n", "max = 1000000\n"),
                          ('rate = "500000/h"', 'rate = "1000000000/s"'), ("burst = 131072", "burst = 100000000"),
                          # The same expression, but a 1 MiB prompt must not run the bucket dry.
                          ("cost = 'llm.max_output_tokens + llm.estimated_prompt_tokens'",

@@ -36,6 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import settle  # the settle phase
 import sizes  # the long-prompt phase
 from harness import ONE_RULE_POLICY, ROOT, Bench, bench_policy, cpu_seconds, interleaved, median, rss_mib
 from measure import http_phase, run_criterion, run_gobench
@@ -56,11 +57,13 @@ def main():
                          "footprint of one decision (`make bench-deep`)")
     ap.add_argument("--sizes-only", action="store_true",
                     help="only the long-prompt phase (1 KiB / 64 KiB / 1 MiB bodies), printed, no report written")
+    ap.add_argument("--settle-only", action="store_true",
+                    help="only the settle phase (B with and without a budget that settles), printed, no report written")
     ap.add_argument("--before-caddy", type=Path,
                     help="a Caddy built from another commit: the long-prompt phase measures it too (B-before)")
     a = ap.parse_args()
-    if a.sizes_only:
-        return sizes_only(a)
+    if a.sizes_only or a.settle_only:
+        return one_phase(a)
     work = Path(tempfile.mkdtemp(prefix="ztp-bench-"))
     b = Bench(work, a.seconds, a.conns)
     cpus = sorted(os.sched_getaffinity(0))
@@ -87,6 +90,8 @@ def main():
         # Long prompts: what the module adds per request as bodies grow.
         by_size = sizes.phase(b, a, token, raised, caddy_cpus, median, interleaved, cpu_seconds,
                               other_caddy=a.before_caddy)
+        # Budgets that settle from usage: what the settlement adds, plain and streamed.
+        settled = settle.phase(b, a, token, raised, caddy_cpus, median, interleaved, cpu_seconds)
 
         # Cold path: every request a token never seen (signature verified), against
         # the same tokens seen before (cache hits). One connection, sequential.
@@ -134,12 +139,12 @@ def main():
 
         touched = {setup: footprint.measure(setup=setup) for setup in ("B", "B0")}
     write_report(Path(a.out), (results, shared, caddy_cpus, cpus), fixed, held_time, (cold, warm, cold_cert, warm_cert),
-                 scale, criterion, (gobench, touched), a, by_size)
+                 scale, criterion, (gobench, touched), a, (by_size, settled))
     print(f"wrote {a.out}")
 
 
-def sizes_only(a):
-    """`--sizes-only`: the long-prompt phase alone, on the same pinning as a full run."""
+def one_phase(a):
+    """`--sizes-only` / `--settle-only`: that phase alone, on the same pinning as a full run."""
     work = Path(tempfile.mkdtemp(prefix="ztp-bench-"))
     b = Bench(work, a.seconds, a.conns)
     cpus = sorted(os.sched_getaffinity(0))
@@ -151,13 +156,16 @@ def sizes_only(a):
         if len(cpus) >= 2 and not a.no_pin:
             b.confine(set(cpus[:-1]))
             caddy_cpus = {cpus[-1]}
-        result = sizes.phase(b, a, ["-token", b.token], raised, caddy_cpus, median, interleaved, cpu_seconds,
-                             other_caddy=a.before_caddy)
+        if a.settle_only:
+            result = settle.phase(b, a, ["-token", b.token], raised, caddy_cpus, median, interleaved, cpu_seconds)
+        else:
+            result = sizes.phase(b, a, ["-token", b.token], raised, caddy_cpus, median, interleaved, cpu_seconds,
+                                 other_caddy=a.before_caddy)
     finally:
         b.stop_all()
         os.sched_setaffinity(0, set(cpus))
     shutil.rmtree(work, ignore_errors=True)
-    print("\n".join(sizes.section(result, a)))
+    print("\n".join((settle if a.settle_only else sizes).section(result, a)))
 
 
 if __name__ == "__main__":

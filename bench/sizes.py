@@ -47,6 +47,7 @@ def other_policy(caddy, work):
     text = (caddy.resolve().parent.parent / "examples" / "policy" / "policy.toml").read_text()
     text = re.sub(r'rate = "[^"]*"', 'rate = "1000000000/s"', text)
     text = re.sub(r"burst = \d+", "burst = 100000000", text)
+    text = re.sub(r"(?m)^max = \d+", "max = 1000000", text)
     text = re.sub(r'max_body = "[^"]*"', 'max_body = "2MiB"', text)
     text = re.sub(r'jwks_file = ".*"\n', "", text)
     p = work / "policy-before.toml"

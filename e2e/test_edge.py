@@ -37,8 +37,8 @@ def test_allowed_call_reaches_vllm_with_the_verified_identity(stack):
     r = stack.request("POST", CHAT, "alice", body=OK_BODY, headers={"X-Marker": "allowed-1"})
     assert r.status == 200, r.body
     assert r.json()["choices"][0]["message"]["content"].startswith("Zero trust")
-    # The limit with the smallest share left is reported: 19 of 20 requests.
-    assert r.header("ratelimit-policy") == '"requests-per-identity";q=20;w=10'
+    # The limit with the smallest share left is reported (19 of 20 requests), then the token budget.
+    assert r.header("ratelimit-policy") == '"requests-per-identity";q=20;w=10, "llm-tokens-per-identity";q=131072;w=944'
     assert r.header("ratelimit").startswith('"requests-per-identity";r=19;')
     (req,) = seen_by_upstream(stack, "allowed-1")
     headers = dict((k.lower(), v) for k, v in req["headers"])

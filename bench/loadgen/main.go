@@ -34,6 +34,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,8 @@ func main() {
 	issuer := flag.String("iss", "", "iss of signed tokens")
 	audience := flag.String("aud", "", "aud of signed tokens")
 	identities := flag.Int("identities", 1, "distinct token subjects, cycled")
+	var headers headerFlags
+	flag.Var(&headers, "header", "a request header, Name: value (repeatable)")
 	rate := flag.Float64("rate", 0, "open loop: start requests at this fixed rate per second "+
 		"(latency counts from each request's scheduled start); 0: closed loop, each "+
 		"connection sends its next request when the previous one is answered")
@@ -142,6 +145,7 @@ func main() {
 	var errors atomic.Int64
 	statuses := sync.Map{}
 	lat := make([][]time.Duration, *conns)
+	first := make([][]time.Duration, *conns)
 	deadline := time.Now().Add(*duration)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -172,6 +176,9 @@ func main() {
 				if len(tokens) > 0 {
 					req.Header.Set("Authorization", "Bearer "+tokens[int(i)%len(tokens)])
 				}
+				for _, h := range headers {
+					req.Header.Set(h[0], h[1])
+				}
 				t0 := time.Now()
 				if *rate > 0 {
 					t0 = scheduled
@@ -181,6 +188,10 @@ func main() {
 					errors.Add(1)
 					continue
 				}
+				// Time to first byte: the response's headers and its first body byte.
+				var one [1]byte
+				_, _ = io.ReadFull(resp.Body, one[:])
+				first[w] = append(first[w], time.Since(t0))
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				lat[w] = append(lat[w], time.Since(t0))
@@ -191,17 +202,22 @@ func main() {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
+	flat := func(per [][]time.Duration) []time.Duration {
+		var all []time.Duration
+		for _, l := range per {
+			all = append(all, l...)
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+		return all
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	pct := func(p float64) float64 {
-		if len(all) == 0 {
+	all, firsts := flat(lat), flat(first)
+	pctOf := func(xs []time.Duration, p float64) float64 {
+		if len(xs) == 0 {
 			return 0
 		}
-		return float64(all[int(p*float64(len(all)-1))].Microseconds())
+		return float64(xs[int(p*float64(len(xs)-1))].Microseconds())
 	}
+	pct := func(p float64) float64 { return pctOf(all, p) }
 	codes := map[string]int64{}
 	statuses.Range(func(k, v any) bool {
 		codes[fmt.Sprint(k)] = v.(*atomic.Int64).Load()
@@ -211,6 +227,7 @@ func main() {
 		"requests": len(all), "errors": errors.Load(), "statuses": codes, "seconds": elapsed.Seconds(),
 		"rps": float64(len(all)) / elapsed.Seconds(), "p50_us": pct(0.50), "p90_us": pct(0.90),
 		"p99_us": pct(0.99), "max_us": pct(1.0),
+		"ttfb_p50_us": pctOf(firsts, 0.50), "ttfb_p99_us": pctOf(firsts, 0.99),
 	}
 	check(json.NewEncoder(os.Stdout).Encode(out))
 }
@@ -303,4 +320,18 @@ func mintClientCerts(caPath, caKeyPath string, n int) []tls.Certificate {
 		out[i] = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 	}
 	return out
+}
+
+// headerFlags collects -header "Name: value" flags.
+type headerFlags [][2]string
+
+func (h *headerFlags) String() string { return fmt.Sprint(*h) }
+
+func (h *headerFlags) Set(v string) error {
+	name, value, ok := strings.Cut(v, ":")
+	if !ok {
+		return fmt.Errorf("-header %q: want Name: value", v)
+	}
+	*h = append(*h, [2]string{strings.TrimSpace(name), strings.TrimSpace(value)})
+	return nil
 }

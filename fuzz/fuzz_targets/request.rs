@@ -84,7 +84,43 @@ fuzz_target!(|data: &[u8]| {
         // Refusals are never allowed: a 4xx/5xx decision does not pass.
         let status =
             u16::from_le_bytes([out[ZTP_DECISION_AT_STATUS], out[ZTP_DECISION_AT_STATUS + 1]]);
-        let allowed = out[ZTP_DECISION_AT_FLAGS] & ZTP_DECISION_ALLOWED != 0;
+        let flags = out[ZTP_DECISION_AT_FLAGS];
+        let allowed = flags & ZTP_DECISION_ALLOWED != 0;
         assert!(!allowed || status == 200, "allowed with status {status}");
+        // A lease only comes with an allowed request, and ends exactly once, whatever
+        // the ending and the usage counts (taken from the input's first bytes).
+        let mut lease = [0u8; 8];
+        lease.copy_from_slice(&out[ZTP_DECISION_AT_LEASE..ZTP_DECISION_AT_LEASE + 8]);
+        let lease = u64::from_le_bytes(lease);
+        assert_eq!(flags & ZTP_DECISION_HAS_LEASE != 0, lease != 0);
+        if lease != 0 {
+            assert!(allowed, "a refused request holds a lease");
+            let pick = |i: usize| data.get(i).copied().unwrap_or(0);
+            let count = |i: usize| match pick(i) % 4 {
+                0 => ZTP_USAGE_ABSENT,
+                1 => 0,
+                2 => u64::from(pick(i + 1)) * 1000,
+                _ => u64::MAX - 1,
+            };
+            let mut settled = [0u8; 4096];
+            let mut n = 0usize;
+            let ending = pick(0) % 3;
+            let (prompt, completion, total) = (count(1), count(3), count(5));
+            let mut settle = || unsafe {
+                ztp_engine_settle(
+                    engine(),
+                    lease,
+                    ending,
+                    prompt,
+                    completion,
+                    total,
+                    settled.as_mut_ptr(),
+                    settled.len(),
+                    &mut n,
+                )
+            };
+            assert_eq!(settle(), ztp_result::ZTP_OK);
+            assert_eq!(settle(), ztp_result::ZTP_UNKNOWN_LEASE);
+        }
     }
 });

@@ -386,7 +386,10 @@ fn ratelimit_lists_the_token_budget_after_the_tightest_limit() {
     let e = engine(&policy);
     let d = chat("alice", 100).decide(&e);
     let l = d.limit.unwrap();
-    assert_eq!(l.name, "requests", "2 of 3 left is tighter than 900 of 1000");
+    assert_eq!(
+        l.name, "requests",
+        "2 of 3 left is tighter than 900 of 1000"
+    );
     assert_eq!(
         l.headers.ratelimit,
         "\"requests\";r=2;t=1200, \"tokens\";r=900;t=360"

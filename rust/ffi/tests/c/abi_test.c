@@ -50,6 +50,27 @@ static const ztp_engine *new_engine(const char *policy) {
   return e;
 }
 
+static const char *BUDGET_POLICY =
+    "[settings]\nrequire_identity = false\nidentity = 'request.remote_ip'\n"
+    "[[rule]]\nname = \"chat\"\neffect = \"allow\"\nwhen = 'true'\n"
+    "[[limit]]\nname = \"tokens\"\nrate = \"1000/d\"\nburst = 1000\ncost = 'llm.max_output_tokens'\nsettle = \"usage\"\n"
+    "[[concurrency]]\nname = \"open\"\nmax = 1\n";
+
+static decision decide_body(const ztp_engine *e, buf req, const char *body, ztp_result *res) {
+  unsigned char out[4096];
+  size_t out_len = 0;
+  *res = ztp_engine_decide(e, req.p, req.len, NULL, 0, (const uint8_t *)body, strlen(body), out, sizeof out, &out_len);
+  decision d = {0};
+  if (*res == ZTP_OK) d = wire_read_decision(out, out_len);
+  return d;
+}
+
+static uint64_t get_u64(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
 static decision decide(const ztp_engine *e, buf req, const uint8_t *cert, size_t cert_len, ztp_result *res) {
   unsigned char out[4096];
   size_t out_len = 0;
@@ -182,6 +203,36 @@ int main(int argc, char **argv) {
   d = decide(next, limited, NULL, 0, &res);
   CHECK(res == ZTP_OK && d.status == 429, "buckets outlive the engine they came from");
   ztp_engine_free(next);
+
+  /* Leases: a reservation settled to usage, encoded as the header says; each lease ends
+   * once; the cap's one slot comes back with it; a lease never ended is freed with its
+   * engine (valgrind). */
+  const ztp_engine *be = new_engine(BUDGET_POLICY);
+  CHECK(be != NULL, "budget engine built");
+  buf chat = request("POST", "/v1/chat/completions", "10.1.1.1", "Content-Type", "application/json");
+  const char *body = "{\"max_tokens\":100}";
+  decision l = decide_body(be, chat, body, &res);
+  CHECK(res == ZTP_OK && l.ok && l.allowed && l.lease != 0 && strcmp(l.reserved, "tokens=100") == 0, "a lease with its reservation");
+  decision full = decide_body(be, chat, body, &res);
+  CHECK(full.status == 429 && full.reason == ZTP_REASON_CONCURRENCY_LIMIT && full.lease == 0, "the cap's one slot is taken");
+  unsigned char so[256];
+  size_t so_len = 0;
+  CHECK(ztp_engine_settle(be, l.lease, ZTP_ENDING_USAGE, 10, 20, ZTP_USAGE_ABSENT, so, 8, &so_len) == ZTP_BUFFER_TOO_SMALL,
+        "settle: small buffer (the lease ends anyway)");
+  l = decide_body(be, chat, body, &res);
+  CHECK(l.allowed && l.lease != 0, "the slot came back");
+  CHECK(ztp_engine_settle(be, l.lease, 7, 0, 0, 0, so, sizeof so, &so_len) == ZTP_INVALID_INPUT, "settle: unknown ending");
+  CHECK(ztp_engine_settle(be, l.lease, ZTP_ENDING_USAGE, 10, 20, ZTP_USAGE_ABSENT, so, sizeof so, &so_len) == ZTP_OK, "settled");
+  /* u32 count, string name, u8 rule, u64 reserved, used, charged, unbilled */
+  CHECK(so_len == 4 + 4 + 6 + 1 + 32 && wire_get_u32(so) == 1 && memcmp(so + 8, "tokens", 6) == 0 &&
+        so[14] == ZTP_SETTLE_USAGE && get_u64(so + 15) == 100 && get_u64(so + 23) == 30 && get_u64(so + 31) == 30 &&
+        get_u64(so + 39) == 0, "the settlement's encoding");
+  CHECK(ztp_engine_settle(be, l.lease, ZTP_ENDING_KEEP, 0, 0, 0, so, sizeof so, &so_len) == ZTP_UNKNOWN_LEASE, "a lease ends once");
+  CHECK(ztp_engine_settle(NULL, 1, ZTP_ENDING_KEEP, 0, 0, 0, so, sizeof so, &so_len) == ZTP_NULL_PARAMETER, "settle(NULL)");
+  l = decide_body(be, chat, body, &res);
+  CHECK(l.allowed && l.lease != 0, "left open: freed with the engine");
+  ztp_engine_free(be);
+  free(chat.p);
 
   /* Many create/decide/free cycles: valgrind (run.sh) reports any leak. */
   int cycle_failures = 0;

@@ -72,6 +72,8 @@ typedef struct {
   uint8_t reason;
   char message[512];
   char rule[128];
+  uint64_t lease; /* 0: none */
+  char reserved[256];
 } wire_decision;
 
 static uint32_t wire_get_u32(const unsigned char *p) {
@@ -102,7 +104,10 @@ static wire_decision wire_read_decision(const unsigned char *o, size_t len) {
   d.allowed = (o[ZTP_DECISION_AT_FLAGS] & ZTP_DECISION_ALLOWED) != 0;
   d.status = (uint16_t)(o[ZTP_DECISION_AT_STATUS] | o[ZTP_DECISION_AT_STATUS + 1] << 8);
   d.reason = o[ZTP_DECISION_AT_REASON];
-  d.ok = wire_string(o, len, 0, d.message, sizeof d.message) && wire_string(o, len, 1, d.rule, sizeof d.rule);
+  d.ok = wire_string(o, len, 0, d.message, sizeof d.message) && wire_string(o, len, 1, d.rule, sizeof d.rule) &&
+         wire_string(o, len, 9, d.reserved, sizeof d.reserved);
+  for (int i = 7; i >= 0; i--) d.lease = d.lease << 8 | o[ZTP_DECISION_AT_LEASE + i];
+  if (((o[ZTP_DECISION_AT_FLAGS] & ZTP_DECISION_HAS_LEASE) != 0) != (d.lease != 0)) d.ok = 0;
   return d;
 }
 
