@@ -226,3 +226,41 @@ def test_a_thousand_streams_with_disconnects_and_upstream_errors_leave_nothing_i
             bstack.release(f"k-{i}")
             r.read()
             conn.close()
+
+
+def test_open_slots_survive_a_reload(bstack):
+    """Two streams held open across `caddy reload` keep their slots: after the reload
+    only two more of the same identity fit under the cap of four."""
+    body = {"model": "llama-3.1-8b-instruct", "max_tokens": 8, "stream": True, "messages": MSG}
+
+    def hold(key):
+        conn = bstack.connection("burst")
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                     headers={"Content-Type": "application/json", "X-Test-Hold": key})
+        r = conn.getresponse()
+        assert r.status == 200, (key, r.status, r.read())
+        return conn, r
+
+    held = {}
+    try:
+        for key in ("before-1", "before-2"):
+            held[key] = hold(key)
+        bstack.reload(extra_site="respond /reload-marker 205")
+        assert wait_for("the new configuration", lambda: bstack.request("GET", "/reload-marker", "burst").status == 205)
+        for key in ("after-1", "after-2"):
+            held[key] = hold(key)
+        r = bstack.request("POST", "/v1/chat/completions", "burst", body=body)
+        assert r.status == 429 and r.json()["error"]["code"] == "concurrency_limit", r.body
+    finally:
+        for key, (conn, r) in held.items():
+            bstack.release(key)
+            r.read()
+            conn.close()
+    # Every slot came back, those taken before the reload too.
+    for key in ("again-1", "again-2", "again-3", "again-4"):
+        held[key] = hold(key)
+    for key in ("again-1", "again-2", "again-3", "again-4"):
+        conn, r = held[key]
+        bstack.release(key)
+        r.read()
+        conn.close()

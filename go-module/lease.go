@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -30,6 +32,9 @@ func (h *Handler) serveLeased(w http.ResponseWriter, r *http.Request, next caddy
 		p := recover()
 		inFlight.Dec()
 		h.endLease(r, d, uw, err, p)
+		if uw != nil {
+			uw.release()
+		}
 		if p != nil {
 			panic(p)
 		}
@@ -45,19 +50,21 @@ const includeUsage = `,"stream_options":{"include_usage":true}`
 // member before its last `}` changes nothing else vLLM reads. False if the body is not
 // the buffered one the engine judged.
 func addStreamUsage(r *http.Request) bool {
-	rb, ok := r.Body.(*replayBody)
+	body := r.Body
+	if g, ok := body.(*trailerGuard); ok {
+		body = g.ReadCloser // a chunked or HTTP/2 body
+	}
+	rb, ok := body.(*replayBody)
 	if !ok {
 		return false
 	}
 	rb.mu.Lock()
 	defer rb.mu.Unlock()
 	end := bytes.LastIndexByte(rb.read, '}')
-	if end < 0 || len(bytes.TrimSpace(rb.read[end+1:])) != 0 {
+	if end < 0 || len(bytes.TrimSpace(rb.read[end+1:])) != 0 || len(rb.insert) != 0 {
 		return false
 	}
-	body := make([]byte, 0, len(rb.read)+len(includeUsage))
-	body = append(append(append(body, rb.read[:end]...), includeUsage...), rb.read[end:]...)
-	rb.read = body
+	rb.read, rb.insert, rb.tail = rb.read[:end], []byte(includeUsage), rb.read[end:]
 	if r.ContentLength > 0 {
 		r.ContentLength += int64(len(includeUsage))
 		if r.Header.Get("Content-Length") != "" {
@@ -129,14 +136,14 @@ func (h *Handler) endLease(r *http.Request, d *engine.Decision, uw *usageWriter,
 	}
 	ce := h.logger.Check(level, "settled")
 	for _, s := range settled {
-		tokensSettled.WithLabelValues(s.Limit, s.Rule).Add(float64(s.Charged))
+		settledCounter(s.Limit, s.Rule).Add(float64(s.Charged))
 	}
 	if ce == nil {
 		return
 	}
-	fields := []zap.Field{
-		zap.String("identity", d.Identity), zap.String("cause", cause), zap.String("uri", r.RequestURI),
-	}
+	fields := make([]zap.Field, 0, 5+len(settled))
+	fields = append(fields, zap.String("identity", d.Identity), zap.String("cause", cause),
+		zap.String("uri", r.RequestURI))
 	if uw != nil {
 		fields = append(fields, zap.Int("status", uw.status))
 		if uw.stripped > 0 {
@@ -144,8 +151,9 @@ func (h *Handler) endLease(r *http.Request, d *engine.Decision, uw *usageWriter,
 		}
 	}
 	for _, s := range settled {
-		f := []zap.Field{zap.String("rule", s.Rule), zap.Uint64("reserved", s.Reserved),
-			zap.Uint64("charged", s.Charged), zap.Int64("settled", int64(s.Charged)-int64(s.Reserved))}
+		f := make([]zap.Field, 0, 6)
+		f = append(f, zap.String("rule", s.Rule), zap.Uint64("reserved", s.Reserved),
+			zap.Uint64("charged", s.Charged), zap.Int64("settled", int64(s.Charged)-int64(s.Reserved)))
 		if s.Used != engine.UsageAbsent {
 			f = append(f, zap.Uint64("used", s.Used))
 		}
@@ -162,7 +170,35 @@ func countReserved(reserved string) {
 	for line := range strings.SplitSeq(reserved, "\n") {
 		name, n, ok := strings.Cut(line, "=")
 		if v, err := strconv.ParseUint(n, 10, 64); ok && err == nil {
-			tokensReserved.WithLabelValues(name).Add(float64(v))
+			reservedCounter(name).Add(float64(v))
 		}
 	}
+}
+
+// The counters of each label set, cached: WithLabelValues hashes the labels on every
+// call. Limit names come from policies, so the sets are bounded.
+var (
+	tokenCountersMu sync.RWMutex
+	tokenCounters   = map[[2]string]prometheus.Counter{}
+)
+
+func tokenCounter(key [2]string, make func() prometheus.Counter) prometheus.Counter {
+	tokenCountersMu.RLock()
+	c, ok := tokenCounters[key]
+	tokenCountersMu.RUnlock()
+	if !ok {
+		c = make()
+		tokenCountersMu.Lock()
+		tokenCounters[key] = c
+		tokenCountersMu.Unlock()
+	}
+	return c
+}
+
+func reservedCounter(limit string) prometheus.Counter {
+	return tokenCounter([2]string{limit, ""}, func() prometheus.Counter { return tokensReserved.WithLabelValues(limit) })
+}
+
+func settledCounter(limit, rule string) prometheus.Counter {
+	return tokenCounter([2]string{limit, rule}, func() prometheus.Counter { return tokensSettled.WithLabelValues(limit, rule) })
 }

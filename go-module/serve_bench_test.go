@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // The whole handler in-process, no network, two goroutines: what zt_policy adds to a
@@ -48,6 +49,7 @@ func benchServe(b *testing.B, policy string, body string, jwks string) {
 func raisedExamplePolicy() string {
 	policy := string(must(readFile(examplePolicy)))
 	for _, r := range [][2]string{{`rate = "120/m"`, `rate = "1000000/s"`}, {"burst = 20\n", "burst = 100000000\n"},
+		{"max = 4\n", "max = 1000000\n"},
 		{`rate = "500000/h"`, `rate = "1000000000/s"`}, {"burst = 131072", "burst = 100000000"},
 		// The same expression, but a 1 MiB prompt must not run the bucket dry.
 		{`cost = 'llm.max_output_tokens + llm.estimated_prompt_tokens'`, `cost = 'llm.max_output_tokens + llm.estimated_prompt_tokens / 1000000'`}} {
@@ -105,4 +107,62 @@ func BenchmarkServeHTTPBody(b *testing.B) {
 func BenchmarkServeHTTPTrivialPolicy(b *testing.B) {
 	p := policyFile(b, oneRulePolicy)
 	benchServe(b, p, string(benchBody), "")
+}
+
+// What settling a token budget costs a response, plain and streamed: the example
+// policy as shipped (its budget settles) against the same without `settle`. The next
+// handler answers as vLLM does; log lines go through a real JSON encoder to nowhere,
+// so the settle line's cost counts.
+func BenchmarkServeHTTPSettle(b *testing.B) {
+	plain := `{"id":"c","object":"chat.completion","created":0,"model":"llama-3.1-8b-instruct",` +
+		`"choices":[{"index":0,"message":{"role":"assistant","content":"Verify every hop."},"finish_reason":"stop"}],` +
+		`"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}`
+	var stream strings.Builder
+	for _, w := range []string{"Verify", " every", " hop", ",", " every", " time", ",", " always."} {
+		stream.WriteString(`data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"llama-3.1-8b-instruct",` +
+			`"choices":[{"index":0,"delta":{"content":"` + w + `"},"finish_reason":null}]}` + "\n\n")
+	}
+	stream.WriteString(`data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"llama-3.1-8b-instruct",` +
+		`"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":8,"total_tokens":17}}` + "\n\ndata: [DONE]\n\n")
+	settled := raisedExamplePolicy()
+	if !strings.Contains(settled, "settle = \"usage\"\n") {
+		b.Fatal("the example policy's budget no longer settles")
+	}
+	policies := map[string]string{"no-settle": strings.Replace(settled, "settle = \"usage\"\n", "", 1), "settle": settled}
+	for _, kind := range []string{"plain", "streamed"} {
+		for _, name := range []string{"no-settle", "settle"} {
+			b.Run(kind+"/"+name, func(b *testing.B) {
+				h := &Handler{PolicyFile: policyFile(b, policies[name]), JWKSFile: "../examples/policy/idp/jwks.json"}
+				provision(b, h)
+				h.logger = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
+					zapcore.AddSync(io.Discard), zapcore.InfoLevel))
+				der := cert(b, "alice")
+				body, ct, reply := string(benchBody), "application/json", plain
+				if kind == "streamed" {
+					body = strings.Replace(body, `{`, `{"stream":true,`, 1)
+					ct, reply = "text/event-stream", stream.String()
+				}
+				next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+					_, _ = io.Copy(io.Discard, r.Body)
+					_ = r.Body.Close()
+					w.Header().Set("Content-Type", ct)
+					_, err := io.WriteString(w, reply)
+					return err
+				})
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						r := httptest.NewRequest("POST", "https://ai.example.internal/v1/chat/completions", strings.NewReader(body))
+						r.Header.Set("Content-Type", "application/json")
+						r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{der}}
+						w := httptest.NewRecorder()
+						if err := h.ServeHTTP(w, r, next); err != nil || w.Code != 200 {
+							b.Errorf("%v %d %s", err, w.Code, w.Body)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
@@ -29,6 +30,8 @@ type usageWriter struct {
 	usage *usageCounts
 	// usageChunks counts stripped usage-only chunks (tests and logs).
 	stripped int
+	// err is the first write error in strip mode.
+	err error
 }
 
 const (
@@ -54,8 +57,25 @@ func (u *usageCounts) engineUsage() engine.Usage {
 	return engine.Usage{Prompt: v(u.PromptTokens), Completion: v(u.CompletionTokens), Total: v(u.TotalTokens)}
 }
 
+// usageWriters keeps writers and their buffers from one response to the next.
+var usageWriters = sync.Pool{New: func() any { return new(usageWriter) }}
+
 func newUsageWriter(w http.ResponseWriter, strip bool) *usageWriter {
-	return &usageWriter{w: w, strip: strip}
+	u := usageWriters.Get().(*usageWriter)
+	cur, key, capture := u.sse.cur[:0], u.sse.doc.key[:0], u.sse.doc.capture[:0]
+	bkey, bcapture := u.body.key[:0], u.body.capture[:0]
+	*u = usageWriter{w: w, strip: strip}
+	u.sse.cur, u.sse.doc.key, u.sse.doc.capture = cur, key, capture
+	u.body.key, u.body.capture = bkey, bcapture
+	return u
+}
+
+// release gives the writer back; nothing may use it afterwards.
+func (u *usageWriter) release() {
+	u.w, u.usage = nil, nil
+	if cap(u.sse.cur) <= maxHeldEvent {
+		usageWriters.Put(u)
+	}
 }
 
 func (u *usageWriter) Header() http.Header { return u.w.Header() }
@@ -98,13 +118,24 @@ func (u *usageWriter) Write(p []byte) (int, error) {
 		if u.strip {
 			return u.writeStripping(p)
 		}
-		u.sse.feed(p, u.event)
+		u.sse.feed(p, u)
 	}
 	return u.w.Write(p)
 }
 
-// event is called at the end of each SSE event with what it found.
-func (u *usageWriter) event(t *topLevel) bool {
+// event reads one whole SSE event (nil: it outgrew maxHeldEvent and was not kept):
+// the usage of its data, if it has one; true when it is a usage-only chunk.
+func (u *usageWriter) event(ev []byte) bool {
+	if ev == nil || !bytes.Contains(ev, []byte(`"usage"`)) {
+		return false // (most events: content chunks)
+	}
+	t := &u.sse.doc
+	t.reset(true)
+	for line := range bytes.Lines(ev) {
+		if payload, ok := bytes.CutPrefix(line, []byte("data:")); ok {
+			t.feed(payload)
+		}
+	}
 	if raw := t.value("usage"); raw != nil {
 		var c usageCounts
 		if json.Unmarshal(raw, &c) == nil && (c.PromptTokens != nil || c.CompletionTokens != nil || c.TotalTokens != nil) {
@@ -115,22 +146,34 @@ func (u *usageWriter) event(t *topLevel) bool {
 	return false
 }
 
-// writeStripping passes every event on at its end, except a usage-only chunk.
+// writeStripping passes every event on at its end, except a usage-only chunk; an
+// event longer than maxHeldEvent is passed on as it comes.
 func (u *usageWriter) writeStripping(p []byte) (int, error) {
-	var err error
-	u.sse.feedHolding(p, u.event, func(event []byte, usageOnly bool) {
-		if usageOnly {
-			u.stripped++
-			return
-		}
-		if err == nil {
-			_, err = u.w.Write(event)
-		}
-	})
-	if err != nil {
-		return 0, err
+	u.err = nil
+	u.sse.feed(p, u)
+	if u.err != nil {
+		return 0, u.err
 	}
 	return len(p), nil
+}
+
+// eventDone is the sseReader's call at the end of each event.
+func (u *usageWriter) eventDone(ev []byte) {
+	usageOnly := u.event(ev)
+	switch {
+	case !u.strip:
+	case usageOnly:
+		u.stripped++
+	default:
+		u.passOver(ev)
+	}
+}
+
+// passOver writes bytes of a stream in strip mode.
+func (u *usageWriter) passOver(b []byte) {
+	if u.strip && u.err == nil && len(b) > 0 {
+		_, u.err = u.w.Write(b)
+	}
 }
 
 // Flush sends what has been written (a held partial event stays held).
@@ -149,11 +192,9 @@ func (u *usageWriter) Unwrap() http.ResponseWriter { return u.w }
 // finish writes what strip mode still holds (an event cut off by the end of the
 // response) and returns the usage found, if any.
 func (u *usageWriter) finish() *usageCounts {
-	if u.mode == modeSSE && u.strip {
-		if rest := u.sse.held; len(rest) > 0 {
-			_, _ = u.w.Write(rest)
-			u.sse.held = nil
-		}
+	if u.mode == modeSSE && u.strip && !u.sse.over && len(u.sse.cur) > 0 {
+		_, _ = u.w.Write(u.sse.cur)
+		u.sse.cur = u.sse.cur[:0]
 	}
 	if u.mode == modeJSON {
 		if raw := u.body.value("usage"); raw != nil {
@@ -166,100 +207,67 @@ func (u *usageWriter) finish() *usageCounts {
 	return u.usage
 }
 
-// sseReader splits a text/event-stream into events (a blank line ends one) and feeds
-// the payload of each `data:` line to a fresh top-level reader per event.
+// sseReader splits a text/event-stream into events (a blank line ends one), keeping
+// the current event's bytes (up to maxHeldEvent) so each is read once it is whole.
 type sseReader struct {
-	line     []byte // the start of the current line, up to len("data:")
-	inData   bool   // the current line is a data line, past its prefix
-	lineLen  int
-	dataSeen bool // the current event has data
-	doc      topLevel
-	// held is the current event's bytes (strip mode only).
-	held []byte
-	// passing: the current event grew past maxHeldEvent and is passed on as it comes.
-	passing bool
-	// lastUsageOnly: the event that just ended was a usage-only chunk.
-	lastUsageOnly bool
+	cur []byte
+	// over: the current event outgrew maxHeldEvent; its bytes are not kept (strip
+	// mode passes them on through passOver as they come).
+	over bool
+	// content: the current line so far has a byte other than CR.
+	content bool
+	doc     topLevel
 }
 
-// maxHeldEvent bounds what strip mode holds: a longer event is passed on as it comes
+// sseSink is told of each whole event, and of the bytes of an event over the bound.
+type sseSink interface {
+	eventDone(ev []byte)
+	passOver(b []byte)
+}
+
+// maxHeldEvent bounds what an event may hold: a longer one is passed on as it comes
 // (and so is never taken for a usage-only chunk).
 const maxHeldEvent = 64 << 10
 
-// feed reads p; at each event's end calls done.
-func (s *sseReader) feed(p []byte, done func(*topLevel) bool) {
-	for _, c := range p {
-		s.byte(c, done)
-	}
-}
-
-// feedHolding is feed that also gives each event's bytes to out at its end.
-func (s *sseReader) feedHolding(p []byte, done func(*topLevel) bool, out func([]byte, bool)) {
-	start := 0
-	for i, c := range p {
-		if !s.passing {
-			s.held = append(s.held, c)
+// feed reads p and tells the sink of each event that ends in it (nil if it was over
+// the bound).
+func (s *sseReader) feed(p []byte, sink sseSink) {
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			s.add(p, sink)
+			s.content = s.content || bytes.ContainsFunc(p, notCR)
+			return
 		}
-		if s.byte(c, done) {
-			// The event ended with this byte.
-			if s.passing {
-				out(p[start:i+1], false)
-				s.passing = false
-			} else {
-				out(s.held, s.lastUsageOnly)
-				s.held = s.held[:0]
-			}
-			start = i + 1
-			continue
-		}
-		if !s.passing && len(s.held) > maxHeldEvent {
-			out(s.held, false)
-			s.held = s.held[:0]
-			s.passing = true
-			start = i + 1
-		}
-	}
-	if s.passing && start < len(p) {
-		out(p[start:], false)
-	}
-}
-
-// byte reads one byte; true at the end of an event.
-func (s *sseReader) byte(c byte, done func(*topLevel) bool) bool {
-	switch c {
-	case '\r':
-		return false // CRLF line ends: the CR is not part of anything we read
-	case '\n':
-		blank := s.lineLen == 0
-		if s.inData {
-			s.doc.feed([]byte{'\n'})
-		}
-		s.line, s.inData, s.lineLen = s.line[:0], false, 0
+		blank := !s.content && !bytes.ContainsFunc(p[:i], notCR)
+		s.add(p[:i+1], sink)
+		s.content = false
+		p = p[i+1:]
 		if blank {
-			ended := s.dataSeen
-			if ended {
-				s.lastUsageOnly = done(&s.doc)
-			} else {
-				s.lastUsageOnly = false
+			ev := s.cur
+			if s.over {
+				ev = nil
 			}
-			s.doc = topLevel{}
-			s.dataSeen = false
-			return true
-		}
-		return false
-	}
-	s.lineLen++
-	if s.inData {
-		s.doc.feedByte(c)
-		return false
-	}
-	if len(s.line) < 5 {
-		s.line = append(s.line, c)
-		if len(s.line) == 5 && string(s.line) == "data:" {
-			s.inData, s.dataSeen = true, true
+			sink.eventDone(ev)
+			s.cur, s.over = s.cur[:0], false
 		}
 	}
-	return false
+}
+
+func notCR(r rune) bool { return r != '\r' }
+
+func (s *sseReader) add(seg []byte, sink sseSink) {
+	switch {
+	case s.over:
+	case len(s.cur)+len(seg) > maxHeldEvent:
+		s.over = true
+		sink.passOver(s.cur)
+		s.cur = s.cur[:0]
+	default:
+		s.cur = append(s.cur, seg...)
+		return
+	}
+	sink.passOver(seg)
 }
 
 // topLevel reads one JSON document as it streams past and keeps the raw value of the
@@ -284,13 +292,43 @@ type topLevel struct {
 	usage    []byte
 	choices  []byte
 	broken   bool
+	// wantChoices: also keep "choices" (SSE chunks: is it empty?).
+	wantChoices bool
+}
+
+// reset makes t read a new document, keeping its buffers.
+func (t *topLevel) reset(wantChoices bool) {
+	key, capture := t.key[:0], t.capture[:0]
+	*t = topLevel{key: key, capture: capture, wantChoices: wantChoices}
 }
 
 const maxCapture = 4096
 
 func (t *topLevel) feed(p []byte) {
-	for _, c := range p {
-		t.feedByte(c)
+	for i := 0; i < len(p); {
+		if t.inStr && !t.esc && !t.readKey && !t.broken {
+			// Inside a string nothing but a quote or a backslash matters: skip to it.
+			j := bytes.IndexAny(p[i:], "\"\\")
+			if j < 0 {
+				t.capAppend(p[i:])
+				return
+			}
+			t.capAppend(p[i : i+j])
+			i += j
+		}
+		t.feedByte(p[i])
+		i++
+	}
+}
+
+func (t *topLevel) capAppend(b []byte) {
+	if t.capKey == "" {
+		return
+	}
+	if len(t.capture)+len(b) <= maxCapture {
+		t.capture = append(t.capture, b...)
+	} else {
+		t.capOver = true
 	}
 }
 
@@ -357,7 +395,7 @@ func (t *topLevel) feedByte(c byte) {
 	if t.pending && !isSpace(c) {
 		t.pending = false
 		k := string(t.key)
-		if !t.keyLong && (k == "usage" || k == "choices") {
+		if !t.keyLong && (k == "usage" || (k == "choices" && t.wantChoices)) {
 			t.capKey, t.capture, t.capOver = k, append(t.capture[:0], c), false
 			t.capDepth = t.depth
 			t.capStr = c != '{' && c != '['

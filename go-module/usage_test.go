@@ -369,6 +369,16 @@ func TestAStreamWithoutUsageGetsItAddedAndTheClientDoesNotSeeIt(t *testing.T) {
 	if left := remainingAfterProbe(t, h, "s"); left != 990 {
 		t.Fatalf("%d left, want 990", left)
 	}
+	// A chunked body (wrapped against trailers) gets it added too.
+	chunked := settleRequest("s4", `,"stream":true`)
+	chunked.ContentLength = -1
+	chunked.Header.Del("Content-Length")
+	if err := h.ServeHTTP(httptest.NewRecorder(), chunked, caddyhttp.HandlerFunc(next)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(string(upstream), `"stream":true,"stream_options":{"include_usage":true}}`) || upLen != -1 {
+		t.Fatalf("chunked upstream body %s (length %d)", upstream, upLen)
+	}
 	// A client that asked for usage gets it, and nothing is added.
 	rec = httptest.NewRecorder()
 	_ = h.ServeHTTP(rec, settleRequest("s2", `,"stream":true,"stream_options":{"include_usage":true}`), caddyhttp.HandlerFunc(next))

@@ -647,20 +647,27 @@ var requestBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 2048); ret
 // Its buffer goes back to the pool on Close, which the transport may call while
 // another goroutine still reads: the lock keeps a Read from copying out of a buffer
 // that another request already owns.
+//
+// `read` may be given in three parts (addStreamUsage inserts a member without copying
+// the body): read, then insert, then tail.
 type replayBody struct {
 	mu     sync.Mutex
 	read   []byte
+	insert []byte
+	tail   []byte
 	rest   io.ReadCloser
 	pooled *[]byte
 }
 
 func (b *replayBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
-	if len(b.read) > 0 {
-		n := copy(p, b.read)
-		b.read = b.read[n:]
-		b.mu.Unlock()
-		return n, nil
+	for _, part := range [3]*[]byte{&b.read, &b.insert, &b.tail} {
+		if len(*part) > 0 {
+			n := copy(p, *part)
+			*part = (*part)[n:]
+			b.mu.Unlock()
+			return n, nil
+		}
 	}
 	b.mu.Unlock()
 	return b.rest.Read(p)
@@ -676,7 +683,7 @@ func (b *replayBody) release() {
 	b.mu.Lock()
 	if b.pooled != nil {
 		putBodyBuffer(b.pooled)
-		b.pooled, b.read = nil, nil
+		b.pooled, b.read, b.insert, b.tail = nil, nil, nil, nil
 	}
 	b.mu.Unlock()
 }

@@ -252,14 +252,19 @@ func (e *Engine) Decide(req, cert, body, out []byte) (int, error) {
 
 var emptyByte byte
 
+// settleBuffers holds the buffers settlements are encoded into: room for 16 limits
+// with names of 64 bytes.
+var settleBuffers = sync.Pool{New: func() any { b := make([]byte, 4+16*(4+64+33)); return &b }}
+
 // ErrUnknownLease: the lease was never given by this engine, or has ended already.
 var ErrUnknownLease = fmt.Errorf("%w: the lease is not open", ErrEngine)
 
 // Settle ends a lease (Decision.Lease): settles its limits by how the response ended
 // and gives back its in-flight slots. Each lease ends once.
 func (e *Engine) Settle(lease uint64, ending Ending, u Usage) ([]Settled, error) {
-	var buf [512]byte
-	out := buf[:]
+	bp := settleBuffers.Get().(*[]byte)
+	defer settleBuffers.Put(bp)
+	out := *bp
 	var n C.size_t
 	e.mu.RLock()
 	defer e.mu.RUnlock()
