@@ -148,3 +148,22 @@ def test_quantile_interpolates_within_the_buckets():
     buckets = {10e-6: 50, 25e-6: 90, 50e-6: 100, float("inf"): 100}
     assert harness.quantile_us(buckets, 0.5) == pytest.approx(10)
     assert harness.quantile_us(buckets, 0.95) == pytest.approx(37.5)
+
+
+def test_settle_section_reports_what_settling_adds_and_the_target():
+    import settle
+
+    def setup(cpu, ttfb):
+        return {"rps": 1000, "cpu_us_per_req": cpu, "ttfb_p50_us": ttfb, "ttfb_p99_us": ttfb * 2,
+                "p50_us": ttfb, "p99_us": ttfb * 2, "statuses": {"200": 10}}
+
+    result = {"plain": {"B": setup(100, 900), "B-settle": setup(103, 905)},
+              "streamed": {"B": setup(120, 950), "B-settle": setup(131, 960)}}
+
+    class A:
+        rounds, seconds = 3, 3
+
+    text = "\n".join(settle.section(result, A))
+    assert "| plain | 100.0 | 103.0 | **+3.0** | met |" in text
+    assert "| streamed | 120.0 | 131.0 | **+11.0** | NOT met |" in text
+    assert settle.summary(result) == "plain +3.0 µs, streamed +11.0 µs; streamed time to first byte p50 950 → 960 µs"
