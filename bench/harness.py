@@ -148,6 +148,10 @@ http {{
     }}
     location = /__stream {{
       default_type text/event-stream;
+      # A filter that may change the length makes nginx send the stream chunked,
+      # without Content-Length, as vLLM sends its streams.
+      sub_filter_types text/event-stream;
+      sub_filter '[DONE]' '[DONE]';
       return 200 '{UPSTREAM_STREAM}';
     }}
   }}

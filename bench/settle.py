@@ -28,13 +28,20 @@ def phase(b, a, token, raised_policy, cpus, median, interleaved, cpu_seconds):
     with_settle, without = policies(raised_policy, b.work)
     setups = {"B": b.start_caddy("B", policy=without, cpus=cpus, tag="B-no-settle"),
               "B-settle": b.start_caddy("B", policy=with_settle, cpus=cpus, tag="B-settle")}
-    stream_body = b.work / "body-stream.json"
     body = json.loads(CHAT_BODY)
     body["stream"] = True
-    stream_body.write_text(json.dumps(body))
+    added = b.work / "body-stream.json"
+    added.write_text(json.dumps(body))
+    body["stream_options"] = {"include_usage": True}
+    asked = b.work / "body-stream-usage.json"
+    asked.write_text(json.dumps(body))
+    stream = ["-header", "X-Bench-Stream: 1"]
     workloads = {
         "plain": [*token],
-        "streamed": [*token, "-body-file", str(stream_body), "-header", "X-Bench-Stream: 1"],
+        # The client asks for the usage chunk: the module reads it as it passes.
+        "streamed, client asks for usage": [*token, "-body-file", str(asked), *stream],
+        # It does not: the module adds include_usage and removes the usage chunk.
+        "streamed, usage added and removed": [*token, "-body-file", str(added), *stream],
     }
     out = {}
     try:
@@ -83,10 +90,13 @@ def section(result, a):
         "B is the example policy (limits raised) with `settle` removed from its token budget;",
         "B-settle is the same policy as shipped: the budget reserves at admission and settles to",
         "the response's usage (a lease, the response read as it passes, one more call into the",
-        "engine; for streams also `include_usage` added and the usage chunk removed). The",
+        "engine). Streamed twice: the client asks for the usage chunk, or it does not and the",
+        "module adds `include_usage` and removes the chunk (the response then goes out chunked",
+        "instead of with the upstream's Content-Length: vLLM's streams are chunked anyway). The",
         "upstream answers a fixed chat completion, or (streamed) eight content chunks, a usage",
-        "chunk and `[DONE]`. CPU is Caddy's per request over the closed-loop rounds; time to",
-        f"first byte and latency are from open-loop runs at {FIXED_RATE} requests/s.",
+        "chunk and `[DONE]`. CPU is Caddy's per request over the closed-loop rounds, and",
+        "includes the settle log line (one more line per response, as Caddy writes it); time",
+        f"to first byte and latency are from open-loop runs at {FIXED_RATE} requests/s.",
         "",
         "| response | B CPU µs/req | B-settle CPU µs/req | added µs/req | target ≤ 5 µs | "
         "TTFB p50 B → B-settle (µs) | TTFB p99 B → B-settle (µs) | latency p50 B → B-settle (µs) |",
@@ -109,7 +119,7 @@ def summary(result):
     """For the cost table: `plain +x µs, streamed +y µs; time to first byte p50 a → b µs`."""
     parts = [f"{label} {s['B-settle']['cpu_us_per_req'] - s['B']['cpu_us_per_req']:+.1f} µs"
              for label, s in result.items()]
-    st = result.get("streamed")
-    ttfb = (f"; streamed time to first byte p50 {st['B']['ttfb_p50_us']:.0f} → {st['B-settle']['ttfb_p50_us']:.0f} µs"
-            if st else "")
+    st = result.get("streamed, usage added and removed")
+    ttfb = (f"; time to first byte p50 (usage added) {st['B']['ttfb_p50_us']:.0f} → "
+            f"{st['B-settle']['ttfb_p50_us']:.0f} µs" if st else "")
     return ", ".join(parts) + ttfb

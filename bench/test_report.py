@@ -158,12 +158,13 @@ def test_settle_section_reports_what_settling_adds_and_the_target():
                 "p50_us": ttfb, "p99_us": ttfb * 2, "statuses": {"200": 10}}
 
     result = {"plain": {"B": setup(100, 900), "B-settle": setup(103, 905)},
-              "streamed": {"B": setup(120, 950), "B-settle": setup(131, 960)}}
+              "streamed, usage added and removed": {"B": setup(120, 950), "B-settle": setup(131, 960)}}
 
     class A:
         rounds, seconds = 3, 3
 
     text = "\n".join(settle.section(result, A))
     assert "| plain | 100.0 | 103.0 | **+3.0** | met |" in text
-    assert "| streamed | 120.0 | 131.0 | **+11.0** | NOT met |" in text
-    assert settle.summary(result) == "plain +3.0 µs, streamed +11.0 µs; streamed time to first byte p50 950 → 960 µs"
+    assert "| streamed, usage added and removed | 120.0 | 131.0 | **+11.0** | NOT met |" in text
+    assert settle.summary(result) == ("plain +3.0 µs, streamed, usage added and removed +11.0 µs; "
+                                      "time to first byte p50 (usage added) 950 → 960 µs")

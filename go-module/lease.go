@@ -85,8 +85,8 @@ func ending(r *http.Request, uw *usageWriter, err error, panicked bool) (engine.
 		return engine.EndKeep, engine.NoUsage, "handler_panic"
 	}
 	if uw != nil {
-		if u := uw.finish(); u != nil {
-			return engine.EndUsage, u.engineUsage(), "usage"
+		if u, ok := uw.finish(); ok {
+			return engine.EndUsage, u, "usage"
 		}
 	}
 	if r.Context().Err() != nil {
@@ -141,7 +141,7 @@ func (h *Handler) endLease(r *http.Request, d *engine.Decision, uw *usageWriter,
 	if ce == nil {
 		return
 	}
-	fields := make([]zap.Field, 0, 5+len(settled))
+	fields := make([]zap.Field, 0, 12)
 	fields = append(fields, zap.String("identity", d.Identity), zap.String("cause", cause),
 		zap.String("uri", r.RequestURI))
 	if uw != nil {
@@ -150,19 +150,33 @@ func (h *Handler) endLease(r *http.Request, d *engine.Decision, uw *usageWriter,
 			fields = append(fields, zap.Int("usage_chunks_removed", uw.stripped))
 		}
 	}
-	for _, s := range settled {
-		f := make([]zap.Field, 0, 6)
-		f = append(f, zap.String("rule", s.Rule), zap.Uint64("reserved", s.Reserved),
-			zap.Uint64("charged", s.Charged), zap.Int64("settled", int64(s.Charged)-int64(s.Reserved)))
-		if s.Used != engine.UsageAbsent {
-			f = append(f, zap.Uint64("used", s.Used))
+	if len(settled) == 1 {
+		// The common case, flat: one limit settles.
+		fields = settledFields(fields, &settled[0], true)
+	} else {
+		for i := range settled {
+			fields = append(fields, zap.Dict(settled[i].Limit, settledFields(nil, &settled[i], false)...))
 		}
-		if s.Unbilled > 0 {
-			f = append(f, zap.Uint64("unbilled", s.Unbilled))
-		}
-		fields = append(fields, zap.Dict(s.Limit, f...))
 	}
 	ce.Write(fields...)
+}
+
+// settledFields are one limit's settlement: its name (when flat), the rule, what was
+// reserved, used (when the response gave it), charged, settled (charged − reserved)
+// and what an empty bucket could not take.
+func settledFields(f []zap.Field, s *engine.Settled, named bool) []zap.Field {
+	if named {
+		f = append(f, zap.String("limit", s.Limit))
+	}
+	f = append(f, zap.String("rule", s.Rule), zap.Uint64("reserved", s.Reserved),
+		zap.Uint64("charged", s.Charged), zap.Int64("settled", int64(s.Charged)-int64(s.Reserved)))
+	if s.Used != engine.UsageAbsent {
+		f = append(f, zap.Uint64("used", s.Used))
+	}
+	if s.Unbilled > 0 {
+		f = append(f, zap.Uint64("unbilled", s.Unbilled))
+	}
+	return f
 }
 
 // countReserved adds a decision's reservations ("limit=tokens" lines) to the metric.

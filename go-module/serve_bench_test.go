@@ -129,16 +129,20 @@ func BenchmarkServeHTTPSettle(b *testing.B) {
 		b.Fatal("the example policy's budget no longer settles")
 	}
 	policies := map[string]string{"no-settle": strings.Replace(settled, "settle = \"usage\"\n", "", 1), "settle": settled}
-	for _, kind := range []string{"plain", "streamed"} {
+	for _, kind := range []string{"plain", "streamed-asked", "streamed-added"} {
 		for _, name := range []string{"no-settle", "settle"} {
 			b.Run(kind+"/"+name, func(b *testing.B) {
 				h := &Handler{PolicyFile: policyFile(b, policies[name]), JWKSFile: "../examples/policy/idp/jwks.json"}
 				provision(b, h)
 				h.logger = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
-					zapcore.AddSync(io.Discard), zapcore.InfoLevel))
+					zapcore.AddSync(io.Discard), benchLogLevel))
 				der := cert(b, "alice")
 				body, ct, reply := string(benchBody), "application/json", plain
-				if kind == "streamed" {
+				switch kind {
+				case "streamed-asked": // the client asks for the usage chunk
+					body = strings.Replace(body, `{`, `{"stream":true,"stream_options":{"include_usage":true},`, 1)
+					ct, reply = "text/event-stream", stream.String()
+				case "streamed-added": // it does not: added, and removed from the response
 					body = strings.Replace(body, `{`, `{"stream":true,`, 1)
 					ct, reply = "text/event-stream", stream.String()
 				}
@@ -166,3 +170,5 @@ func BenchmarkServeHTTPSettle(b *testing.B) {
 		}
 	}
 }
+
+var benchLogLevel = zapcore.InfoLevel

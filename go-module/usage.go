@@ -24,14 +24,16 @@ type usageWriter struct {
 	wrote bool
 	strip bool
 
-	mode  int // modeNone, modeJSON, modeSSE
-	body  topLevel
-	sse   sseReader
-	usage *usageCounts
+	mode int // modeNone, modeJSON, modeSSE
+	body topLevel
+	sse  sseReader
+	// usage is the last usage a stream's chunk gave (found says whether one did).
+	usage engine.Usage
+	found bool
 	// usageChunks counts stripped usage-only chunks (tests and logs).
 	stripped int
-	// err is the first write error in strip mode.
-	err error
+	// out gathers what one write passes on in strip mode.
+	out []byte
 }
 
 const (
@@ -40,21 +42,148 @@ const (
 	modeSSE
 )
 
-// usageCounts is the usage object as OpenAI and vLLM write it.
+// usageCounts is the usage object as OpenAI and vLLM write it, as encoding/json reads
+// it (parseUsage's fallback, and the tests' oracle).
 type usageCounts struct {
 	PromptTokens     *uint64 `json:"prompt_tokens"`
 	CompletionTokens *uint64 `json:"completion_tokens"`
 	TotalTokens      *uint64 `json:"total_tokens"`
 }
 
-func (u *usageCounts) engineUsage() engine.Usage {
+// parseUsage reads a usage object: its three counts, each UsageAbsent when not given;
+// false when it gives none or is not one encoding/json reads into usageCounts. The
+// common shape (integers, anything else skipped) is read here without allocating;
+// anything unusual goes to encoding/json, whose reading is the rule.
+func parseUsage(raw []byte) (engine.Usage, bool) {
+	if !json.Valid(raw) {
+		return engine.NoUsage, false // (encoding/json would refuse it too)
+	}
+	u, ok, sure := quickUsage(raw)
+	if sure {
+		return u, ok
+	}
+	var c usageCounts
+	if json.Unmarshal(raw, &c) != nil || (c.PromptTokens == nil && c.CompletionTokens == nil && c.TotalTokens == nil) {
+		return engine.NoUsage, false
+	}
 	v := func(p *uint64) uint64 {
 		if p == nil {
 			return engine.UsageAbsent
 		}
 		return *p
 	}
-	return engine.Usage{Prompt: v(u.PromptTokens), Completion: v(u.CompletionTokens), Total: v(u.TotalTokens)}
+	return engine.Usage{Prompt: v(c.PromptTokens), Completion: v(c.CompletionTokens), Total: v(c.TotalTokens)}, true
+}
+
+// quickUsage reads valid JSON {"key": value, ...} where the three counts are plain
+// integers and other values are skipped; sure is false at anything else (escapes in
+// keys, another number form, null for a count).
+func quickUsage(raw []byte) (u engine.Usage, ok, sure bool) {
+	u = engine.NoUsage
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
+		return u, false, false
+	}
+	i = skipSpace(raw, i+1)
+	if i < len(raw) && raw[i] == '}' {
+		return u, false, skipSpace(raw, i+1) == len(raw)
+	}
+	for {
+		if i >= len(raw) || raw[i] != '"' {
+			return u, false, false
+		}
+		end := bytes.IndexByte(raw[i+1:], '"')
+		if end < 0 || bytes.IndexByte(raw[i+1:i+1+end], '\\') >= 0 {
+			return u, false, false
+		}
+		key := raw[i+1 : i+1+end]
+		i = skipSpace(raw, i+2+end)
+		if i >= len(raw) || raw[i] != ':' {
+			return u, false, false
+		}
+		i = skipSpace(raw, i+1)
+		var slot *uint64
+		switch string(key) {
+		case "prompt_tokens":
+			slot = &u.Prompt
+		case "completion_tokens":
+			slot = &u.Completion
+		case "total_tokens":
+			slot = &u.Total
+		}
+		if slot != nil {
+			j, n := i, uint64(0)
+			for j < len(raw) && raw[j] >= '0' && raw[j] <= '9' {
+				if n > (1<<63)/10 || (j > i && n == 0) { // big, or a leading zero
+					return u, false, false
+				}
+				n = n*10 + uint64(raw[j]-'0')
+				j++
+			}
+			if j == i || n == engine.UsageAbsent {
+				return u, false, false
+			}
+			*slot, ok, i = n, true, j
+		} else if i = skipValue(raw, i); i < 0 {
+			return u, false, false
+		}
+		i = skipSpace(raw, i)
+		if i >= len(raw) {
+			return u, false, false
+		}
+		switch raw[i] {
+		case ',':
+			i = skipSpace(raw, i+1)
+		case '}':
+			return u, ok, skipSpace(raw, i+1) == len(raw)
+		default:
+			return u, false, false
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	return i
+}
+
+// skipValue skips one JSON value from b[i]; -1 where it cannot tell where it ends.
+func skipValue(b []byte, i int) int {
+	depth := 0
+	for i < len(b) {
+		switch c := b[i]; c {
+		case '"':
+			for i++; i < len(b) && b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					i++
+				}
+			}
+			if i >= len(b) {
+				return -1
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			depth--
+		case ',':
+			if depth == 0 {
+				return i
+			}
+		}
+		i++
+		if depth == 0 && i < len(b) && (b[i-1] == '"' || b[i-1] == '}' || b[i-1] == ']') {
+			return i
+		}
+	}
+	if depth == 0 {
+		return i
+	}
+	return -1
 }
 
 // usageWriters keeps writers and their buffers from one response to the next.
@@ -63,8 +192,8 @@ var usageWriters = sync.Pool{New: func() any { return new(usageWriter) }}
 func newUsageWriter(w http.ResponseWriter, strip bool) *usageWriter {
 	u := usageWriters.Get().(*usageWriter)
 	cur, key, capture := u.sse.cur[:0], u.sse.doc.key[:0], u.sse.doc.capture[:0]
-	bkey, bcapture := u.body.key[:0], u.body.capture[:0]
-	*u = usageWriter{w: w, strip: strip}
+	bkey, bcapture, out := u.body.key[:0], u.body.capture[:0], u.out[:0]
+	*u = usageWriter{w: w, strip: strip, out: out}
 	u.sse.cur, u.sse.doc.key, u.sse.doc.capture = cur, key, capture
 	u.body.key, u.body.capture = bkey, bcapture
 	return u
@@ -72,8 +201,8 @@ func newUsageWriter(w http.ResponseWriter, strip bool) *usageWriter {
 
 // release gives the writer back; nothing may use it afterwards.
 func (u *usageWriter) release() {
-	u.w, u.usage = nil, nil
-	if cap(u.sse.cur) <= maxHeldEvent {
+	u.w = nil
+	if cap(u.sse.cur) <= maxHeldEvent && cap(u.out) <= 4*maxHeldEvent {
 		usageWriters.Put(u)
 	}
 }
@@ -90,13 +219,13 @@ func (u *usageWriter) WriteHeader(status int) {
 	}
 	u.status = status
 	h := u.w.Header()
-	ct := strings.ToLower(h.Get("Content-Type"))
-	switch {
-	case h.Get("Content-Encoding") != "" && h.Get("Content-Encoding") != "identity":
+	ct := h.Get("Content-Type")
+	switch enc := h.Get("Content-Encoding"); {
+	case enc != "" && enc != "identity":
 		u.mode = modeNone // compressed: not read (no usage, the reservation is kept)
-	case strings.HasPrefix(ct, "text/event-stream"):
+	case len(ct) >= 17 && strings.EqualFold(ct[:17], "text/event-stream"):
 		u.mode = modeSSE
-	case strings.Contains(ct, "json"):
+	case strings.Contains(ct, "json") || strings.Contains(strings.ToLower(ct), "json"):
 		u.mode = modeJSON
 	}
 	if u.mode == modeSSE && u.strip {
@@ -137,9 +266,8 @@ func (u *usageWriter) event(ev []byte) bool {
 		}
 	}
 	if raw := t.value("usage"); raw != nil {
-		var c usageCounts
-		if json.Unmarshal(raw, &c) == nil && (c.PromptTokens != nil || c.CompletionTokens != nil || c.TotalTokens != nil) {
-			u.usage = &c
+		if usage, ok := parseUsage(raw); ok {
+			u.usage, u.found = usage, true
 			return t.emptyChoices()
 		}
 	}
@@ -149,10 +277,13 @@ func (u *usageWriter) event(ev []byte) bool {
 // writeStripping passes every event on at its end, except a usage-only chunk; an
 // event longer than maxHeldEvent is passed on as it comes.
 func (u *usageWriter) writeStripping(p []byte) (int, error) {
-	u.err = nil
+	// What passes is gathered and written once, as it came: one write for one write.
+	u.out = u.out[:0]
 	u.sse.feed(p, u)
-	if u.err != nil {
-		return 0, u.err
+	if len(u.out) > 0 {
+		if _, err := u.w.Write(u.out); err != nil {
+			return 0, err
+		}
 	}
 	return len(p), nil
 }
@@ -169,10 +300,10 @@ func (u *usageWriter) eventDone(ev []byte) {
 	}
 }
 
-// passOver writes bytes of a stream in strip mode.
+// passOver gathers bytes of a stream that go on to the client (strip mode).
 func (u *usageWriter) passOver(b []byte) {
-	if u.strip && u.err == nil && len(b) > 0 {
-		_, u.err = u.w.Write(b)
+	if u.strip {
+		u.out = append(u.out, b...)
 	}
 }
 
@@ -191,20 +322,17 @@ func (u *usageWriter) Unwrap() http.ResponseWriter { return u.w }
 
 // finish writes what strip mode still holds (an event cut off by the end of the
 // response) and returns the usage found, if any.
-func (u *usageWriter) finish() *usageCounts {
+func (u *usageWriter) finish() (engine.Usage, bool) {
 	if u.mode == modeSSE && u.strip && !u.sse.over && len(u.sse.cur) > 0 {
 		_, _ = u.w.Write(u.sse.cur)
 		u.sse.cur = u.sse.cur[:0]
 	}
 	if u.mode == modeJSON {
 		if raw := u.body.value("usage"); raw != nil {
-			var c usageCounts
-			if json.Unmarshal(raw, &c) == nil && (c.PromptTokens != nil || c.CompletionTokens != nil || c.TotalTokens != nil) {
-				return &c
-			}
+			return parseUsage(raw)
 		}
 	}
-	return u.usage
+	return u.usage, u.found
 }
 
 // sseReader splits a text/event-stream into events (a blank line ends one), keeping

@@ -15,6 +15,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 // chunks writes b to w in pieces cut at random places (single bytes included).
@@ -67,11 +69,20 @@ func randomResponse(rng *rand.Rand) []byte {
 		switch rng.IntN(4) {
 		case 0:
 			key = "usage"
-			switch rng.IntN(4) {
+			switch rng.IntN(5) {
 			case 0:
 				val = nil
 			case 1:
 				val = map[string]any{"prompt_tokens": rng.IntN(1e6)}
+			case 2:
+				// Counts in the forms a reader may take another way.
+				odd := []string{"1.0", "-3", "null", `"7"`, "1e2", "0", "18446744073709551615",
+					"18446744073709551616", "9223372036854775808", "true", "[]", "{}"}
+				val = map[string]any{
+					"prompt_tokens":     json.RawMessage(odd[rng.IntN(len(odd))]),
+					"completion_tokens": json.RawMessage(odd[rng.IntN(len(odd))]),
+					"total_tokens":      rng.IntN(100),
+				}
 			default:
 				p, c := rng.IntN(1e6), rng.IntN(1e6)
 				val = map[string]any{"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
@@ -93,7 +104,7 @@ func randomResponse(rng *rand.Rand) []byte {
 }
 
 // wantUsage is what encoding/json reads as the top-level usage.
-func wantUsage(t *testing.T, doc []byte) *usageCounts {
+func wantUsage(t *testing.T, doc []byte) *engine.Usage {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(doc, &m); err != nil {
 		t.Fatalf("generated %q: %v", doc, err)
@@ -106,15 +117,28 @@ func wantUsage(t *testing.T, doc []byte) *usageCounts {
 	if json.Unmarshal(raw, &c) != nil || (c.PromptTokens == nil && c.CompletionTokens == nil && c.TotalTokens == nil) {
 		return nil
 	}
-	return &c
+	v := func(p *uint64) uint64 {
+		if p == nil {
+			return engine.UsageAbsent
+		}
+		return *p
+	}
+	return &engine.Usage{Prompt: v(c.PromptTokens), Completion: v(c.CompletionTokens), Total: v(c.TotalTokens)}
 }
 
-func sameUsage(a, b *usageCounts) bool {
+// found is what a writer's finish reports, as a pointer (nil: no usage).
+func found(u engine.Usage, ok bool) *engine.Usage {
+	if !ok {
+		return nil
+	}
+	return &u
+}
+
+func sameUsage(a, b *engine.Usage) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	eq := func(x, y *uint64) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
-	return eq(a.PromptTokens, b.PromptTokens) && eq(a.CompletionTokens, b.CompletionTokens) && eq(a.TotalTokens, b.TotalTokens)
+	return *a == *b
 }
 
 func TestJSONUsageIsReadAsEncodingJSONReadsItWhateverTheChunks(t *testing.T) {
@@ -125,7 +149,7 @@ func TestJSONUsageIsReadAsEncodingJSONReadsItWhateverTheChunks(t *testing.T) {
 		rec.Header().Set("Content-Type", "application/json")
 		uw := newUsageWriter(rec, false)
 		chunks(rng, uw, doc)
-		got := uw.finish()
+		got := found(uw.finish())
 		if want := wantUsage(t, doc); !sameUsage(got, want) {
 			t.Fatalf("case %d: %s\ngot %+v, want %+v", i, doc, got, want)
 		}
@@ -138,7 +162,7 @@ func TestJSONUsageIsReadAsEncodingJSONReadsItWhateverTheChunks(t *testing.T) {
 // randomStream is an SSE stream as vLLM writes it: content chunks, then (maybe) a
 // usage-only chunk, then [DONE]; line ends LF or CRLF, comments and other fields
 // between. Returns the stream, the stream without its usage-only event, and the usage.
-func randomStream(rng *rand.Rand, withUsage bool) (full, stripped []byte, usage *usageCounts) {
+func randomStream(rng *rand.Rand, withUsage bool) (full, stripped []byte, usage *engine.Usage) {
 	nl := "\n"
 	if rng.IntN(4) == 0 {
 		nl = "\r\n"
@@ -159,7 +183,7 @@ func randomStream(rng *rand.Rand, withUsage bool) (full, stripped []byte, usage 
 	if withUsage {
 		p, c := uint64(rng.IntN(5000)), uint64(rng.IntN(5000))
 		tot := p + c
-		usage = &usageCounts{PromptTokens: &p, CompletionTokens: &c, TotalTokens: &tot}
+		usage = &engine.Usage{Prompt: p, Completion: c, Total: tot}
 		chunk, _ := json.Marshal(map[string]any{"id": "c", "object": "chat.completion.chunk", "choices": []any{},
 			"usage": map[string]any{"prompt_tokens": p, "completion_tokens": c, "total_tokens": tot}})
 		a.WriteString(event("data:" + strings.Repeat(" ", rng.IntN(2)) + string(chunk)))
@@ -178,7 +202,7 @@ func TestStreamUsageIsReadAndStrippedWhateverTheChunks(t *testing.T) {
 			rec.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
 			uw := newUsageWriter(rec, strip)
 			chunks(rng, uw, full)
-			got := uw.finish()
+			got := found(uw.finish())
 			if !sameUsage(got, want) {
 				t.Fatalf("case %d (strip %v): usage %+v, want %+v\n%q", i, strip, got, want, full)
 			}
@@ -201,7 +225,7 @@ func TestAnUnfinishedEventIsStillDeliveredInStripMode(t *testing.T) {
 	if got := rec.Body.String(); got != "data: {\"choices\":[{\"delta\":{}}]}\n\n" {
 		t.Fatalf("a whole event must pass at its end: %q", got)
 	}
-	if uw.finish() != nil {
+	if _, ok := uw.finish(); ok {
 		t.Fatal("no usage in this stream")
 	}
 	if !strings.HasSuffix(rec.Body.String(), "data: {\"cho") {
