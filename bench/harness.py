@@ -354,6 +354,31 @@ def interleaved(names, rounds):
             yield i, name
 
 
+def closed_loop_rounds(b, setups, extra, rounds, tag, also=None):
+    """Warm-up, then interleaved closed-loop rounds of every setup ({name: (process,
+    port)}) with the load generator's `extra` arguments: {name: [result + Caddy's
+    cpu_s]}. `also(port)` runs after each round (an open-loop run), its results in
+    {name: [...]} as the second value."""
+    for _, port in setups.values():
+        b.load(port, *extra, seconds=1)  # warm-up: connections, caches, buffers
+    out = {name: [] for name in setups}
+    extra_runs = {name: [] for name in setups}
+    for i, name in interleaved(list(setups), rounds):
+        p, port = setups[name]
+        c0 = cpu_seconds(p.pid)
+        r = b.load(port, *extra)
+        r["cpu_s"] = cpu_seconds(p.pid) - c0
+        out[name].append(r)
+        if also:
+            extra_runs[name].append(also(port))
+        print(tag, name, i, json.dumps({k: r[k] for k in ("rps", "p50_us", "cpu_s")}), flush=True)
+    return out, extra_runs
+
+
+def cpu_us_per_request(runs):
+    return sum(r["cpu_s"] for r in runs) * 1e6 / max(1, sum(r["requests"] for r in runs))
+
+
 def merged_statuses(runs):
     statuses = {}
     for r in runs:

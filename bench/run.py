@@ -38,7 +38,7 @@ from pathlib import Path
 
 import settle  # the settle phase
 import sizes  # the long-prompt phase
-from harness import ONE_RULE_POLICY, ROOT, Bench, bench_policy, cpu_seconds, interleaved, median, rss_mib
+from harness import ONE_RULE_POLICY, ROOT, Bench, bench_policy, median, rss_mib
 from measure import http_phase, run_criterion, run_gobench
 from report import write_report
 
@@ -88,10 +88,9 @@ def main():
         caddy_cpus = {cpus[-1]} if pin else None
         results, fixed, held_time = http_phase(b, a, token, raised, cpus=caddy_cpus, fixed_rate=True)
         # Long prompts: what the module adds per request as bodies grow.
-        by_size = sizes.phase(b, a, token, raised, caddy_cpus, median, interleaved, cpu_seconds,
-                              other_caddy=a.before_caddy)
+        by_size = sizes.phase(b, a, token, raised, caddy_cpus, median, other_caddy=a.before_caddy)
         # Budgets that settle from usage: what the settlement adds, plain and streamed.
-        settled = settle.phase(b, a, token, raised, caddy_cpus, median, interleaved, cpu_seconds)
+        settled = settle.phase(b, a, token, raised, caddy_cpus, median)
 
         # Cold path: every request a token never seen (signature verified), against
         # the same tokens seen before (cache hits). One connection, sequential.
@@ -157,10 +156,9 @@ def one_phase(a):
             b.confine(set(cpus[:-1]))
             caddy_cpus = {cpus[-1]}
         if a.settle_only:
-            result = settle.phase(b, a, ["-token", b.token], raised, caddy_cpus, median, interleaved, cpu_seconds)
+            result = settle.phase(b, a, ["-token", b.token], raised, caddy_cpus, median)
         else:
-            result = sizes.phase(b, a, ["-token", b.token], raised, caddy_cpus, median, interleaved, cpu_seconds,
-                                 other_caddy=a.before_caddy)
+            result = sizes.phase(b, a, ["-token", b.token], raised, caddy_cpus, median, other_caddy=a.before_caddy)
     finally:
         b.stop_all()
         os.sched_setaffinity(0, set(cpus))

@@ -6,7 +6,7 @@ open-loop runs at one fixed rate (a saturated server would hide them in queueing
 
 import json
 
-from harness import CHAT_BODY
+from harness import CHAT_BODY, closed_loop_rounds, cpu_us_per_request, merged_statuses
 
 SETTLE_LINE = 'settle = "usage"\n'
 TARGET_CPU_US = 5  # settlement may add this much CPU per response
@@ -23,7 +23,7 @@ def policies(raised_policy, work):
     return with_settle, without
 
 
-def phase(b, a, token, raised_policy, cpus, median, interleaved, cpu_seconds):
+def phase(b, a, token, raised_policy, cpus, median):
     """{workload: {setup: result}} for B and B-settle, plain and streamed."""
     with_settle, without = policies(raised_policy, b.work)
     setups = {"B": b.start_caddy("B", policy=without, cpus=cpus, tag="B-no-settle"),
@@ -46,36 +46,20 @@ def phase(b, a, token, raised_policy, cpus, median, interleaved, cpu_seconds):
     out = {}
     try:
         for label, extra in workloads.items():
-            for _, port in setups.values():
-                b.load(port, *extra, seconds=1)  # warm-up
-            rounds = {name: [] for name in setups}
-            fixed = {name: [] for name in setups}
-            for i, name in interleaved(list(setups), a.rounds):
-                p, port = setups[name]
-                c0 = cpu_seconds(p.pid)
-                r = b.load(port, *extra)
-                r["cpu_s"] = cpu_seconds(p.pid) - c0
-                rounds[name].append(r)
-                f = b.load(port, *extra, "-rate", str(FIXED_RATE), seconds=2)
-                fixed[name].append(f)
-                print("settle", label, name, i, json.dumps({"rps": r["rps"], "cpu_s": r["cpu_s"],
-                                                            "ttfb_p50_us": f["ttfb_p50_us"]}), flush=True)
+            rounds, fixed = closed_loop_rounds(
+                b, setups, extra, a.rounds, f"settle {label}",
+                also=lambda port: b.load(port, *extra, "-rate", str(FIXED_RATE), seconds=2))
             out[label] = {}
             for name in setups:
                 rs, fs = rounds[name], fixed[name]
-                requests = max(1, sum(r["requests"] for r in rs))
-                statuses = {}
-                for r in rs + fs:
-                    for k, v in r["statuses"].items():
-                        statuses[k] = statuses.get(k, 0) + v
                 out[label][name] = {
                     "rps": median([r["rps"] for r in rs]),
-                    "cpu_us_per_req": sum(r["cpu_s"] for r in rs) * 1e6 / requests,
+                    "cpu_us_per_req": cpu_us_per_request(rs),
                     "ttfb_p50_us": median([f["ttfb_p50_us"] for f in fs]),
                     "ttfb_p99_us": median([f["ttfb_p99_us"] for f in fs]),
                     "p50_us": median([f["p50_us"] for f in fs]),
                     "p99_us": median([f["p99_us"] for f in fs]),
-                    "statuses": statuses,
+                    "statuses": merged_statuses(rs + fs),
                 }
     finally:
         for p, _ in setups.values():

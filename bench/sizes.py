@@ -6,6 +6,8 @@ Part of `make bench` (run.py calls `phase` and `section`)."""
 import json
 import re
 
+from harness import closed_loop_rounds, cpu_us_per_request, merged_statuses
+
 SIZES = (("1 KiB", 1 << 10), ("64 KiB", 64 << 10), ("1 MiB", 1 << 20))
 
 # Targets (issue: "The policy reads each request exactly as vLLM will, at memory speed").
@@ -55,7 +57,7 @@ def other_policy(caddy, work):
     return p
 
 
-def phase(b, a, token, raised_policy, cpus, median, interleaved, cpu_seconds, other_caddy=None):
+def phase(b, a, token, raised_policy, cpus, median, other_caddy=None):
     """{size: {setup: result}} for A and B (and `B-before` with `other_caddy`, a Caddy
     built in another checkout, with that checkout's example policy)."""
     policy = policy_for_sizes(raised_policy, b.work)
@@ -69,29 +71,15 @@ def phase(b, a, token, raised_policy, cpus, median, interleaved, cpu_seconds, ot
             body = b.work / f"body-{size}.json"
             body.write_bytes(chat_body(size))
             extra = [*token, "-body-file", str(body)]
-            for name, (p, port) in setups.items():
-                b.load(port, *extra, seconds=1)  # warm-up: connections, caches, buffers
-            rounds = {name: [] for name in setups}
-            for i, name in interleaved(list(setups), a.rounds):
-                p, port = setups[name]
-                c0 = cpu_seconds(p.pid)
-                r = b.load(port, *extra)
-                r["cpu_s"] = cpu_seconds(p.pid) - c0
-                rounds[name].append(r)
-                print("size", label, name, i, json.dumps({k: r[k] for k in ("rps", "p50_us", "cpu_s")}), flush=True)
+            rounds, _ = closed_loop_rounds(b, setups, extra, a.rounds, f"size {label}")
             out[label] = {}
             for name, rs in rounds.items():
-                requests = max(1, sum(r["requests"] for r in rs))
-                statuses = {}
-                for r in rs:
-                    for k, v in r["statuses"].items():
-                        statuses[k] = statuses.get(k, 0) + v
                 out[label][name] = {
                     "bytes": body.stat().st_size,
                     "rps": median([r["rps"] for r in rs]), "rps_all": [r["rps"] for r in rs],
                     "p50_us": median([r["p50_us"] for r in rs]),
-                    "cpu_us_per_req": sum(r["cpu_s"] for r in rs) * 1e6 / requests,
-                    "statuses": statuses, "errors": sum(r["errors"] for r in rs),
+                    "cpu_us_per_req": cpu_us_per_request(rs),
+                    "statuses": merged_statuses(rs), "errors": sum(r["errors"] for r in rs),
                 }
     finally:
         for p, _ in setups.values():

@@ -46,18 +46,12 @@ impl Writer<'_> {
     fn str_len(&mut self, n: usize) {
         self.put(&(n as u32).to_le_bytes());
     }
-    fn decimal(&mut self, mut n: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.put(&digits[at..]);
+    fn decimal(&mut self, n: u64) {
+        use std::io::Write as _;
+        let mut digits = std::io::Cursor::new([0u8; 20]);
+        let _ = write!(digits, "{n}"); // 20 digits hold any u64
+        let len = digits.position() as usize;
+        self.put(&digits.get_ref()[..len]);
     }
     fn str(&mut self, s: &str) {
         self.str_len(s.len());
@@ -253,5 +247,21 @@ mod tests {
         assert_eq!(at(ZTP_DECISION_AT_RETRY_AFTER, 8), [0; 8]);
         assert_eq!(at(ZTP_DECISION_AT_STRINGS, 4), 4u32.to_le_bytes());
         assert_eq!(at(ZTP_DECISION_AT_STRINGS + 4, 4), b"nope");
+    }
+
+    /// The reservations are the last string, "limit=tokens" lines, of the length the
+    /// encoder computed first.
+    #[test]
+    fn reservations_are_the_last_string() {
+        let mut d = Decision::bad_request("x");
+        d.lease = Some(7);
+        d.reserved = vec![("a", 0), ("bb", u64::MAX), ("c", 10)];
+        let mut out = vec![0; decision_len(&d)];
+        assert_eq!(decision_into(&d, &mut out), out.len());
+        let want = format!("a=0\nbb={}\nc=10", u64::MAX);
+        assert!(out.ends_with(want.as_bytes()));
+        let at = out.len() - want.len() - 4;
+        assert_eq!(out[at..at + 4], (want.len() as u32).to_le_bytes());
+        assert_eq!(out[crate::ZTP_DECISION_AT_LEASE..][..8], 7u64.to_le_bytes());
     }
 }
