@@ -471,21 +471,27 @@ func TestCaddyfile(t *testing.T) {
 		jwks_file /etc/caddy/jwks.json
 		identity_header X-User
 		strip_headers X-Auth-Request-User X-Auth-Request-Email
+		stream_usage off
 	}`)
 	if err := h.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
 	if h.PolicyFile != "/etc/caddy/policy.toml" || h.JWKSFile != "/etc/caddy/jwks.json" ||
-		h.IdentityHeader != "X-User" || len(h.StripHeaders) != 2 {
+		h.IdentityHeader != "X-User" || len(h.StripHeaders) != 2 || h.StreamUsage != "off" {
 		t.Errorf("%+v", h)
 	}
 	for _, bad := range []string{"zt_policy", "zt_policy a b", "zt_policy p {\n nope 1\n}", "zt_policy p {\n strip_headers\n}",
 		"zt_policy p {\n policy_file q\n}", "zt_policy {\n policy_file p\n policy_file q\n}",
-		"zt_policy p {\n strip_headers A\n strip_headers B\n}", "zt_policy p {\n audience a\n audience b\n}"} {
+		"zt_policy p {\n strip_headers A\n strip_headers B\n}", "zt_policy p {\n audience a\n audience b\n}",
+		"zt_policy p {\n stream_usage maybe\n}", "zt_policy p {\n stream_usage\n}"} {
 		var h Handler
 		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
 			t.Errorf("accepted %q", bad)
 		}
+	}
+	// The same check for JSON configuration ("stream_usage": "maybe").
+	if err := (&Handler{StreamUsage: "maybe"}).Validate(); err == nil || !strings.Contains(err.Error(), "stream_usage") {
+		t.Errorf("JSON stream_usage maybe: %v", err)
 	}
 }
 
