@@ -52,10 +52,12 @@ func BenchmarkDecideEvicted(b *testing.B) {
 					}
 					start := time.Now()
 					buf = r.appendTo(buf[:0])
-					if _, err := c.eng.Decide(buf, der, benchBody, out); err != nil {
+					n, err := c.eng.Decide(buf, der, benchBody, out)
+					if err != nil {
 						b.Fatal(err)
 					}
 					held += time.Since(start)
+					endLease(b, c.eng, out[:n]) // as the handler does when the response is done
 				}
 				b.StopTimer()
 				n, err := c.eng.Decide(r.appendTo(buf[:0]), der, benchBody, out)
@@ -65,6 +67,7 @@ func BenchmarkDecideEvicted(b *testing.B) {
 				if d, err := engine.DecodeDecision(out[:n]); err != nil || !d.Allowed {
 					b.Fatalf("the benchmark request must be allowed: %+v %v", d, err)
 				}
+				endLease(b, c.eng, out[:n])
 				b.ReportMetric(float64(held.Nanoseconds())/float64(b.N), "ns/op")
 			})
 		}

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use zt_policy_core::{Engine, EngineClock, Reason, Request};
+use zt_policy_core::{Ending, Engine, EngineClock, Reason, Request};
 
 fn example(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,6 +22,17 @@ fn der(name: &str) -> Vec<u8> {
         .unwrap()
 }
 
+/// One request's whole cost in the engine: the decision, and ending its lease (the
+/// token budget settles, the in-flight slot comes back) as the module does when the
+/// response is done. Returns the decision's reason.
+fn decide(e: &Engine, req: &Request<'_>) -> Reason {
+    let d = e.decide(req);
+    if let Some(lease) = d.lease {
+        e.settle(lease, Ending::Keep);
+    }
+    d.reason
+}
+
 fn engine() -> Engine {
     let mut policy = std::fs::read_to_string(example("policy.toml")).unwrap();
     for (from, to) in [
@@ -29,6 +40,7 @@ fn engine() -> Engine {
         ("burst = 20\n", "burst = 100000000\n"),
         ("rate = \"500000/h\"", "rate = \"1000000000/s\""),
         ("burst = 131072", "burst = 100000000"),
+        ("max = 4\n", "max = 1000000\n"),
         ("max_body = \"256KiB\"", "max_body = \"2MiB\""),
         // The same expression, but a 1 MiB prompt must not run the bucket dry.
         (
@@ -132,21 +144,20 @@ fn bench(c: &mut Criterion) {
     };
 
     // The numbers mean something only if each request takes the path its name says.
-    assert_eq!(e.decide(&cert_chat).reason, Reason::Allowed);
-    assert_eq!(e.decide(&token_chat).reason, Reason::Allowed);
-    assert_eq!(
-        e.decide(&token_chat).identity.as_deref(),
-        Some("carol@example.com")
-    );
-    assert_eq!(e.decide(&models).reason, Reason::Allowed);
-    assert_eq!(e.decide(&metrics).reason, Reason::NoAllowRule);
+    assert_eq!(decide(&e, &cert_chat), Reason::Allowed);
+    assert_eq!(decide(&e, &token_chat), Reason::Allowed);
+    let d = e.decide(&token_chat);
+    assert_eq!(d.identity.as_deref(), Some("carol@example.com"));
+    e.settle(d.lease.expect("the chat holds a lease"), Ending::Keep);
+    assert_eq!(decide(&e, &models), Reason::Allowed);
+    assert_eq!(decide(&e, &metrics), Reason::NoAllowRule);
 
     let mut g = c.benchmark_group("decide");
     g.bench_function("chat_cert_json_body", |b| {
-        b.iter(|| e.decide(std::hint::black_box(&cert_chat)))
+        b.iter(|| decide(&e, std::hint::black_box(&cert_chat)))
     });
     g.bench_function("chat_cert_token_json_body", |b| {
-        b.iter(|| e.decide(std::hint::black_box(&token_chat)))
+        b.iter(|| decide(&e, std::hint::black_box(&token_chat)))
     });
     // Realistic sizes: long prompts are the normal case (RAG, agents, long contexts).
     for (name, size) in [("1KiB", 1 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
@@ -156,18 +167,18 @@ fn bench(c: &mut Criterion) {
             body_size: body.len() as u64,
             ..cert_chat.clone()
         };
-        assert_eq!(e.decide(&req).reason, Reason::Allowed, "{name}");
+        assert_eq!(decide(&e, &req), Reason::Allowed, "{name}");
         g.throughput(criterion::Throughput::Bytes(body.len() as u64));
         g.bench_function(format!("chat_body_{name}"), |b| {
-            b.iter(|| e.decide(std::hint::black_box(&req)))
+            b.iter(|| decide(&e, std::hint::black_box(&req)))
         });
     }
     g.throughput(criterion::Throughput::Elements(1));
     g.bench_function("models_cert_no_body", |b| {
-        b.iter(|| e.decide(std::hint::black_box(&models)))
+        b.iter(|| decide(&e, std::hint::black_box(&models)))
     });
     g.bench_function("metrics_default_deny", |b| {
-        b.iter(|| e.decide(std::hint::black_box(&metrics)))
+        b.iter(|| decide(&e, std::hint::black_box(&metrics)))
     });
 
     // The cold path: what a certificate or a token costs the first time it is seen.
