@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need and a fresh machine lacks: xcaddy and
-# oauth2-proxy (Go), cbindgen (Rust), nginx and valgrind (Debian), the openai SDK
+# oauth2-proxy (Go), cbindgen (Rust), nginx, valgrind and redis-server (Debian), the openai SDK
 # (PyPI) for the end-to-end client test and pydantic for the differential test of the
 # llm view; with --bench also perf (Debian). Idempotent.
 set -euo pipefail
@@ -48,6 +48,9 @@ fi
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v valgrind >/dev/null || missing+=(valgrind)
+# The Redis-protocol store the shared limits are tested on (issue 18); the tests start
+# their own on loopback (Debian's package starts none without systemd).
+command -v redis-server >/dev/null || command -v valkey-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
 # The benchmark (`make bench`, not the tests) also profiles Caddy with perf.
 if [ "${1:-}" = --bench ]; then command -v perf >/dev/null || missing+=(linux-perf); fi
