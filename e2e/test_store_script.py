@@ -143,32 +143,19 @@ def test_the_script_is_the_engines_gcra_on_generated_sequences(redis):
         # is at least 100 ms of real time and nothing expires under the test's feet.
         limits = [(f"{tag}:lim:{n}", rng.choice([1, 2, 5, 10]) * 100_000, None) for n in ("a", "b")]
         limits = [(k, p, p * rng.randint(1, 40)) for k, p, _ in limits]
+        keys = [k for k, _, _ in limits]
         for step in range(60):
             what = rng.random()
-            if what < 0.5:
-                costs = [rng.randint(0, 12) for _ in limits]
-                args = []
-                for (k, p, tau), c in zip(limits, costs):
-                    args += [p, tau, c]
-                got = call(len(limits), *[k for k, _, _ in limits], now, "take", *args)
-                want = model.take(now, [(k, p, tau, c) for (k, p, tau), c in zip(limits, costs)])
-            elif what < 0.7:
-                cells = [rng.randint(0, 30) for _ in limits]
-                args = []
-                for (k, p, _), c in zip(limits, cells):
-                    args += [p, c]
-                got = call(len(limits), *[k for k, _, _ in limits], now, "refund", *args)
-                want = model.refund(now, [(k, p, c) for (k, p, _), c in zip(limits, cells)])
-            elif what < 0.85:
-                cells = [rng.randint(0, 30) for _ in limits]
-                args = []
-                for (k, p, tau), c in zip(limits, cells):
-                    args += [p, tau, c]
-                got = call(len(limits), *[k for k, _, _ in limits], now, "charge", *args)
-                want = model.charge(now, [(k, p, tau, c) for (k, p, tau), c in zip(limits, cells)])
-            else:
+            if what >= 0.85:
                 now += rng.randint(0, 30) * 100_000
                 continue
+            # take (cost, 0-12), refund or charge (cells, 0-30): the script's arguments per
+            # limit are period and cells (refund) or period, tau and cells.
+            op = "take" if what < 0.5 else "refund" if what < 0.7 else "charge"
+            n = [rng.randint(0, 12 if op == "take" else 30) for _ in limits]
+            per = [(p, c) if op == "refund" else (p, tau, c) for (_, p, tau), c in zip(limits, n)]
+            got = call(len(keys), *keys, now, op, *[x for args in per for x in args])
+            want = getattr(model, op)(now, [(k, *args) for k, args in zip(keys, per)])
             assert got == want, (case, step, got, want)
             for k, _, _ in limits:
                 stored = r("GET", k)

@@ -30,7 +30,7 @@ type usageWriter struct {
 	// usage is the last usage a stream's chunk gave (found says whether one did).
 	usage engine.Usage
 	found bool
-	// usageChunks counts stripped usage-only chunks (tests and logs).
+	// stripped counts usage-only chunks removed (for the settle line).
 	stripped int
 	// out gathers what one write passes on in strip mode.
 	out []byte
