@@ -6,10 +6,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -136,7 +134,7 @@ func (h *Handler) endLease(r *http.Request, d *engine.Decision, uw *usageWriter,
 	}
 	ce := h.logger.Check(level, "settled")
 	for _, s := range settled {
-		settledCounter(s.Limit, s.Rule).Add(float64(s.Charged))
+		settledCounters.get(s.Limit, s.Rule, "").Add(float64(s.Charged))
 	}
 	if ce == nil {
 		return
@@ -184,35 +182,7 @@ func countReserved(reserved string) {
 	for line := range strings.SplitSeq(reserved, "\n") {
 		name, n, ok := strings.Cut(line, "=")
 		if v, err := strconv.ParseUint(n, 10, 64); ok && err == nil {
-			reservedCounter(name).Add(float64(v))
+			reservedCounters.get(name, "", "").Add(float64(v))
 		}
 	}
-}
-
-// The counters of each label set, cached: WithLabelValues hashes the labels on every
-// call. Limit names come from policies, so the sets are bounded.
-var (
-	tokenCountersMu sync.RWMutex
-	tokenCounters   = map[[2]string]prometheus.Counter{}
-)
-
-func tokenCounter(key [2]string, make func() prometheus.Counter) prometheus.Counter {
-	tokenCountersMu.RLock()
-	c, ok := tokenCounters[key]
-	tokenCountersMu.RUnlock()
-	if !ok {
-		c = make()
-		tokenCountersMu.Lock()
-		tokenCounters[key] = c
-		tokenCountersMu.Unlock()
-	}
-	return c
-}
-
-func reservedCounter(limit string) prometheus.Counter {
-	return tokenCounter([2]string{limit, ""}, func() prometheus.Counter { return tokensReserved.WithLabelValues(limit) })
-}
-
-func settledCounter(limit, rule string) prometheus.Counter {
-	return tokenCounter([2]string{limit, rule}, func() prometheus.Counter { return tokensSettled.WithLabelValues(limit, rule) })
 }

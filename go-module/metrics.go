@@ -91,25 +91,40 @@ func countDecision(d *engine.Decision) {
 	case !d.Allowed:
 		outcome = "denied"
 	}
-	key := counterKey{outcome, d.Reason, d.Rule}
-	countersMu.RLock()
-	c, ok := counters[key]
-	countersMu.RUnlock()
-	if !ok {
-		// Rule names come from policies, so the label sets are bounded.
-		c = decisions.WithLabelValues(outcome, d.Reason, d.Rule)
-		countersMu.Lock()
-		counters[key] = c
-		countersMu.Unlock()
-	}
-	c.Inc()
+	decisionCounters.get(outcome, d.Reason, d.Rule).Inc()
 }
 
-// counters caches the counter of each label set: WithLabelValues hashes the labels
-// on every call.
-var (
-	countersMu sync.RWMutex
-	counters   = map[counterKey]prometheus.Counter{}
-)
+// counterCache keeps the counter of each label set of a CounterVec: WithLabelValues
+// hashes the labels on every call. Label values come from policies (rule and limit
+// names) and fixed sets, so the sets are bounded.
+type counterCache struct {
+	vec    *prometheus.CounterVec
+	labels int // how many of a key's three values are the vector's labels
+	mu     sync.RWMutex
+	m      map[[3]string]prometheus.Counter
+}
 
-type counterKey struct{ outcome, reason, rule string }
+func newCounterCache(vec *prometheus.CounterVec, labels int) *counterCache {
+	return &counterCache{vec: vec, labels: labels, m: map[[3]string]prometheus.Counter{}}
+}
+
+// get returns the counter of the label values (a, b, c; the unused ones empty).
+func (cc *counterCache) get(a, b, c string) prometheus.Counter {
+	key := [3]string{a, b, c}
+	cc.mu.RLock()
+	ctr, ok := cc.m[key]
+	cc.mu.RUnlock()
+	if !ok {
+		ctr = cc.vec.WithLabelValues(append([]string(nil), key[:cc.labels]...)...)
+		cc.mu.Lock()
+		cc.m[key] = ctr
+		cc.mu.Unlock()
+	}
+	return ctr
+}
+
+var (
+	decisionCounters = newCounterCache(decisions, 3)
+	reservedCounters = newCounterCache(tokensReserved, 1)
+	settledCounters  = newCounterCache(tokensSettled, 2)
+)
