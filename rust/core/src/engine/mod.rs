@@ -236,34 +236,23 @@ impl Engine {
                 r.when.eval_bool(ctx).map(drop),
             );
         }
-        for l in &self.policy.limits {
-            probe(
-                format!("limit {:?} key", l.name),
-                l.key.eval_string(ctx).map(drop),
+        // Limits, then caps: both have a key and a `when`; limits also a cost.
+        let keyed = (self.policy.limits.iter())
+            .map(|l| ("limit", &l.name, &l.key, l.cost.as_ref(), l.when.as_ref()))
+            .chain(
+                (self.policy.concurrency.iter())
+                    .map(|c| ("concurrency", &c.name, &c.key, None, c.when.as_ref())),
             );
-            if let Some(c) = &l.cost {
-                probe(
-                    format!("limit {:?} cost", l.name),
-                    c.eval_u64(ctx).map(drop),
-                );
-            }
-            if let Some(w) = &l.when {
-                probe(
-                    format!("limit {:?} when", l.name),
-                    w.eval_bool(ctx).map(drop),
-                );
-            }
-        }
-        for c in &self.policy.concurrency {
+        for (kind, name, key, cost, when) in keyed {
             probe(
-                format!("concurrency {:?} key", c.name),
-                c.key.eval_string(ctx).map(drop),
+                format!("{kind} {name:?} key"),
+                key.eval_string(ctx).map(drop),
             );
-            if let Some(w) = &c.when {
-                probe(
-                    format!("concurrency {:?} when", c.name),
-                    w.eval_bool(ctx).map(drop),
-                );
+            if let Some(c) = cost {
+                probe(format!("{kind} {name:?} cost"), c.eval_u64(ctx).map(drop));
+            }
+            if let Some(w) = when {
+                probe(format!("{kind} {name:?} when"), w.eval_bool(ctx).map(drop));
             }
         }
         found

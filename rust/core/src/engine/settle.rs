@@ -29,6 +29,15 @@ pub(super) struct Lease {
     pub(super) slots: Vec<(Arc<InFlightState>, String)>,
 }
 
+impl Lease {
+    /// Gives the in-flight slots back (however the lease ends).
+    fn release_slots(&self) {
+        for (cap, key) in &self.slots {
+            cap.release(key);
+        }
+    }
+}
+
 pub(super) struct Reservation {
     /// The limit's index in the deciding engine's policy.
     pub(super) limit: usize,
@@ -136,9 +145,7 @@ impl Engine {
     /// given, or ended already): each lease ends once.
     pub fn settle(&self, lease: u64, ending: Ending) -> Option<Vec<Settled<'_>>> {
         let (_, lease) = self.leases.open.remove(&lease)?;
-        for (cap, key) in &lease.slots {
-            cap.release(key);
-        }
+        lease.release_slots();
         Some(
             lease
                 .reservations
@@ -171,14 +178,13 @@ impl Engine {
 
     /// Gives back what a request took before a later step refused it.
     pub(super) fn undo(&self, lease: Lease, taken: &[(&LimitState, Cow<'_, str>, u64)]) {
-        for (cap, key) in &lease.slots {
-            cap.release(key);
-        }
-        for r in &lease.reservations {
-            r.state.refund(&r.key, r.reserved);
-        }
-        for (state, key, cost) in taken {
-            state.refund(key, *cost);
+        lease.release_slots();
+        let reserved = (lease.reservations.iter()).map(|r| (&*r.state, r.key.as_str(), r.reserved));
+        let taken = taken
+            .iter()
+            .map(|(state, key, cost)| (*state, key.as_ref(), *cost));
+        for (state, key, cells) in reserved.chain(taken) {
+            state.refund(key, cells);
         }
     }
 }
