@@ -1,10 +1,14 @@
 package ztpolicy
 
 import (
+	"time"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/zt-policy/zt-policy/go-module/internal/engine"
 )
 
 func init() {
@@ -110,6 +114,10 @@ func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if z.StreamUsage != "add" && z.StreamUsage != "off" {
 				return d.Errf("stream_usage: %q is not add or off", z.StreamUsage)
 			}
+		case "limits_store":
+			if err := z.unmarshalLimitsStore(d); err != nil {
+				return err
+			}
 		default:
 			return d.Errf("unrecognized zt_policy option '%s'", d.Val())
 		}
@@ -118,6 +126,53 @@ func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Err("zt_policy needs a policy file: 'zt_policy <relative/path.toml>', or 'policy_file </absolute/path.toml>' " +
 			"in its block (Caddy reads a first argument that starts with / as a path matcher)")
 	}
+	return nil
+}
+
+// unmarshalLimitsStore reads
+//
+//	limits_store <url> {
+//		ca_file <pem file>
+//		timeout <duration>
+//		on_failure local|deny|allow
+//	}
+func (z *Handler) unmarshalLimitsStore(d *caddyfile.Dispenser) error {
+	s := &LimitsStore{}
+	if !d.NextArg() {
+		return d.Err("limits_store needs a URL: limits_store redis://host:6379/0")
+	}
+	s.URL = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "ca_file":
+			if !d.AllArgs(&s.CAFile) {
+				return d.ArgErr()
+			}
+		case "timeout":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur < time.Millisecond || dur > 10*time.Second {
+				return d.Errf("limits_store timeout: %q is not a duration between 1ms and 10s", v)
+			}
+			s.Timeout = caddy.Duration(dur)
+		case "on_failure":
+			if !d.AllArgs(&s.OnFailure) {
+				return d.ArgErr()
+			}
+			if _, ok := engine.OnFailure[s.OnFailure]; !ok {
+				return d.Errf("limits_store on_failure: %q is not local, deny or allow", s.OnFailure)
+			}
+		default:
+			return d.Errf("unrecognized limits_store option '%s'", opt)
+		}
+	}
+	z.LimitsStore = s
 	return nil
 }
 

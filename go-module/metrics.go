@@ -72,7 +72,7 @@ func registerMetrics(ctx caddy.Context) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{decisions, decisionSeconds, unreadable, tokensReserved, tokensSettled, inFlight} {
+	for _, c := range []prometheus.Collector{decisions, decisionSeconds, unreadable, tokensReserved, tokensSettled, inFlight, storeDecisions, storeUp} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

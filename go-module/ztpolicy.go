@@ -92,6 +92,10 @@ type Handler struct {
 	// the response; `off` leaves it alone (the reservation is then kept in full).
 	StreamUsage string `json:"stream_usage,omitempty"`
 
+	// The store of the policy's cluster-scoped limits and caps (`scope = "cluster"`),
+	// shared by every replica. Required when the policy has any.
+	LimitsStore *LimitsStore `json:"limits_store,omitempty"`
+
 	eng      *engine.Engine
 	jwks     *jwksSource
 	info     engineInfo
@@ -101,6 +105,43 @@ type Handler struct {
 	decideFn func(req, cert, body, out []byte) (int, error)
 	// identityHeader() and ruleHeader() in canonical form, to set without a lookup.
 	identityKey, ruleKey string
+}
+
+// LimitsStore is a Redis-protocol server (Redis 7, Valkey, a managed one) that holds
+// the buckets and in-flight slots of cluster-scoped limits for every replica.
+type LimitsStore struct {
+	// `redis://[user:password@]host:6379/0`, `rediss://…` (TLS, always verified),
+	// `valkey://`, `valkeys://` or `unix:///path`. Placeholders such as
+	// `{env.ZTP_LIMITS_STORE}` are replaced at provisioning, so a password need not be
+	// in the config.
+	URL string `json:"url"`
+
+	// PEM file of the CA(s) that sign a TLS store's certificate (default: the system's).
+	CAFile string `json:"ca_file,omitempty"`
+
+	// The longest a request waits for the store (connecting and the reply).
+	// Default: 50ms; at most 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// What a request gets when the store does not answer within the timeout: `local`
+	// (default: this replica's own buckets judge it), `deny` (503, fail closed) or
+	// `allow` (not limited). While the store is down only one request a second tries
+	// it; the others go straight to this.
+	OnFailure string `json:"on_failure,omitempty"`
+}
+
+func (s *LimitsStore) timeout() time.Duration {
+	if s.Timeout <= 0 {
+		return 50 * time.Millisecond
+	}
+	return time.Duration(s.Timeout)
+}
+
+func (s *LimitsStore) onFailure() string {
+	if s.OnFailure == "" {
+		return "local"
+	}
+	return s.OnFailure
 }
 
 // The response's rate limit headers, canonical (http.Header.Set's spelling).
@@ -116,7 +157,9 @@ type engineInfo struct {
 	Mode      string   `json:"mode"`
 	Rules     []string `json:"rules"`
 	Limits    []string `json:"limits"`
-	Token     *struct {
+	// Limits and caps whose scope is "cluster".
+	ClusterScoped []string `json:"cluster_scoped"`
+	Token         *struct {
 		Header    string `json:"header"`
 		JWKSFile  string `json:"jwks_file"`
 		Issuer    string `json:"issuer"`
@@ -164,6 +207,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("zt_policy: describing the engine: %v", err)
+	}
+	if len(h.info.ClusterScoped) > 0 && h.LimitsStore == nil {
+		return fmt.Errorf("zt_policy: %s: %s scope = \"cluster\", but no limits_store is configured (see the README, \"Several replicas\")",
+			name, strings.Join(h.info.ClusterScoped, ", "))
+	}
+	if h.LimitsStore != nil && len(h.info.ClusterScoped) == 0 {
+		h.logger.Warn("limits_store is configured but no limit of the policy has scope = \"cluster\"; every limit stays local",
+			zap.String("policy", name))
 	}
 	// With an issuer in the Caddyfile the keys come from the IdP, not from a file.
 	if h.Issuer == "" {
@@ -230,6 +281,13 @@ func (h *Handler) buildEngine(policy []byte, name string) (*engine.Engine, *shar
 	if h.Issuer != "" {
 		if err := b.SetToken(h.Issuer, h.Audience); err != nil {
 			return nil, nil, fmt.Errorf("zt_policy: issuer: %v", err)
+		}
+	}
+	if s := h.LimitsStore; s != nil {
+		repl := caddy.NewReplacer()
+		url, ca := repl.ReplaceAll(s.URL, ""), repl.ReplaceAll(s.CAFile, "")
+		if err := b.SetStore(url, ca, s.timeout(), s.onFailure()); err != nil {
+			return nil, nil, fmt.Errorf("zt_policy: limits_store: %v", err)
 		}
 	}
 	// The reload pool is keyed by the policy: its file, or an inline policy's text, so
@@ -324,6 +382,14 @@ func (h *Handler) Validate() error {
 	if h.StreamUsage != "" && h.StreamUsage != "add" && h.StreamUsage != "off" {
 		return fmt.Errorf("zt_policy: stream_usage %q is not add or off", h.StreamUsage)
 	}
+	if s := h.LimitsStore; s != nil {
+		if _, ok := engine.OnFailure[s.onFailure()]; !ok {
+			return fmt.Errorf("zt_policy: limits_store on_failure %q is not local, deny or allow", s.OnFailure)
+		}
+		if t := s.timeout(); t < time.Millisecond || t > 10*time.Second {
+			return fmt.Errorf("zt_policy: limits_store timeout %v is not between 1ms and 10s", t)
+		}
+	}
 	return nil
 }
 
@@ -416,6 +482,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.log(r, &fields, &d)
 	countDecision(&d)
+	if d.Store != "" {
+		h.noteStore(&d)
+	}
 	h.setVars(r, &d)
 
 	// The header values share one allocation; each slice is capped at its one value.
@@ -737,6 +806,9 @@ func (h *Handler) log(r *http.Request, f *engine.RequestFields, d *engine.Decisi
 	if d.Reserved != "" {
 		fields = append(fields, zap.String("reserved", d.Reserved))
 	}
+	if d.Store != "" {
+		fields = append(fields, zap.String("limits_store", d.Store))
+	}
 	ce.Write(fields...)
 }
 
@@ -782,6 +854,8 @@ func (h *Handler) writeDeny(w http.ResponseWriter, d *engine.Decision) error {
 	}
 	if d.HasRetryAfter {
 		w.Header().Set("Retry-After", strconv.FormatUint(d.RetryAfter, 10))
+	} else if d.Reason == "store_unavailable" {
+		w.Header().Set("Retry-After", "1") // the store is tried again within a second
 	}
 	if d.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="zt_policy"`)

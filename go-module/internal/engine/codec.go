@@ -87,7 +87,16 @@ type Decision struct {
 	AddStreamUsage bool
 	// Reserved is what the settled limits reserved: "limit=tokens" lines.
 	Reserved string
+	// Store: how cluster-scoped limits were judged ("" none met, "shared", or when the
+	// store did not answer "local", "denied", "allowed").
+	Store string
+	// StoreEvent: the limits store changed state with this decision ("available", or
+	// "unavailable: why"); logged once.
+	StoreEvent string
 }
+
+// StoreOutcomes by ztp_store_outcome number.
+var StoreOutcomes = [...]string{"", "shared", "local", "denied", "allowed"}
 
 // Reasons by ztp_reason number (TestReasonNamesAreTheHeaders checks them against the
 // header's enum).
@@ -95,7 +104,7 @@ var Reasons = [...]string{
 	"allowed", "no_identity", "invalid_certificate", "invalid_token", "body_too_large",
 	"denied_by_rule", "no_allow_rule", "rate_limited", "cost_exceeds_burst",
 	"limit_table_full", "limit_error", "engine_error", "bad_request", "malformed_body",
-	"concurrency_limit",
+	"concurrency_limit", "store_unavailable",
 }
 
 var ErrDecision = errors.New("malformed decision from the engine")
@@ -122,6 +131,10 @@ func DecodeDecision(b []byte) (Decision, error) {
 	d.Remaining = binary.LittleEndian.Uint32(b[C.ZTP_DECISION_AT_REMAINING:])
 	d.RetryAfter = binary.LittleEndian.Uint64(b[C.ZTP_DECISION_AT_RETRY_AFTER:])
 	d.Lease = binary.LittleEndian.Uint64(b[C.ZTP_DECISION_AT_LEASE:])
+	if int(b[C.ZTP_DECISION_AT_STORE]) >= len(StoreOutcomes) {
+		return d, ErrDecision
+	}
+	d.Store = StoreOutcomes[b[C.ZTP_DECISION_AT_STORE]]
 	rest := b[C.ZTP_DECISION_AT_STRINGS:]
 	var fields [C.ZTP_DECISION_STRINGS]string
 	for i := range fields {
@@ -133,8 +146,8 @@ func DecodeDecision(b []byte) (Decision, error) {
 		if uint64(n) > uint64(len(rest)) {
 			return d, ErrDecision
 		}
-		if i == 4 || i == 8 || i == 9 {
-			// RateLimit (its count changes), the detail, the reservations
+		if i == 4 || i >= 8 {
+			// RateLimit (its count changes), the detail, the reservations, the store event
 			fields[i] = string(rest[:n])
 		} else {
 			fields[i] = Names.Intern(rest[:n])
@@ -149,7 +162,7 @@ func DecodeDecision(b []byte) (Decision, error) {
 	if fields[6] != "" {
 		d.Matched = Names.Split(fields[6])
 	}
-	d.Detail, d.Reserved = fields[8], fields[9]
+	d.Detail, d.Reserved, d.StoreEvent = fields[8], fields[9], fields[10]
 	if fields[7] != "" {
 		d.Errors = strings.Split(fields[7], "\n")
 	}
@@ -253,7 +266,7 @@ type Settled struct {
 }
 
 // SettleRules by ztp_settle_rule number.
-var SettleRules = [...]string{"usage", "refunded", "kept", "kept_usage_incomplete"}
+var SettleRules = [...]string{"usage", "refunded", "kept", "kept_usage_incomplete", "kept_store_unavailable"}
 
 // DecodeSettlement decodes what ztp_engine_settle wrote.
 func DecodeSettlement(b []byte) ([]Settled, error) {

@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
@@ -128,6 +129,33 @@ func (b *Builder) SetToken(issuer string, audiences []string) error {
 	r := C.ztp_engine_builder_set_token(b.ptr, bytesPtr(iss), C.size_t(len(iss)), bytesPtr(aud), C.size_t(len(aud)))
 	runtime.KeepAlive(iss)
 	runtime.KeepAlive(aud)
+	return resultError(r)
+}
+
+// OnFailure values: what requests get when the limits store does not answer.
+var OnFailure = map[string]uint8{
+	"local": C.ZTP_ON_FAILURE_LOCAL,
+	"deny":  C.ZTP_ON_FAILURE_DENY,
+	"allow": C.ZTP_ON_FAILURE_ALLOW,
+}
+
+// SetStore hands cluster-scoped limits to the limits store at url (pooled per process
+// by its configuration: a reload keeps the pool). caFile may be empty.
+func (b *Builder) SetStore(url, caFile string, timeout time.Duration, onFailure string) error {
+	mode, ok := OnFailure[onFailure]
+	if !ok {
+		return fmt.Errorf("on_failure %q is not local, deny or allow", onFailure)
+	}
+	u, ca := []byte(url), []byte(caFile)
+	var msg *C.ztp_buffer
+	r := C.ztp_engine_builder_set_store(b.ptr, bytesPtr(u), C.size_t(len(u)), bytesPtr(ca), C.size_t(len(ca)),
+		C.uint32_t(timeout.Milliseconds()), C.uint8_t(mode), &msg)
+	text := takeBuffer(msg)
+	runtime.KeepAlive(u)
+	runtime.KeepAlive(ca)
+	if r == C.ZTP_INVALID_CONFIG {
+		return errors.New(text)
+	}
 	return resultError(r)
 }
 

@@ -29,6 +29,8 @@ pub enum Reason {
     MalformedBody,
     /// A `[[concurrency]]` cap has all its slots taken by requests in flight.
     ConcurrencyLimit,
+    /// Cluster-scoped limits could not reach their store, and `on_failure` is `deny`.
+    StoreUnavailable,
 }
 
 impl Reason {
@@ -49,6 +51,7 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::MalformedBody => "malformed_body",
             Reason::ConcurrencyLimit => "concurrency_limit",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -119,6 +122,47 @@ pub struct Decision<'e> {
     /// and removes the usage-only chunk from what the client receives.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub add_stream_usage: bool,
+    /// How cluster-scoped limits were judged, when the request met any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreOutcome>,
+    /// The limits store changed state with this request (to log once per change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_event: Option<StoreEvent>,
+}
+
+/// How a request's cluster-scoped limits and caps were judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreOutcome {
+    /// By the store, in one atomic call.
+    Shared,
+    /// The store did not answer: by this replica's own buckets (`on_failure local`).
+    Local,
+    /// The store did not answer: refused with 503 (`on_failure deny`).
+    Denied,
+    /// The store did not answer: not limited (`on_failure allow`).
+    Allowed,
+}
+
+impl StoreOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOutcome::Shared => "shared",
+            StoreOutcome::Local => "local",
+            StoreOutcome::Denied => "denied",
+            StoreOutcome::Allowed => "allowed",
+        }
+    }
+}
+
+/// A change of the limits store's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "error")]
+pub enum StoreEvent {
+    /// It stopped answering (the error).
+    Unavailable(String),
+    /// It answers again.
+    Available,
 }
 
 impl<'e> Decision<'e> {
@@ -149,6 +193,8 @@ impl<'e> Decision<'e> {
             lease: None,
             reserved: Vec::new(),
             add_stream_usage: false,
+            store: None,
+            store_event: None,
         }
     }
 

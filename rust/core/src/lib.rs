@@ -32,15 +32,17 @@ mod values;
 pub use body::{read_request as read_body, LazyBody};
 pub use cert::{hex, parse_der, CertCache, CertEntry, CertInfo, NameInfo};
 pub use clock::EngineClock;
-pub use decision::{Decision, LimitReport, Reason, RuleError};
-pub use engine::{Ending, Engine, Evaluations, GivenIdentity, SettleRule, Settled, Usage};
+pub use decision::{Decision, LimitReport, Reason, RuleError, StoreEvent, StoreOutcome};
+pub use engine::{
+    Ending, Engine, Evaluations, GivenIdentity, OnFailure, SettleRule, Settled, StoreClient, Usage,
+};
 pub use eval::expr::EvalError;
 pub use json::Malformed;
 pub use llm::Llm;
 pub use plain::{Key, Value};
 pub use policy::{
     load as load_policy, parse_duration, parse_rate, parse_size, Effect, MalformedBody, Mode,
-    Policy, PolicyError, Problem, Rate, Settle,
+    Policy, PolicyError, Problem, Rate, Scope, Settle,
 };
 pub use request::Request;
 pub use token::{JwksError, JwksSummary, TokenError, TokenSettings, VerifiedToken, Verifier};

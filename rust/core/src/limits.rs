@@ -101,6 +101,16 @@ impl LimitState {
         &self.fingerprint
     }
 
+    /// Nanoseconds for one cell to come back.
+    pub fn period(&self) -> u64 {
+        self.period
+    }
+
+    /// `period × burst`.
+    pub fn tau(&self) -> u64 {
+        self.tau
+    }
+
     /// Live keys right now.
     pub fn live_keys(&self) -> usize {
         self.table.len()

@@ -121,8 +121,38 @@ pub struct LimitConfig {
     pub max_keys: usize,
     /// The limit reserves its cost at admission and settles to the response's usage.
     pub settle: Option<Settle>,
+    /// Where the buckets live: this process, or the limits store every replica shares.
+    pub scope: Scope,
     /// The definition in one string: a reload keeps a limit's buckets when this is equal.
     pub fingerprint: String,
+}
+
+/// Where a limit's buckets or a cap's slots live (`scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// In this Caddy process (the default).
+    #[default]
+    Local,
+    /// In the limits store (Redis, Valkey) that every replica shares.
+    Cluster,
+}
+
+impl Scope {
+    fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "local" => Some(Scope::Local),
+            "cluster" => Some(Scope::Cluster),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Cluster => "cluster",
+        }
+    }
 }
 
 /// Which count of the response's OpenAI `usage` object a settled limit charges.
@@ -161,6 +191,10 @@ pub struct ConcurrencyConfig {
     pub key: Expression,
     pub max: u32,
     pub when: Option<Expression>,
+    pub scope: Scope,
+    /// A cluster-scoped cap's lease on a slot ends by itself after this long, so the
+    /// slots of a replica that crashed come back (`lease_ttl`).
+    pub lease_ttl: Duration,
     /// A reload keeps the cap's open slots when this is equal.
     pub fingerprint: String,
 }
@@ -334,6 +368,7 @@ struct LimitDef {
     when: Option<Spanned<String>>,
     max_keys: Option<Spanned<i64>>,
     settle: Option<Spanned<String>>,
+    scope: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -343,6 +378,8 @@ struct ConcurrencyDef {
     key: Option<Spanned<String>>,
     max: Spanned<i64>,
     when: Option<Spanned<String>>,
+    scope: Option<Spanned<String>>,
+    lease_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -419,6 +456,13 @@ pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(365 * 86400);
 /// The longest a limit's bucket may take to refill from empty (burst × one cell's
 /// period): ten years, far inside the 584 years of u64 nanoseconds the buckets count in.
 pub const MAX_REFILL: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// The longest refill of a cluster-scoped limit: the store's script computes in
+/// nanoseconds held exactly by a double (2^53 ns, about 104 days).
+pub const MAX_CLUSTER_REFILL: Duration = Duration::from_nanos(1 << 53);
+
+/// A cluster-scoped cap's lease lasts this long unless `lease_ttl` says otherwise.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Parses `"512KiB"`, `"1MiB"`, `"2MB"`, `"100B"` or a plain byte count.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -757,6 +801,18 @@ impl Loader<'_> {
                 }
                 parsed
             });
+            let scope = self.scope(&label, d.scope.as_ref());
+            if let (Some(rate), Scope::Cluster) = (rate, scope) {
+                if rate.period().saturating_mul(burst) > MAX_CLUSTER_REFILL {
+                    let line = d.scope.as_ref().map(|s| self.line_of_span(s.span()));
+                    self.problem_at(
+                        line.flatten(),
+                        format!(
+                            "{label}: rate {rate} with burst {burst} takes longer than 104 days to refill, the most a cluster-scoped limit can"
+                        ),
+                    );
+                }
+            }
             let key = self.key_expr(&label, d.key.as_ref());
             let cost = d
                 .cost
@@ -770,7 +826,7 @@ impl Loader<'_> {
                 (rate, key, cost.transpose_ok(), when.transpose_ok())
             {
                 let fingerprint = format!(
-                    "{}|{}|{}|{}|{}|{}|{}|{}",
+                    "{}|{}|{}|{}|{}|{}|{}|{}|{}",
                     d.name,
                     key.source,
                     rate,
@@ -779,6 +835,7 @@ impl Loader<'_> {
                     when.as_ref().map(|w| w.source.as_str()).unwrap_or("true"),
                     max_keys,
                     settle.map_or("", Settle::as_str),
+                    scope.as_str(),
                 );
                 limits.push(LimitConfig {
                     name: d.name.clone(),
@@ -789,11 +846,30 @@ impl Loader<'_> {
                     when,
                     max_keys,
                     settle,
+                    scope,
                     fingerprint,
                 });
             }
         }
         limits
+    }
+
+    /// A limit's or cap's `scope`: "local" (the default) or "cluster".
+    fn scope(&mut self, label: &str, scope: Option<&Spanned<String>>) -> Scope {
+        let Some(s) = scope else {
+            return Scope::Local;
+        };
+        Scope::parse(s.get_ref()).unwrap_or_else(|| {
+            let line = self.line_of_span(s.span());
+            self.problem_at(
+                line,
+                format!(
+                    "{label}: scope = {:?} is not \"local\" or \"cluster\"",
+                    s.get_ref()
+                ),
+            );
+            Scope::Local
+        })
     }
 
     /// A limit's or cap's `key`, the identity when it has none.
@@ -820,19 +896,52 @@ impl Loader<'_> {
                 .when
                 .as_ref()
                 .map(|w| self.expr(&format!("{label} when"), w, &VARIABLES));
+            let scope = self.scope(&label, d.scope.as_ref());
+            let lease_ttl = match &d.lease_ttl {
+                None => DEFAULT_LEASE_TTL,
+                Some(t) => {
+                    let line = self.line_of_span(t.span());
+                    match parse_duration(t.get_ref()) {
+                        Ok(ttl)
+                            if (Duration::from_secs(1)..=Duration::from_secs(86400))
+                                .contains(&ttl) =>
+                        {
+                            ttl
+                        }
+                        Ok(_) => {
+                            self.problem_at(
+                                line,
+                                format!(
+                                    "{label}: lease_ttl = {:?} is not between 1s and 24h",
+                                    t.get_ref()
+                                ),
+                            );
+                            DEFAULT_LEASE_TTL
+                        }
+                        Err(e) => {
+                            self.problem_at(line, format!("{label}: lease_ttl {e}"));
+                            DEFAULT_LEASE_TTL
+                        }
+                    }
+                }
+            };
             if let (Some(key), Some(when)) = (key, when.transpose_ok()) {
                 let fingerprint = format!(
-                    "{}|{}|{}|{}",
+                    "{}|{}|{}|{}|{}|{}",
                     d.name,
                     key.source,
                     max,
                     when.as_ref().map(|w| w.source.as_str()).unwrap_or("true"),
+                    scope.as_str(),
+                    lease_ttl.as_millis(),
                 );
                 caps.push(ConcurrencyConfig {
                     name: d.name.clone(),
                     key,
                     max,
                     when,
+                    scope,
+                    lease_ttl,
                     fingerprint,
                 });
             }

@@ -12,13 +12,13 @@
 // The version of this ABI. A caller built against one header must refuse a library
 // of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
 // Provision). Raised whenever a function, a result, a reason or an encoding changes.
-#define ZTP_ABI_VERSION 5
+#define ZTP_ABI_VERSION 6
 
 // The version byte that starts an encoded request.
 #define ZTP_REQUEST_VERSION 1
 
 // The version byte that starts an encoded decision.
-#define ZTP_DECISION_VERSION 3
+#define ZTP_DECISION_VERSION 4
 
 // Decision flag: the request goes on (also in audit mode).
 #define ZTP_DECISION_ALLOWED 1
@@ -59,10 +59,12 @@
 
 #define ZTP_DECISION_AT_LEASE 17
 
-#define ZTP_DECISION_AT_STRINGS 25
+#define ZTP_DECISION_AT_STORE 25
+
+#define ZTP_DECISION_AT_STRINGS 26
 
 // How many strings follow the fixed part of a decision.
-#define ZTP_DECISION_STRINGS 10
+#define ZTP_DECISION_STRINGS 11
 
 // A usage count the response did not give (`ztp_engine_settle`).
 #define ZTP_USAGE_ABSENT UINT64_MAX
@@ -85,6 +87,9 @@ typedef enum {
   ZTP_PANIC = 6,
   // The lease is not open: never given by this engine, or ended already.
   ZTP_UNKNOWN_LEASE = 8,
+  // A setting was refused (the limits store's URL, CA file, timeout); the message
+  // buffer says why.
+  ZTP_INVALID_CONFIG = 9,
 } ztp_result;
 
 // Why a decision came out as it did (the `reason` byte of an encoded decision).
@@ -108,6 +113,7 @@ enum ztp_reason
   ZTP_REASON_BAD_REQUEST = 12,
   ZTP_REASON_MALFORMED_BODY = 13,
   ZTP_REASON_CONCURRENCY_LIMIT = 14,
+  ZTP_REASON_STORE_UNAVAILABLE = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -148,12 +154,58 @@ enum ztp_settle_rule
   ZTP_SETTLE_REFUNDED = 1,
   ZTP_SETTLE_KEPT = 2,
   ZTP_SETTLE_KEPT_USAGE_INCOMPLETE = 3,
+  ZTP_SETTLE_KEPT_STORE_UNAVAILABLE = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum ztp_settle_rule ztp_settle_rule;
 #else
 typedef uint8_t ztp_settle_rule;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// How a decision's cluster-scoped limits and caps were judged (the byte at
+// `ZTP_DECISION_AT_STORE`).
+enum ztp_store_outcome
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint8_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The request met none.
+  ZTP_STORE_NONE = 0,
+  // By the store.
+  ZTP_STORE_SHARED = 1,
+  // The store did not answer: by this process's buckets (`on_failure` local).
+  ZTP_STORE_LOCAL = 2,
+  // The store did not answer: refused with 503 (`on_failure` deny).
+  ZTP_STORE_DENIED = 3,
+  // The store did not answer: not limited (`on_failure` allow).
+  ZTP_STORE_ALLOWED = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ztp_store_outcome ztp_store_outcome;
+#else
+typedef uint8_t ztp_store_outcome;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// What requests get when the limits store does not answer
+// ([`ztp_engine_builder_set_store`]).
+enum ztp_on_failure
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint8_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  ZTP_ON_FAILURE_LOCAL = 0,
+  ZTP_ON_FAILURE_DENY = 1,
+  ZTP_ON_FAILURE_ALLOW = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ztp_on_failure ztp_on_failure;
+#else
+typedef uint8_t ztp_on_failure;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -206,6 +258,22 @@ ztp_result ztp_engine_builder_set_token(ztp_engine_builder *builder,
                                         size_t issuer_len,
                                         const uint8_t *audiences,
                                         size_t audiences_len);
+
+// Hands the policy's cluster-scoped limits and caps to a limits store: `url`
+// (`redis://`, `rediss://`, `valkey://`, `valkeys://`, `unix://`), `ca_file` (may be
+// empty: the system's roots; only for TLS), `timeout_ms` (1–10000: the longest a
+// request waits for the store) and `on_failure` (`ztp_on_failure`). The process keeps
+// one pool per configuration, so builders with the same one share it. Nothing is
+// connected here. On `ZTP_INVALID_CONFIG` writes the message to `*message_out` (if not
+// NULL); it never contains the URL's password.
+ztp_result ztp_engine_builder_set_store(ztp_engine_builder *builder,
+                                        const uint8_t *url,
+                                        size_t url_len,
+                                        const uint8_t *ca_file,
+                                        size_t ca_file_len,
+                                        uint32_t timeout_ms,
+                                        uint8_t on_failure,
+                                        ztp_buffer **message_out);
 
 // Takes over the buckets of every limit of `previous` whose definition is unchanged
 // (a config reload). Writes the number of limits kept to `*kept_out` (if not NULL).

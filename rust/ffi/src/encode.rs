@@ -3,13 +3,15 @@
 //! The decision's layout is defined once, by the `ZTP_DECISION_*` constants in
 //! lib.rs (and so in the header).
 
-use zt_policy_core::{Decision, Effect, Engine, Reason, SettleRule, Settled};
+use zt_policy_core::{
+    Decision, Effect, Engine, Reason, SettleRule, Settled, StoreEvent, StoreOutcome,
+};
 
 use crate::{
-    ztp_reason, ztp_settle_rule, ZTP_DECISION_ADD_STREAM_USAGE, ZTP_DECISION_ALLOWED,
-    ZTP_DECISION_AT_STRINGS, ZTP_DECISION_AUDIT, ZTP_DECISION_DENY, ZTP_DECISION_HAS_LEASE,
-    ZTP_DECISION_HAS_LIMIT, ZTP_DECISION_HAS_RETRY_AFTER, ZTP_DECISION_JWKS_MISS,
-    ZTP_DECISION_STRINGS, ZTP_DECISION_VERSION, ZTP_USAGE_ABSENT,
+    ztp_reason, ztp_settle_rule, ztp_store_outcome, ZTP_DECISION_ADD_STREAM_USAGE,
+    ZTP_DECISION_ALLOWED, ZTP_DECISION_AT_STRINGS, ZTP_DECISION_AUDIT, ZTP_DECISION_DENY,
+    ZTP_DECISION_HAS_LEASE, ZTP_DECISION_HAS_LIMIT, ZTP_DECISION_HAS_RETRY_AFTER,
+    ZTP_DECISION_JWKS_MISS, ZTP_DECISION_STRINGS, ZTP_DECISION_VERSION, ZTP_USAGE_ABSENT,
 };
 
 pub fn reason_code(r: Reason) -> ztp_reason {
@@ -29,6 +31,7 @@ pub fn reason_code(r: Reason) -> ztp_reason {
         Reason::BadRequest => ztp_reason::ZTP_REASON_BAD_REQUEST,
         Reason::MalformedBody => ztp_reason::ZTP_REASON_MALFORMED_BODY,
         Reason::ConcurrencyLimit => ztp_reason::ZTP_REASON_CONCURRENCY_LIMIT,
+        Reason::StoreUnavailable => ztp_reason::ZTP_REASON_STORE_UNAVAILABLE,
     }
 }
 
@@ -94,8 +97,27 @@ fn errors<'a>(d: &'a Decision<'_>) -> impl Iterator<Item = [&'a str; 3]> + Clone
 
 /// The fixed part, and the strings' lengths.
 const FIXED: usize = ZTP_DECISION_AT_STRINGS + ZTP_DECISION_STRINGS * 4;
-// `decision_into` writes the strings one by one: ten of them.
-const _: () = assert!(ZTP_DECISION_STRINGS == 10);
+// `decision_into` writes the strings one by one: eleven of them.
+const _: () = assert!(ZTP_DECISION_STRINGS == 11);
+
+fn store_outcome(d: &Decision) -> ztp_store_outcome {
+    match d.store {
+        None => ztp_store_outcome::ZTP_STORE_NONE,
+        Some(StoreOutcome::Shared) => ztp_store_outcome::ZTP_STORE_SHARED,
+        Some(StoreOutcome::Local) => ztp_store_outcome::ZTP_STORE_LOCAL,
+        Some(StoreOutcome::Denied) => ztp_store_outcome::ZTP_STORE_DENIED,
+        Some(StoreOutcome::Allowed) => ztp_store_outcome::ZTP_STORE_ALLOWED,
+    }
+}
+
+/// The store's change of state as the decision's last string.
+fn store_event<'a>(d: &'a Decision<'_>) -> [&'a str; 2] {
+    match &d.store_event {
+        None => ["", ""],
+        Some(StoreEvent::Available) => ["available", ""],
+        Some(StoreEvent::Unavailable(why)) => ["unavailable: ", why],
+    }
+}
 
 /// The encoded decision's length.
 pub fn decision_len(d: &Decision) -> usize {
@@ -111,6 +133,8 @@ pub fn decision_len(d: &Decision) -> usize {
         + joined_len(errors(d))
         + d.detail.as_deref().map_or(0, str::len)
         + reserved_len(d)
+        + 1
+        + store_event(d).iter().map(|s| s.len()).sum::<usize>()
 }
 
 /// The reservations as one string: "limit=tokens" lines.
@@ -153,6 +177,7 @@ pub fn decision_into(d: &Decision, out: &mut [u8]) -> usize {
     w.put(&limit.map_or(0, |l| l.remaining).to_le_bytes());
     w.put(&retry.unwrap_or(0).to_le_bytes());
     w.put(&d.lease.unwrap_or(0).to_le_bytes());
+    w.put(&[store_outcome(d) as u8]);
     w.str(&d.message);
     w.str(d.rule.unwrap_or(""));
     w.str(d.identity.as_deref().unwrap_or(""));
@@ -171,6 +196,10 @@ pub fn decision_into(d: &Decision, out: &mut [u8]) -> usize {
         w.put(b"=");
         w.decimal(*n);
     }
+    let [a, b] = store_event(d);
+    w.str_len(a.len() + b.len());
+    w.put(a.as_bytes());
+    w.put(b.as_bytes());
     w.at
 }
 
@@ -193,6 +222,7 @@ pub fn settlement_into(settled: &[Settled], out: &mut [u8]) -> usize {
             SettleRule::Refunded => ztp_settle_rule::ZTP_SETTLE_REFUNDED,
             SettleRule::Kept => ztp_settle_rule::ZTP_SETTLE_KEPT,
             SettleRule::KeptUsageIncomplete => ztp_settle_rule::ZTP_SETTLE_KEPT_USAGE_INCOMPLETE,
+            SettleRule::KeptStoreUnavailable => ztp_settle_rule::ZTP_SETTLE_KEPT_STORE_UNAVAILABLE,
         };
         w.put(&[rule as u8]);
         w.put(&s.reserved.to_le_bytes());
@@ -213,6 +243,7 @@ pub fn describe(engine: &Engine) -> String {
         "limits": p.limits.iter().map(|l| &l.name).collect::<Vec<_>>(),
         "settled_limits": p.limits.iter().filter(|l| l.settle.is_some()).map(|l| &l.name).collect::<Vec<_>>(),
         "concurrency": p.concurrency.iter().map(|c| &c.name).collect::<Vec<_>>(),
+        "cluster_scoped": engine.cluster_scoped(),
         "token": p.token.as_ref().map(|t| serde_json::json!({
             "header": t.header,
             "jwks_file": t.jwks_file,

@@ -25,12 +25,13 @@ use castable::{
     ArcCastable, BoxCastable, Castable,
 };
 use panic::ffi_panic_boundary;
-use zt_policy_core::{Decision, Ending, Engine, EngineClock, Usage};
+use zt_policy_core::{Decision, Ending, Engine, EngineClock, OnFailure, Usage};
+use zt_policy_store::{Store, StoreConfig};
 
 /// The version of this ABI. A caller built against one header must refuse a library
 /// of another: `ztp_abi_version() != ZTP_ABI_VERSION` (the Caddy module checks it at
 /// Provision). Raised whenever a function, a result, a reason or an encoding changes.
-pub const ZTP_ABI_VERSION: u32 = 5;
+pub const ZTP_ABI_VERSION: u32 = 6;
 
 /// The ABI version this library speaks: [`ZTP_ABI_VERSION`] of the header it was
 /// built with.
@@ -56,11 +57,13 @@ pub extern "C" fn ztp_source_hash() -> *const std::ffi::c_char {
 // ZTP_DECISION_AT_FLAGS, u16 status at ZTP_DECISION_AT_STATUS, u8 reason
 // (`ztp_reason`) at ZTP_DECISION_AT_REASON, u32 remaining cells of the reported limit
 // at ZTP_DECISION_AT_REMAINING, u64 retry-after seconds at ZTP_DECISION_AT_RETRY_AFTER,
-// u64 lease at ZTP_DECISION_AT_LEASE (0: none), then from ZTP_DECISION_AT_STRINGS the
+// u64 lease at ZTP_DECISION_AT_LEASE (0: none), u8 how cluster-scoped limits were judged
+// (`ztp_store_outcome`) at ZTP_DECISION_AT_STORE, then from ZTP_DECISION_AT_STRINGS the
 // ZTP_DECISION_STRINGS strings: message, rule, identity, limit name, RateLimit value,
 // RateLimit-Policy value, matched rules and rule errors ("rule: error"), both
-// "\n"-separated, the detail for the log only, and the reservations ("limit=tokens",
-// "\n"-separated).
+// "\n"-separated, the detail for the log only, the reservations ("limit=tokens",
+// "\n"-separated), and a change of the limits store's state ("" none, "available", or
+// "unavailable: <why>").
 // A settlement (`ztp_engine_settle`) comes back as: u32 count, then per settled limit
 // a string (its name), u8 rule (`ztp_settle_rule`), u64 reserved, u64 used
 // (ZTP_USAGE_ABSENT: not given), u64 charged, u64 unbilled.
@@ -68,7 +71,7 @@ pub extern "C" fn ztp_source_hash() -> *const std::ffi::c_char {
 /// The version byte that starts an encoded request.
 pub const ZTP_REQUEST_VERSION: u8 = 1;
 /// The version byte that starts an encoded decision.
-pub const ZTP_DECISION_VERSION: u8 = 3;
+pub const ZTP_DECISION_VERSION: u8 = 4;
 /// Decision flag: the request goes on (also in audit mode).
 pub const ZTP_DECISION_ALLOWED: u8 = 1;
 /// Decision flag: audit mode; effect and status are what enforcement would do.
@@ -94,9 +97,10 @@ pub const ZTP_DECISION_AT_REASON: usize = 4;
 pub const ZTP_DECISION_AT_REMAINING: usize = 5;
 pub const ZTP_DECISION_AT_RETRY_AFTER: usize = 9;
 pub const ZTP_DECISION_AT_LEASE: usize = 17;
-pub const ZTP_DECISION_AT_STRINGS: usize = 25;
+pub const ZTP_DECISION_AT_STORE: usize = 25;
+pub const ZTP_DECISION_AT_STRINGS: usize = 26;
 /// How many strings follow the fixed part of a decision.
-pub const ZTP_DECISION_STRINGS: usize = 10;
+pub const ZTP_DECISION_STRINGS: usize = 11;
 /// A usage count the response did not give (`ztp_engine_settle`).
 pub const ZTP_USAGE_ABSENT: u64 = u64::MAX;
 
@@ -121,6 +125,9 @@ pub enum ztp_result {
     // 7 was ZTP_ENGINE_SHARED: engines are no longer changed after they are built.
     /// The lease is not open: never given by this engine, or ended already.
     ZTP_UNKNOWN_LEASE = 8,
+    /// A setting was refused (the limits store's URL, CA file, timeout); the message
+    /// buffer says why.
+    ZTP_INVALID_CONFIG = 9,
 }
 
 impl ztp_result {
@@ -140,6 +147,9 @@ impl ztp_result {
             ztp_result::ZTP_UNKNOWN_LEASE => {
                 "the lease is not open (never given by this engine, or ended already)\0"
             }
+            ztp_result::ZTP_INVALID_CONFIG => {
+                "a setting was refused (the message buffer says why)\0"
+            }
         }
     }
 }
@@ -158,6 +168,7 @@ pub extern "C" fn ztp_result_message(result: u32) -> *const std::ffi::c_char {
             ztp_result::ZTP_BUFFER_TOO_SMALL,
             ztp_result::ZTP_PANIC,
             ztp_result::ZTP_UNKNOWN_LEASE,
+            ztp_result::ZTP_INVALID_CONFIG,
         ];
         let text = all
             .into_iter()
@@ -186,6 +197,34 @@ pub enum ztp_reason {
     ZTP_REASON_BAD_REQUEST = 12,
     ZTP_REASON_MALFORMED_BODY = 13,
     ZTP_REASON_CONCURRENCY_LIMIT = 14,
+    ZTP_REASON_STORE_UNAVAILABLE = 15,
+}
+
+/// How a decision's cluster-scoped limits and caps were judged (the byte at
+/// `ZTP_DECISION_AT_STORE`).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ztp_store_outcome {
+    /// The request met none.
+    ZTP_STORE_NONE = 0,
+    /// By the store.
+    ZTP_STORE_SHARED = 1,
+    /// The store did not answer: by this process's buckets (`on_failure` local).
+    ZTP_STORE_LOCAL = 2,
+    /// The store did not answer: refused with 503 (`on_failure` deny).
+    ZTP_STORE_DENIED = 3,
+    /// The store did not answer: not limited (`on_failure` allow).
+    ZTP_STORE_ALLOWED = 4,
+}
+
+/// What requests get when the limits store does not answer
+/// ([`ztp_engine_builder_set_store`]).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ztp_on_failure {
+    ZTP_ON_FAILURE_LOCAL = 0,
+    ZTP_ON_FAILURE_DENY = 1,
+    ZTP_ON_FAILURE_ALLOW = 2,
 }
 
 /// How a response ended, for [`ztp_engine_settle`].
@@ -208,6 +247,7 @@ pub enum ztp_settle_rule {
     ZTP_SETTLE_REFUNDED = 1,
     ZTP_SETTLE_KEPT = 2,
     ZTP_SETTLE_KEPT_USAGE_INCOMPLETE = 3,
+    ZTP_SETTLE_KEPT_STORE_UNAVAILABLE = 4,
 }
 
 /// A compiled policy with its caches and rate-limit buckets, immutable once built
@@ -335,6 +375,60 @@ pub unsafe extern "C" fn ztp_engine_builder_set_token(
             .collect();
         e.configure_token(issuer.to_owned(), audiences);
         ztp_result::ZTP_OK
+    }
+}
+
+/// Hands the policy's cluster-scoped limits and caps to a limits store: `url`
+/// (`redis://`, `rediss://`, `valkey://`, `valkeys://`, `unix://`), `ca_file` (may be
+/// empty: the system's roots; only for TLS), `timeout_ms` (1–10000: the longest a
+/// request waits for the store) and `on_failure` (`ztp_on_failure`). The process keeps
+/// one pool per configuration, so builders with the same one share it. Nothing is
+/// connected here. On `ZTP_INVALID_CONFIG` writes the message to `*message_out` (if not
+/// NULL); it never contains the URL's password.
+#[no_mangle]
+pub unsafe extern "C" fn ztp_engine_builder_set_store(
+    builder: *mut ztp_engine_builder,
+    url: *const u8,
+    url_len: usize,
+    ca_file: *const u8,
+    ca_file_len: usize,
+    timeout_ms: u32,
+    on_failure: u8,
+    message_out: *mut *mut ztp_buffer,
+) -> ztp_result {
+    ffi_panic_boundary! {
+        let (Some(e), Some(url), Some(ca_file)) =
+            (box_mut(builder), bytes(url, url_len), bytes(ca_file, ca_file_len))
+        else {
+            return ztp_result::ZTP_NULL_PARAMETER;
+        };
+        let fail = |msg: String| {
+            if !message_out.is_null() {
+                *message_out = new_buffer(msg.into_bytes());
+            }
+            ztp_result::ZTP_INVALID_CONFIG
+        };
+        let (Ok(url), Ok(ca_file)) = (std::str::from_utf8(url), std::str::from_utf8(ca_file)) else {
+            return fail("the limits store's URL and CA file must be UTF-8".into());
+        };
+        let on_failure = match on_failure {
+            f if f == ztp_on_failure::ZTP_ON_FAILURE_LOCAL as u8 => OnFailure::Local,
+            f if f == ztp_on_failure::ZTP_ON_FAILURE_DENY as u8 => OnFailure::Deny,
+            f if f == ztp_on_failure::ZTP_ON_FAILURE_ALLOW as u8 => OnFailure::Allow,
+            f => return fail(format!("on_failure {f} is not a ztp_on_failure")),
+        };
+        let config = StoreConfig {
+            url: url.to_owned(),
+            ca_file: (!ca_file.is_empty()).then(|| ca_file.to_owned()),
+            timeout: std::time::Duration::from_millis(timeout_ms.into()),
+        };
+        match Store::shared(config) {
+            Ok(store) => {
+                e.set_store(store, on_failure);
+                ztp_result::ZTP_OK
+            }
+            Err(msg) => fail(msg),
+        }
     }
 }
 

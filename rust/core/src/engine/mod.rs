@@ -6,8 +6,10 @@
 mod activation;
 mod pipeline;
 mod settle;
+mod shared;
 
 pub use settle::{Ending, SettleRule, Settled, Usage};
+pub use shared::{OnFailure, StoreClient};
 
 use std::sync::{Arc, OnceLock};
 
@@ -38,6 +40,8 @@ pub struct Engine {
     limits: Vec<Arc<LimitState>>,
     caps: Vec<Arc<InFlightState>>,
     leases: settle::Leases,
+    /// The limits store of cluster-scoped limits and caps (none: they are judged here).
+    shared: Option<shared::Shared>,
     absent_cert: Indexed,
     empty_claims: Indexed,
     needs_body: bool,
@@ -98,6 +102,7 @@ impl Engine {
             limits,
             caps,
             leases: settle::Leases::default(),
+            shared: None,
             absent_cert: CertInfo::absent_value(),
             empty_claims: Indexed::from_json(&serde_json::json!({}), 1).expect("empty map"),
             needs_body,
@@ -107,6 +112,22 @@ impl Engine {
     /// Loads and compiles a TOML policy; `file` names it in errors.
     pub fn from_toml(source: &str, file: &str, clock: EngineClock) -> Result<Engine, PolicyError> {
         Ok(Engine::new(policy::load(source, file)?, clock))
+    }
+
+    /// Hands cluster-scoped limits and caps to a store; without one (policy tests)
+    /// they are judged by this engine's own buckets, like local ones.
+    pub fn set_store(&mut self, client: Arc<dyn StoreClient>, on_failure: OnFailure) {
+        self.shared = Some(shared::Shared::new(client, on_failure, &self.policy));
+    }
+
+    /// The names of the limits and caps whose scope is "cluster".
+    pub fn cluster_scoped(&self) -> Vec<&str> {
+        let limits = (self.policy.limits.iter()).filter(|l| l.scope == policy::Scope::Cluster);
+        let caps = (self.policy.concurrency.iter()).filter(|c| c.scope == policy::Scope::Cluster);
+        limits
+            .map(|l| l.name.as_str())
+            .chain(caps.map(|c| c.name.as_str()))
+            .collect()
     }
 
     pub fn policy(&self) -> &Policy {

@@ -10,9 +10,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::settle::{Lease, Reservation};
+use super::shared::{arg, OnFailure, Pending, Shared, SharedHeld};
 use super::{Activation, Engine};
 use crate::cert::CertEntry;
-use crate::decision::{Decision, LimitReport, Reason, RuleError};
+use crate::decision::{Decision, LimitReport, Reason, RuleError, StoreEvent, StoreOutcome};
 use crate::eval::expr::Expression;
 use crate::eval::native::Scope;
 use crate::inflight;
@@ -350,6 +351,8 @@ impl Engine {
                 self.undo(held.lease, &held.taken);
                 let mut d = explain.into(refusal.decision, Some(&allow.name));
                 d.limit = refusal.limit;
+                d.store = held.store;
+                d.store_event = held.store_event;
                 return d;
             }
         };
@@ -377,61 +380,47 @@ impl Engine {
                 headers,
             }
         });
+        d.store = held.store;
+        d.store_event = held.store_event;
         let lease = held.lease;
-        if !lease.reservations.is_empty() {
-            d.reserved = lease
-                .reservations
-                .iter()
-                .map(|r| (self.policy.limits[r.limit].name.as_str(), r.reserved))
+        let reserved = lease.reserved();
+        if !reserved.is_empty() {
+            d.reserved = reserved
+                .into_iter()
+                .map(|(limit, n)| (self.policy.limits[limit].name.as_str(), n))
                 .collect();
             d.add_stream_usage = act.streams_without_usage();
         }
-        if !lease.reservations.is_empty() || !lease.slots.is_empty() {
+        if !lease.is_empty() {
             d.lease = Some(self.leases.open(lease));
         }
         d
     }
 
     /// Takes a slot of every cap and cells of every limit that applies, recording each
-    /// in `held`; returns the limit with the fewest cells left, or the refusal.
-    #[allow(clippy::type_complexity)]
+    /// in `held`: local ones here one by one, cluster-scoped ones in one call to the
+    /// store after them. Returns the limit with the fewest cells left, or the refusal.
     fn take<'e, 'a>(
         &'e self,
         act: &'a Activation<'_>,
         ctx: &Scope<'_, '_>,
         held: &mut Held<'e, 'a>,
-    ) -> Result<Option<(&'e policy::LimitConfig, &'e LimitState, u32, u64)>, Refusal<'e>> {
-        for (cfg, state) in self.policy.concurrency.iter().zip(&self.caps) {
+    ) -> Result<Option<Tightest<'e>>, Refusal<'e>> {
+        let mut pending = Vec::new();
+        for (index, cfg) in self.policy.concurrency.iter().enumerate() {
             let what = ("concurrency", cfg.name.as_str());
             if !self.applies(cfg.when.as_ref(), ctx, what)? {
                 continue;
             }
             let key = self.key_of(&cfg.key, act, ctx, what)?;
-            match state.acquire(&key) {
-                Ok(_) => held.lease.slots.push((state.clone(), key.into_owned())),
-                Err(max) => {
-                    return Err(Refusal {
-                        decision: Decision::deny(
-                            429,
-                            Reason::ConcurrencyLimit,
-                            format!(
-                                "concurrency limit {:?} reached: {max} requests already in flight; retry when one ends",
-                                cfg.name
-                            ),
-                        ),
-                        limit: Some(LimitReport {
-                            name: &cfg.name,
-                            remaining: 0,
-                            retry_after_secs: Some(1),
-                            headers: inflight::headers(&cfg.name, max),
-                        }),
-                    })
-                }
+            if cfg.scope == policy::Scope::Cluster && self.shared.is_some() {
+                pending.push(Pending::Cap { index, key });
+            } else {
+                self.take_slot(index, key, held)?;
             }
         }
-        // (limit, remaining, reset) of the limit with the fewest cells left.
-        let mut tightest: Option<(&policy::LimitConfig, &LimitState, u32, u64)> = None;
-        for (i, (cfg, state)) in self.policy.limits.iter().zip(&self.limits).enumerate() {
+        let mut tightest = None;
+        for (index, cfg) in self.policy.limits.iter().enumerate() {
             let what = ("limit", cfg.name.as_str());
             if !self.applies(cfg.when.as_ref(), ctx, what)? {
                 continue;
@@ -443,75 +432,281 @@ impl Engine {
                     .eval_u64(ctx)
                     .map_err(|e| self.limit_error(what, "cost", e.to_string()))?,
             };
-            let (status, reason, message, retry_after) = match state.check(&key, cost) {
-                Outcome::Allowed {
-                    remaining,
-                    reset_secs,
-                } => {
-                    // Tightest = the smallest share of its burst left (limits count
-                    // different things: requests, LLM tokens).
-                    if tightest.is_none_or(|(c, _, r, _)| {
-                        u64::from(remaining) * u64::from(c.burst) < u64::from(r) * u64::from(cfg.burst)
-                    }) {
-                        tightest = Some((cfg, state, remaining, reset_secs));
-                    }
-                    if let (Some(settle), true) = (cfg.settle, cost > 0) {
-                        held.budgets.push((cfg, state, remaining, reset_secs));
-                        held.lease.reservations.push(Reservation {
-                            limit: i,
-                            state: state.clone(),
-                            key: key.clone().into_owned(),
-                            reserved: cost,
-                            settle,
-                        });
-                    } else {
-                        held.taken.push((state, key, cost));
-                    }
-                    continue;
+            if cfg.scope == policy::Scope::Cluster && self.shared.is_some() {
+                if cost > u64::from(cfg.burst) {
+                    return Err(self.cost_exceeds_burst(cfg, cost));
                 }
-                Outcome::Limited { retry_after_secs } => (
-                    429,
-                    Reason::RateLimited,
-                    format!(
-                        "rate limit {:?} exceeded; retry in {retry_after_secs}s",
-                        cfg.name
-                    ),
-                    retry_after_secs,
+                pending.push(Pending::Limit { index, key, cost });
+            } else {
+                self.take_cells(index, key, cost, held, &mut tightest)?;
+            }
+        }
+        if let Some(shared) = self.shared.as_ref().filter(|_| !pending.is_empty()) {
+            self.admit_shared(shared, pending, held, &mut tightest)?;
+        }
+        Ok(tightest)
+    }
+
+    /// A slot of local cap `index`.
+    fn take_slot<'e, 'a>(
+        &'e self,
+        index: usize,
+        key: Cow<'a, str>,
+        held: &mut Held<'e, 'a>,
+    ) -> Result<(), Refusal<'e>> {
+        let state = &self.caps[index];
+        match state.acquire(&key) {
+            Ok(_) => {
+                held.lease.slots.push((state.clone(), key.into_owned()));
+                Ok(())
+            }
+            Err(max) => Err(self.cap_full(index, max)),
+        }
+    }
+
+    fn cap_full<'e>(&'e self, index: usize, max: u32) -> Refusal<'e> {
+        let cfg = &self.policy.concurrency[index];
+        Refusal {
+            decision: Decision::deny(
+                429,
+                Reason::ConcurrencyLimit,
+                format!(
+                    "concurrency limit {:?} reached: {max} requests already in flight; retry when one ends",
+                    cfg.name
                 ),
-                Outcome::CostExceedsBurst { cost, burst } => {
-                    return Err(Refusal {
-                        decision: Decision::deny(
-                            self.policy.deny_status,
-                            Reason::CostExceedsBurst,
-                            format!(
-                                "request costs {cost}, more than limit {:?} allows at once ({burst})",
-                                cfg.name
-                            ),
-                        ),
-                        limit: None,
-                    })
+            ),
+            limit: Some(LimitReport {
+                name: &cfg.name,
+                remaining: 0,
+                retry_after_secs: Some(1),
+                headers: inflight::headers(&cfg.name, max),
+            }),
+        }
+    }
+
+    /// `cost` cells of local limit `index`.
+    fn take_cells<'e, 'a>(
+        &'e self,
+        index: usize,
+        key: Cow<'a, str>,
+        cost: u64,
+        held: &mut Held<'e, 'a>,
+        tightest: &mut Option<Tightest<'e>>,
+    ) -> Result<(), Refusal<'e>> {
+        let cfg = &self.policy.limits[index];
+        let state = &self.limits[index];
+        match state.check(&key, cost) {
+            Outcome::Allowed {
+                remaining,
+                reset_secs,
+            } => {
+                self.note_allowed(index, remaining, reset_secs, cost, held, tightest);
+                if let (Some(settle), true) = (cfg.settle, cost > 0) {
+                    held.lease.reservations.push(Reservation {
+                        limit: index,
+                        state: state.clone(),
+                        key: key.into_owned(),
+                        reserved: cost,
+                        settle,
+                    });
+                } else {
+                    held.taken.push((state, key, cost));
                 }
-                Outcome::TableFull { live_keys } => (
+                Ok(())
+            }
+            Outcome::Limited { retry_after_secs } => Err(self.limited(index, retry_after_secs)),
+            Outcome::CostExceedsBurst { cost, .. } => Err(self.cost_exceeds_burst(cfg, cost)),
+            Outcome::TableFull { live_keys } => Err(Refusal {
+                decision: Decision::deny(
                     429,
                     Reason::LimitTableFull,
                     format!(
                         "limit {:?} already tracks {live_keys} identities (its max_keys); retry later",
                         cfg.name
                     ),
-                    1,
                 ),
+                limit: Some(self.refused_report(index, 1)),
+            }),
+        }
+    }
+
+    /// Records an allowed limit: the tightest so far (the smallest share of its burst
+    /// left: limits count different things, requests and LLM tokens), and a token
+    /// budget's numbers for RateLimit.
+    fn note_allowed<'e>(
+        &'e self,
+        index: usize,
+        remaining: u32,
+        reset_secs: u64,
+        cost: u64,
+        held: &mut Held<'e, '_>,
+        tightest: &mut Option<Tightest<'e>>,
+    ) {
+        let cfg = &self.policy.limits[index];
+        let state = &*self.limits[index];
+        if tightest.is_none_or(|(c, _, r, _)| {
+            u64::from(remaining) * u64::from(c.burst) < u64::from(r) * u64::from(cfg.burst)
+        }) {
+            *tightest = Some((cfg, state, remaining, reset_secs));
+        }
+        if cfg.settle.is_some() && cost > 0 {
+            held.budgets.push((cfg, state, remaining, reset_secs));
+        }
+    }
+
+    fn limited<'e>(&'e self, index: usize, retry_after_secs: u64) -> Refusal<'e> {
+        let cfg = &self.policy.limits[index];
+        Refusal {
+            decision: Decision::deny(
+                429,
+                Reason::RateLimited,
+                format!(
+                    "rate limit {:?} exceeded; retry in {retry_after_secs}s",
+                    cfg.name
+                ),
+            ),
+            limit: Some(self.refused_report(index, retry_after_secs)),
+        }
+    }
+
+    fn refused_report<'e>(&'e self, index: usize, retry_after: u64) -> LimitReport<'e> {
+        let cfg = &self.policy.limits[index];
+        LimitReport {
+            name: &cfg.name,
+            remaining: 0,
+            retry_after_secs: Some(retry_after),
+            headers: self.limits[index].headers(cfg, 0, retry_after),
+        }
+    }
+
+    fn cost_exceeds_burst<'e>(&self, cfg: &policy::LimitConfig, cost: u64) -> Refusal<'e> {
+        Refusal {
+            decision: Decision::deny(
+                self.policy.deny_status,
+                Reason::CostExceedsBurst,
+                format!(
+                    "request costs {cost}, more than limit {:?} allows at once ({})",
+                    cfg.name, cfg.burst
+                ),
+            ),
+            limit: None,
+        }
+    }
+
+    /// Every cluster-scoped limit and cap of the request in one atomic call to the
+    /// store; when it does not answer, `on_failure` decides.
+    fn admit_shared<'e, 'a>(
+        &'e self,
+        shared: &'e Shared,
+        pending: Vec<Pending<'a>>,
+        held: &mut Held<'e, 'a>,
+        tightest: &mut Option<Tightest<'e>>,
+    ) -> Result<(), Refusal<'e>> {
+        let lease_id = if pending.iter().any(|p| matches!(p, Pending::Cap { .. })) {
+            shared.lease_id()
+        } else {
+            "-".to_owned()
+        };
+        let keys: Vec<String> = pending.iter().map(|p| shared.store_key(p)).collect();
+        let mut args = Vec::with_capacity(3 + 4 * pending.len());
+        args.extend(["0".to_owned(), "admit".to_owned(), lease_id.clone()]);
+        for p in &pending {
+            let [kind, a, b, c] = match p {
+                Pending::Limit { index, cost, .. } => {
+                    let state = &self.limits[*index];
+                    ["l", &arg(state.period()), &arg(state.tau()), &arg(*cost)].map(str::to_owned)
+                }
+                Pending::Cap { index, .. } => {
+                    let cfg = &self.policy.concurrency[*index];
+                    ["c", &arg(cfg.max), &arg(cfg.lease_ttl.as_millis()), "0"].map(str::to_owned)
+                }
             };
-            return Err(Refusal {
-                decision: Decision::deny(status, reason, message),
-                limit: Some(LimitReport {
-                    name: &cfg.name,
-                    remaining: 0,
-                    retry_after_secs: Some(retry_after),
-                    headers: state.headers(cfg, 0, retry_after),
-                }),
+            args.extend([kind, a, b, c]);
+        }
+        let ran = shared.client.run(&keys, &args);
+        held.store_event = shared.client.take_event();
+        let reply = match ran.map(|r| (check_admit_reply(&r, pending.len()), r)) {
+            Ok((Ok(()), r)) => r,
+            Ok((Err(e), _)) => {
+                held.store_event.get_or_insert(StoreEvent::Unavailable(e));
+                return self.store_failed(shared.on_failure, pending, held, tightest);
+            }
+            Err(_) => return self.store_failed(shared.on_failure, pending, held, tightest),
+        };
+        held.store = Some(StoreOutcome::Shared);
+        if reply[0] == 0 {
+            let (i, n) = (reply[1] as usize - 1, reply[2] as u64);
+            return Err(match &pending[i] {
+                Pending::Limit { index, .. } => self.limited(*index, n.div_ceil(SECOND).max(1)),
+                Pending::Cap { index, .. } => self.cap_full(*index, n as u32),
             });
         }
-        Ok(tightest)
+        held.lease.shared_id = lease_id;
+        for (j, (p, store_key)) in pending.into_iter().zip(keys).enumerate() {
+            match p {
+                Pending::Limit { index, cost, .. } => {
+                    let (remaining, ahead) = (reply[1 + 2 * j], reply[2 + 2 * j] as u64);
+                    let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
+                    self.note_allowed(
+                        index,
+                        remaining,
+                        ahead.div_ceil(SECOND),
+                        cost,
+                        held,
+                        tightest,
+                    );
+                    if let (Some(settle), true) = (self.policy.limits[index].settle, cost > 0) {
+                        held.lease.shared.push(SharedHeld::Reservation {
+                            limit: index,
+                            store_key,
+                            reserved: cost,
+                            settle,
+                        });
+                    }
+                }
+                Pending::Cap { .. } => held.lease.shared.push(SharedHeld::Slot { store_key }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The store did not answer: this replica's buckets, a 503, or no limit.
+    fn store_failed<'e, 'a>(
+        &'e self,
+        on_failure: OnFailure,
+        pending: Vec<Pending<'a>>,
+        held: &mut Held<'e, 'a>,
+        tightest: &mut Option<Tightest<'e>>,
+    ) -> Result<(), Refusal<'e>> {
+        match on_failure {
+            OnFailure::Local => {
+                held.store = Some(StoreOutcome::Local);
+                for p in pending {
+                    match p {
+                        Pending::Cap { index, key } => self.take_slot(index, key, held)?,
+                        Pending::Limit { index, key, cost } => {
+                            self.take_cells(index, key, cost, held, tightest)?
+                        }
+                    }
+                }
+                Ok(())
+            }
+            OnFailure::Allow => {
+                held.store = Some(StoreOutcome::Allowed);
+                Ok(())
+            }
+            OnFailure::Deny => {
+                held.store = Some(StoreOutcome::Denied);
+                Err(Refusal {
+                    decision: Decision::deny(
+                        503,
+                        Reason::StoreUnavailable,
+                        "the limits store is unavailable; retry later",
+                    ),
+                    limit: None,
+                })
+            }
+        }
     }
 
     /// Whether a limit's or cap's `when` holds (none: always).
@@ -568,6 +763,25 @@ impl Engine {
     }
 }
 
+/// A limit, its state, its cells left and the seconds until its bucket is full.
+type Tightest<'e> = (&'e policy::LimitConfig, &'e LimitState, u32, u64);
+
+const SECOND: u64 = 1_000_000_000;
+
+/// An admission's reply is {1, cells, ns, …} (two numbers per key) or {0, i, n}.
+fn check_admit_reply(r: &[i64], keys: usize) -> Result<(), String> {
+    let fine = match r.first() {
+        Some(1) => r.len() == 1 + 2 * keys && r[1..].iter().all(|n| *n >= 0),
+        Some(0) => r.len() == 3 && (1..=keys as i64).contains(&r[1]) && r[2] >= 0,
+        _ => false,
+    };
+    if fine {
+        Ok(())
+    } else {
+        Err(format!("the limits store's script answered {r:?}, not an admission of {keys} keys: is store/limits.lua of another version?"))
+    }
+}
+
 /// What a request has taken from caps and limits so far.
 #[derive(Default)]
 struct Held<'e, 'a> {
@@ -576,7 +790,10 @@ struct Held<'e, 'a> {
     /// Cells of limits that do not settle (given back only if the request is refused).
     taken: Vec<(&'e LimitState, Cow<'a, str>, u64)>,
     /// The settled limits' (limit, remaining, reset) at admission, for RateLimit.
-    budgets: Vec<(&'e policy::LimitConfig, &'e LimitState, u32, u64)>,
+    budgets: Vec<Tightest<'e>>,
+    /// How the store judged cluster-scoped limits, and a change of its state.
+    store: Option<StoreOutcome>,
+    store_event: Option<StoreEvent>,
 }
 
 /// A refusal by a cap or a limit, with the limit to report.

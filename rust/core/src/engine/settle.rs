@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use super::shared::{arg, SharedHeld};
 use super::Engine;
 use crate::inflight::InFlightState;
 use crate::limits::LimitState;
@@ -27,9 +28,29 @@ use crate::policy::Settle;
 pub(super) struct Lease {
     pub(super) reservations: Vec<Reservation>,
     pub(super) slots: Vec<(Arc<InFlightState>, String)>,
+    /// Reservations and slots of cluster-scoped limits and caps, in the store.
+    pub(super) shared: Vec<SharedHeld>,
+    /// The id the store knows the lease's slots by.
+    pub(super) shared_id: String,
 }
 
 impl Lease {
+    pub(super) fn is_empty(&self) -> bool {
+        self.reservations.is_empty() && self.slots.is_empty() && self.shared.is_empty()
+    }
+
+    /// (limit index, tokens) of every reservation, local then shared.
+    pub(super) fn reserved(&self) -> Vec<(usize, u64)> {
+        let local = self.reservations.iter().map(|r| (r.limit, r.reserved));
+        let shared = self.shared.iter().filter_map(|h| match h {
+            SharedHeld::Reservation {
+                limit, reserved, ..
+            } => Some((*limit, *reserved)),
+            SharedHeld::Slot { .. } => None,
+        });
+        local.chain(shared).collect()
+    }
+
     /// Gives the in-flight slots back (however the lease ends).
     fn release_slots(&self) {
         for (cap, key) in &self.slots {
@@ -110,6 +131,9 @@ pub enum SettleRule {
     Kept,
     /// The response had `usage` but not the count this limit settles on.
     KeptUsageIncomplete,
+    /// A cluster-scoped limit whose store did not answer when the response ended: the
+    /// reservation stays spent.
+    KeptStoreUnavailable,
 }
 
 impl SettleRule {
@@ -119,6 +143,7 @@ impl SettleRule {
             SettleRule::Refunded => "refunded",
             SettleRule::Kept => "kept",
             SettleRule::KeptUsageIncomplete => "kept_usage_incomplete",
+            SettleRule::KeptStoreUnavailable => "kept_store_unavailable",
         }
     }
 }
@@ -139,6 +164,13 @@ pub struct Settled<'e> {
     pub unbilled: u64,
 }
 
+/// What settling one reservation does to its bucket.
+enum Move {
+    None,
+    Refund(u64),
+    Charge(u64),
+}
+
 impl Engine {
     /// Ends a lease (`Decision::lease`): settles its limits by how the response ended
     /// and gives back its in-flight slots. `None` for a lease that is not open (never
@@ -146,13 +178,97 @@ impl Engine {
     pub fn settle(&self, lease: u64, ending: Ending) -> Option<Vec<Settled<'_>>> {
         let (_, lease) = self.leases.open.remove(&lease)?;
         lease.release_slots();
-        Some(
-            lease
-                .reservations
-                .iter()
-                .map(|r| settle_one(r, ending, &self.policy.limits[r.limit].name))
-                .collect(),
-        )
+        let mut settled: Vec<Settled> = (lease.reservations.iter())
+            .map(|r| {
+                let (mut s, step) = settle_one(
+                    r.reserved,
+                    r.settle,
+                    ending,
+                    &self.policy.limits[r.limit].name,
+                );
+                match step {
+                    Move::None => {}
+                    Move::Refund(n) => {
+                        r.state.refund(&r.key, n);
+                    }
+                    Move::Charge(n) => {
+                        let taken = r.state.charge(&r.key, n);
+                        s.charged += taken;
+                        s.unbilled = n - taken;
+                    }
+                }
+                s
+            })
+            .collect();
+        if !lease.shared.is_empty() {
+            self.settle_shared(&lease, ending, &mut settled);
+        }
+        Some(settled)
+    }
+
+    /// Settles a lease's cluster-scoped reservations and releases its slots in one call
+    /// to the store. When it does not answer, reservations stay spent and slots end
+    /// with their lease's TTL.
+    fn settle_shared<'e>(&'e self, lease: &Lease, ending: Ending, out: &mut Vec<Settled<'e>>) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut keys = Vec::new();
+        let mut args = vec!["0".to_owned(), "settle".to_owned(), lease.shared_id.clone()];
+        // (index in `out`, index in `keys`, whether it is a charge) per reservation sent.
+        let mut sent = Vec::new();
+        for held in &lease.shared {
+            match held {
+                SharedHeld::Reservation {
+                    limit,
+                    store_key,
+                    reserved,
+                    settle,
+                } => {
+                    let (s, step) =
+                        settle_one(*reserved, *settle, ending, &self.policy.limits[*limit].name);
+                    let state = &self.limits[*limit];
+                    let [kind, a, b, c] = match step {
+                        Move::None => {
+                            out.push(s);
+                            continue;
+                        }
+                        Move::Refund(n) => {
+                            ["r", &arg(state.period()), &arg(n), "0"].map(str::to_owned)
+                        }
+                        Move::Charge(n) => ["g", &arg(state.period()), &arg(state.tau()), &arg(n)]
+                            .map(str::to_owned),
+                    };
+                    sent.push((out.len(), keys.len(), kind == "g"));
+                    out.push(s);
+                    keys.push(store_key.clone());
+                    args.extend([kind, a, b, c]);
+                }
+                SharedHeld::Slot { store_key } => {
+                    keys.push(store_key.clone());
+                    args.extend(["x", "0", "0", "0"].map(str::to_owned));
+                }
+            }
+        }
+        let reply = shared.client.run(&keys, &args);
+        // (A change of the store's state is reported by the next admission.)
+        for &(at, key, charge) in &sent {
+            let s = &mut out[at];
+            match reply.as_deref().ok().filter(|r| r.len() == keys.len()) {
+                None => {
+                    s.rule = SettleRule::KeptStoreUnavailable;
+                    s.charged = s.reserved;
+                    s.unbilled = 0;
+                }
+                Some(r) if charge => {
+                    let wanted = s.used.unwrap_or(0) - s.reserved;
+                    let taken = u64::try_from(r[key]).unwrap_or(0).min(wanted);
+                    s.charged = s.reserved + taken;
+                    s.unbilled = wanted - taken;
+                }
+                Some(_) => {}
+            }
+        }
     }
 
     /// Leases open right now (requests holding reservations or slots).
@@ -189,38 +305,42 @@ impl Engine {
     }
 }
 
-fn settle_one<'e>(r: &Reservation, ending: Ending, name: &'e str) -> Settled<'e> {
+/// How one reservation settles: what to report (before any excess is charged) and
+/// what to do to its bucket.
+fn settle_one(reserved: u64, settle: Settle, ending: Ending, name: &str) -> (Settled<'_>, Move) {
     let mut s = Settled {
         limit: name,
         rule: SettleRule::Kept,
-        reserved: r.reserved,
+        reserved,
         used: None,
-        charged: r.reserved,
+        charged: reserved,
         unbilled: 0,
     };
-    match ending {
-        Ending::Keep => {}
+    let step = match ending {
+        Ending::Keep => Move::None,
         Ending::Refund => {
             s.rule = SettleRule::Refunded;
             s.charged = 0;
-            r.state.refund(&r.key, r.reserved);
+            Move::Refund(reserved)
         }
-        Ending::Usage(usage) => match usage.count(r.settle) {
-            None => s.rule = SettleRule::KeptUsageIncomplete,
+        Ending::Usage(usage) => match usage.count(settle) {
+            None => {
+                s.rule = SettleRule::KeptUsageIncomplete;
+                Move::None
+            }
             Some(used) => {
                 s.rule = SettleRule::Usage;
                 s.used = Some(used);
-                if used < r.reserved {
+                if used < reserved {
                     s.charged = used;
-                    r.state.refund(&r.key, r.reserved - used);
+                    Move::Refund(reserved - used)
+                } else if used > reserved {
+                    Move::Charge(used - reserved)
                 } else {
-                    let excess = used - r.reserved;
-                    let taken = r.state.charge(&r.key, excess);
-                    s.charged = r.reserved + taken;
-                    s.unbilled = excess - taken;
+                    Move::None
                 }
             }
         },
-    }
-    s
+    };
+    (s, step)
 }

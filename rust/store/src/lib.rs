@@ -1,0 +1,401 @@
+//! The limits store of cluster-scoped limits: a Redis-protocol server (Redis 7,
+//! Valkey, a managed one) shared by every replica. [`Store`] runs store/limits.lua for
+//! the engine (`zt_policy_core::StoreClient`):
+//!
+//! - **one round trip** per call, EVALSHA on a pooled blocking connection (the script
+//!   is loaded once per server; NOSCRIPT after a restart loads it again);
+//! - **a timeout** on everything a call waits for (taking a connection, connecting,
+//!   the reply): a call never waits longer than `timeout` (default 50 ms), however the
+//!   store fails (down, slow, unreachable host);
+//! - **a breaker**: after a failure the store is "unavailable", and calls fail at once
+//!   without touching the network, except one probe per second; the first call that
+//!   succeeds makes it "available" again. Each change is reported once (`take_event`).
+//!
+//! Stores are shared per process by their configuration, so a Caddy reload that keeps
+//! the configuration keeps the pool (and its connections).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use zt_policy_core::{StoreClient, StoreEvent};
+
+/// The script every call runs.
+pub const SCRIPT: &str = include_str!("../../../store/limits.lua");
+
+/// A call waits at most this long unless configured otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// While unavailable, one call per this interval tries the store.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Idle connections kept for later calls; more are opened when calls overlap.
+const MAX_IDLE: usize = 64;
+
+/// Where the store is and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `redis://[user[:password]@]host[:port][/db]`, `rediss://…` (TLS), `valkey://`,
+    /// `valkeys://`, or `unix:///path/to/socket`.
+    pub url: String,
+    /// PEM file of the CAs that sign a `rediss://` store's certificate (default: the
+    /// system's roots).
+    pub ca_file: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Checks a store URL: the scheme, a host, and nothing that lowers its security. The
+/// message never contains a password.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let shown = redact(url);
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("limits store {shown:?}: not a URL (redis://host:6379/0)"))?;
+    if !matches!(scheme, "redis" | "rediss" | "valkey" | "valkeys" | "unix") {
+        return Err(format!(
+            "limits store {shown:?}: the scheme {scheme:?} is not redis, rediss, valkey, valkeys or unix"
+        ));
+    }
+    if rest.contains('#') || rest.contains('?') {
+        return Err(format!(
+            "limits store {shown:?}: options after ? or # are not accepted (TLS is always verified; use ca_file)"
+        ));
+    }
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if scheme != "unix" && host.split(['/', ':']).next().unwrap_or("").is_empty() {
+        return Err(format!("limits store {shown:?}: no host"));
+    }
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "limits store {shown:?}: {}",
+                e.to_string().replace(url, &shown)
+            )
+        })
+}
+
+/// The URL with its password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// A store and its pool. Calls block the calling thread for at most the timeout.
+pub struct Store {
+    config: StoreConfig,
+    client: redis::Client,
+    script: redis::Script,
+    idle: Mutex<Vec<redis::Connection>>,
+    available: AtomicBool,
+    /// While unavailable: when the next probe may run (ns since `origin`).
+    next_probe: AtomicU64,
+    origin: Instant,
+    event: Mutex<Option<StoreEvent>>,
+    /// Connections opened, ever (tests read it: a reload must not open new ones).
+    opened: AtomicU64,
+}
+
+impl Store {
+    /// The process's store for `config`: the same one for the same configuration
+    /// while any engine uses it.
+    pub fn shared(config: StoreConfig) -> Result<Arc<Store>, String> {
+        static STORES: OnceLock<Mutex<Vec<Weak<Store>>>> = OnceLock::new();
+        let mut stores = STORES.get_or_init(Default::default).lock().unwrap();
+        stores.retain(|w| w.strong_count() > 0);
+        if let Some(s) = stores
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|s| s.config == config)
+        {
+            return Ok(s);
+        }
+        let store = Arc::new(Store::new(config)?);
+        stores.push(Arc::downgrade(&store));
+        Ok(store)
+    }
+
+    /// A store of its own (not shared with other engines).
+    pub fn new(config: StoreConfig) -> Result<Store, String> {
+        check_url(&config.url)?;
+        if config.timeout.is_zero() || config.timeout > Duration::from_secs(10) {
+            return Err(format!(
+                "limits store timeout {:?} is not between 1ms and 10s",
+                config.timeout
+            ));
+        }
+        let shown = redact(&config.url);
+        let tls = config.url.starts_with("rediss://") || config.url.starts_with("valkeys://");
+        let client = match &config.ca_file {
+            Some(file) if !tls => {
+                return Err(format!(
+                    "limits store {shown:?}: ca_file {file:?} is for rediss:// (TLS) stores"
+                ))
+            }
+            Some(file) => {
+                let pem = std::fs::read(file)
+                    .map_err(|e| format!("limits store ca_file {file:?}: {e}"))?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!(
+                        "limits store ca_file {file:?}: no PEM certificate in it"
+                    ));
+                }
+                install_crypto_provider();
+                redis::Client::build_with_tls(
+                    config.url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            None => {
+                if tls {
+                    install_crypto_provider();
+                }
+                redis::Client::open(config.url.as_str())
+            }
+        }
+        .map_err(|e| format!("limits store {shown:?}: {e}"))?;
+        Ok(Store {
+            config,
+            client,
+            script: redis::Script::new(SCRIPT),
+            idle: Mutex::new(Vec::new()),
+            available: AtomicBool::new(true),
+            next_probe: AtomicU64::new(0),
+            origin: Instant::now(),
+            event: Mutex::new(None),
+            opened: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Whether the last call reached the store.
+    pub fn available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    /// Connections opened since the store was made.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// PING within the timeout (for `zt-policy check --limits-store … --ping`).
+    pub fn ping(&self) -> Result<(), String> {
+        let deadline = Instant::now() + self.config.timeout;
+        let mut con = self.connection(deadline)?;
+        redis::cmd("PING")
+            .query::<String>(&mut con)
+            .map(|_| ())
+            .map_err(|e| self.describe(&e))
+    }
+
+    fn describe(&self, e: &redis::RedisError) -> String {
+        let what = if e.is_timeout() {
+            format!("no answer within {:?}", self.config.timeout)
+        } else {
+            e.to_string()
+        };
+        format!("limits store {}: {what}", redact(&self.config.url))
+    }
+
+    fn connection(&self, deadline: Instant) -> Result<redis::Connection, String> {
+        if let Some(c) = self.idle.lock().unwrap().pop() {
+            return Ok(c);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "limits store {}: no connection within {:?}",
+                redact(&self.config.url),
+                self.config.timeout
+            ));
+        }
+        let con = self
+            .client
+            .get_connection_with_timeout(left)
+            .map_err(|e| self.describe(&e))?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        // Reads and writes of this connection wait at most the timeout from now on (a
+        // new connection's first call has less left).
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        con.set_read_timeout(Some(left))
+            .and_then(|()| con.set_write_timeout(Some(self.config.timeout)))
+            .map_err(|e| self.describe(&e))?;
+        Ok(con)
+    }
+
+    fn call(&self, keys: &[String], args: &[String]) -> Result<Vec<i64>, String> {
+        let deadline = Instant::now() + self.config.timeout;
+        let mut con = self.connection(deadline)?;
+        let mut invocation = self.script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        for a in args {
+            invocation.arg(a);
+        }
+        // A connection that failed may hold half a reply: it is dropped, not pooled.
+        let reply = invocation
+            .invoke::<Vec<i64>>(&mut con)
+            .map_err(|e| self.describe(&e))?;
+        let mut idle = self.idle.lock().unwrap();
+        if idle.len() < MAX_IDLE {
+            idle.push(con);
+        }
+        Ok(reply)
+    }
+
+    fn nanos(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+}
+
+impl StoreClient for Store {
+    fn run(&self, keys: &[String], args: &[String]) -> Result<Vec<i64>, String> {
+        if !self.available.load(Ordering::Relaxed) {
+            // One probe per interval; every other call fails at once.
+            let now = self.nanos();
+            let next = self.next_probe.load(Ordering::Relaxed);
+            if now < next
+                || self
+                    .next_probe
+                    .compare_exchange(
+                        next,
+                        now + PROBE_EVERY.as_nanos() as u64,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+            {
+                return Err(format!(
+                    "limits store {} unavailable (next try within {PROBE_EVERY:?})",
+                    redact(&self.config.url)
+                ));
+            }
+        }
+        match self.call(keys, args) {
+            Ok(reply) => {
+                if !self.available.swap(true, Ordering::Relaxed) {
+                    *self.event.lock().unwrap() = Some(StoreEvent::Available);
+                }
+                Ok(reply)
+            }
+            Err(e) => {
+                self.next_probe.store(
+                    self.nanos() + PROBE_EVERY.as_nanos() as u64,
+                    Ordering::Relaxed,
+                );
+                if self.available.swap(false, Ordering::Relaxed) {
+                    // Connections opened before the failure may be dead too.
+                    self.idle.lock().unwrap().clear();
+                    *self.event.lock().unwrap() = Some(StoreEvent::Unavailable(e.clone()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn take_event(&self) -> Option<StoreEvent> {
+        self.event.lock().unwrap().take()
+    }
+}
+
+/// rustls needs a process-wide crypto provider when more than one could be in the
+/// build; aws-lc-rs is the one the engine already uses.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_passwords_never_shown() {
+        for good in [
+            "redis://127.0.0.1:6379/0",
+            "redis://user:pass@valkey:6379/2",
+            "rediss://:secret@store.internal",
+            "valkey://localhost",
+            "unix:///run/valkey.sock",
+        ] {
+            check_url(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for (bad, says) in [
+            ("http://127.0.0.1:6379", "the scheme \"http\""),
+            ("127.0.0.1:6379", "not a URL"),
+            ("redis://", "no host"),
+            ("redis://:pw@:6379", "no host"),
+            ("rediss://h:6379/#insecure", "options after ? or #"),
+            ("redis://h:6379/?protocol=resp3", "options after ? or #"),
+            ("redis://u:hunter2@h:notaport", "limits store"),
+        ] {
+            let e = check_url(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(!e.contains("hunter2") && !e.contains(":pw@"), "{e}");
+        }
+        assert_eq!(redact("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn a_store_that_is_not_there_fails_within_the_timeout_then_at_once() {
+        // A port nothing listens on: refused at once; the breaker then answers without
+        // the network until the next probe.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let store = Store::new(StoreConfig {
+            url: format!("redis://127.0.0.1:{port}"),
+            ca_file: None,
+            timeout: Duration::from_millis(200),
+        })
+        .unwrap();
+        let e = store
+            .run(&[], &["0".into(), "admit".into(), "-".into()])
+            .unwrap_err();
+        assert!(e.contains("limits store redis://127.0.0.1"), "{e}");
+        assert!(matches!(
+            store.take_event(),
+            Some(StoreEvent::Unavailable(_))
+        ));
+        assert_eq!(store.take_event(), None, "each change is reported once");
+        let e = store.run(&[], &[]).unwrap_err();
+        assert!(e.contains("unavailable (next try"), "{e}");
+        assert_eq!(store.connections_opened(), 0);
+    }
+
+    #[test]
+    fn ca_file_is_for_tls_and_must_hold_a_certificate() {
+        let cfg = |url: &str, ca: &str| StoreConfig {
+            url: url.into(),
+            ca_file: Some(ca.into()),
+            timeout: DEFAULT_TIMEOUT,
+        };
+        let e = Store::new(cfg("redis://h", "/etc/hostname")).err().unwrap();
+        assert!(e.contains("is for rediss://"), "{e}");
+        let e = Store::new(cfg("rediss://h", "/nonexistent/ca.pem"))
+            .err()
+            .unwrap();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let e = Store::new(cfg("rediss://h", "/etc/hostname"))
+            .err()
+            .unwrap();
+        assert!(e.contains("no PEM certificate"), "{e}");
+    }
+}
