@@ -59,6 +59,79 @@ def wait_port(port, proc, what, timeout=30):
     raise RuntimeError(f"{what} did not listen on {port} within {timeout}s")
 
 
+class Resp:
+    """The least of a Redis client: RESP2 commands over one socket."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = self.sock.makefile("rb")
+
+    def __call__(self, *args):
+        parts = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(parts))
+        return self._read()
+
+    def _read(self):
+        line = self.buf.readline().rstrip(b"\r\n")
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.buf.read(n + 2)[:-2]
+            return data.decode()
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._read() for _ in range(n)]
+        raise RuntimeError(f"unexpected reply {line!r}")
+
+
+class RedisServer:
+    """Debian's redis-server (or valkey-server) on loopback, started and stopped by PID."""
+
+    def __init__(self, work: Path, port=None):
+        self.work, self.port, self.proc = work, port or free_port(), None
+        work.mkdir(parents=True, exist_ok=True)
+
+    def start(self):
+        server = shutil.which("redis-server") or shutil.which("valkey-server")
+        if not server:
+            raise RuntimeError("redis-server is missing: scripts/install-deps.sh installs it")
+        self.proc = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.work)], stdout=open(self.work / "redis.log", "ab"), stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent)
+        deadline = time.time() + 10
+        while True:
+            try:
+                self.client()("PING")
+                return self
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def client(self):
+        return Resp(self.port)
+
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
 class Pki:
     """The device CA of the example policy, an unrelated CA, the mesh CA of the hop to
     the sidecar, and the certificates of each party: Caddy's edge server, the callers,
@@ -257,14 +330,16 @@ class Stack:
         p = self._spawn("nginx", [nginx, "-p", str(self.work / "nginx"), "-c", str(conf), "-g", "daemon off;"])
         wait_port(self.ports["nginx"], p, "nginx")
 
-    def caddyfile(self, policy=None, extra_site="", log_to_file=True):
+    def caddyfile(self, policy=None, extra_site="", log_to_file=True, zt_extra="", replica=None):
+        """replica: (its name, its port, its admin port) for another Caddy of the stack."""
+        name, port, admin = replica or ("caddy", self.ports["caddy"], self.ports["admin"])
         log = f"""
 	log {{
-		output file {self.work / 'caddy-json.log'}
+		output file {self.work / f'{name}-json.log'}
 		format json
 	}}""" if log_to_file else ""
         return f"""{{
-	admin 127.0.0.1:{self.ports['admin']}
+	admin 127.0.0.1:{admin}
 	storage file_system {self.work / 'caddy-data'}
 	auto_https disable_redirects
 	skip_install_trust
@@ -273,7 +348,7 @@ class Stack:
 	}}{log}
 }}
 
-https://{HOST}:{self.ports['caddy']}, https://localhost:{self.ports['caddy']} {{
+https://{HOST}:{port}, https://localhost:{port} {{
 	bind 127.0.0.1
 	tls {self.pki.path('caddy.pem')} {self.pki.path('caddy.key')} {{
 		client_auth {{
@@ -282,7 +357,7 @@ https://{HOST}:{self.ports['caddy']}, https://localhost:{self.ports['caddy']} {{
 		}}
 	}}
 	log {{
-		output file {self.work / 'access.log'}
+		output file {self.work / (f'{name}-access.log' if replica else 'access.log')}
 		format json
 	}}
 	{extra_site}{self._oauth2_routes()}
@@ -290,7 +365,7 @@ https://{HOST}:{self.ports['caddy']}, https://localhost:{self.ports['caddy']} {{
 	handle @openai_api {{{self._forward_auth()}
 		zt_policy {{
 			policy_file {policy or self.policy}
-			strip_headers {' '.join(OAUTH2_PROXY_HEADERS)}{self._oidc_options()}
+			strip_headers {' '.join(OAUTH2_PROXY_HEADERS)}{self._oidc_options()}{zt_extra}
 		}}
 		reverse_proxy https://127.0.0.1:{self.ports['nginx']} {{
 			transport http {{
@@ -343,22 +418,25 @@ https://{HOST}:{self.ports['caddy']}, https://localhost:{self.ports['caddy']} {{
 			jwks_min_interval 1s"""
 
     def write_caddyfile(self, **kw):
-        path = self.work / "Caddyfile"
+        name = kw["replica"][0] if kw.get("replica") else "caddy"
+        path = self.work / ("Caddyfile" if name == "caddy" else f"Caddyfile.{name}")
         path.write_text(self.caddyfile(**kw))
         return path
 
-    def start_caddy(self):
-        path = self.write_caddyfile()
+    def start_caddy(self, **kw):
+        path = self.write_caddyfile(**kw)
+        name, port, _ = kw.get("replica") or ("caddy", self.ports["caddy"], None)
         env = dict(os.environ, HOME=str(self.work), XDG_DATA_HOME=str(self.work / "xdg"),
                    XDG_CONFIG_HOME=str(self.work / "xdg"))
-        p = self._spawn("caddy", [str(self.caddy_bin), "run", "--config", str(path), "--adapter", "caddyfile"], env=env)
-        wait_port(self.ports["caddy"], p, "caddy")
+        p = self._spawn(name, [str(self.caddy_bin), "run", "--config", str(path), "--adapter", "caddyfile"], env=env)
+        wait_port(port, p, name)
         return p
 
     def reload(self, **kw):
         path = self.write_caddyfile(**kw)
+        admin = kw["replica"][2] if kw.get("replica") else self.ports["admin"]
         subprocess.run([str(self.caddy_bin), "reload", "--config", str(path), "--adapter", "caddyfile",
-                        "--address", f"127.0.0.1:{self.ports['admin']}", "--force"],
+                        "--address", f"127.0.0.1:{admin}", "--force"],
                        check=True, capture_output=True, timeout=60)
 
     def stop(self):

@@ -1,83 +1,25 @@
 """store/limits.lua, the script behind cluster-scoped limits, on a real redis-server
 (Debian's, started on loopback by the test) against a model of the engine's GCRA
 (rust/core/src/limits.rs) on generated sequences of admissions, refunds, charges and
-time; fractional periods; and caps with limits in one call: all or nothing, a released
+time; periods of any nanoseconds; and caps with limits in one call: all or nothing, a released
 slot comes back, an expired lease frees its slot, every key has a TTL."""
 
 import random
-import shutil
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
-from stack import ROOT, die_with_parent, free_port
+from stack import ROOT, RedisServer
 
 SCRIPT = (ROOT / "store" / "limits.lua").read_text()
 
 
-class Resp:
-    """The least of a Redis client: RESP2 commands over one socket."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = self.sock.makefile("rb")
-
-    def __call__(self, *args):
-        parts = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        self.sock.sendall(b"".join(parts))
-        return self._read()
-
-    def _read(self):
-        line = self.buf.readline().rstrip(b"\r\n")
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self.buf.read(n + 2)[:-2]
-            return data.decode()
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
-        raise RuntimeError(f"unexpected reply {line!r}")
-
-
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory):
-    server = shutil.which("redis-server") or shutil.which("valkey-server")
-    if not server:
-        pytest.fail("redis-server is missing: scripts/install-deps.sh installs it")
-    port = free_port()
-    d = tmp_path_factory.mktemp("redis")
-    p = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                          "--dir", str(d)], stdout=open(d / "redis.log", "wb"), stderr=subprocess.STDOUT,
-                         preexec_fn=die_with_parent)
-    deadline = time.time() + 10
-    while True:
-        try:
-            r = Resp(port)
-            r("PING")
-            break
-        except OSError:
-            if time.time() > deadline or p.poll() is not None:
-                raise
-            time.sleep(0.05)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    r = server.client()
     sha = r("SCRIPT", "LOAD", SCRIPT)
     yield lambda *a: r("EVALSHA", sha, *a), r
-    p.terminate()
-    p.wait(timeout=10)
+    server.stop()
 
 
 class Model:
