@@ -295,3 +295,24 @@ def test_store_down_deny_fails_closed_and_a_reload_keeps_the_connections(replica
         assert time.time() < deadline, "deny mode did not recover"
         time.sleep(0.2)
     replicas.reload("local")
+
+
+def test_caddy_adapt_and_validate_read_limits_store(replicas, tmp_path):
+    import subprocess
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    replicas.mode = "deny"
+    cf = tmp_path / "Caddyfile"
+    cf.write_text(replicas.stack.caddyfile(log_to_file=False, zt_extra=replicas.zt_extra()))
+    r = subprocess.run([str(replicas.stack.caddy_bin), "adapt", "--config", str(cf), "--adapter", "caddyfile"],
+                       capture_output=True, text=True, env=env, check=True)
+    assert f'"limits_store":{{"on_failure":"deny","timeout":50000000,"url":"{replicas.store.url()}"}}' in r.stdout
+    replicas.mode = "local"
+    for extra, says in (
+            ("limits_store http://u:hunter2@store:6379", 'the scheme \\"http\\"'),
+            ("limits_store redis://u:hunter2@store:6379 {\n timeout 1m\n }", "between 1ms and 10s"),
+            ("", 'scope = \\"cluster\\", but no limits_store is configured')):
+        cf.write_text(replicas.stack.caddyfile(log_to_file=False, zt_extra="\n\t\t\t" + extra))
+        r = subprocess.run([str(replicas.stack.caddy_bin), "validate", "--config", str(cf), "--adapter", "caddyfile"],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode != 0 and says in r.stderr, (extra, r.stderr[-800:])
+        assert "hunter2" not in r.stderr

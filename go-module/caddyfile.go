@@ -137,6 +137,9 @@ func (z *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		on_failure local|deny|allow
 //	}
 func (z *Handler) unmarshalLimitsStore(d *caddyfile.Dispenser) error {
+	if z.LimitsStore != nil {
+		return d.Err("limits_store given twice")
+	}
 	s := &LimitsStore{}
 	if !d.NextArg() {
 		return d.Err("limits_store needs a URL: limits_store redis://host:6379/0")

@@ -14,10 +14,12 @@ const USAGE: &str = "\
 zt-policy: check, test and evaluate zt_policy policies
 
 USAGE:
-    zt-policy check POLICY [--sample INPUT.json]
+    zt-policy check POLICY [--sample INPUT.json] [--limits-store URL [--ca-file PEM] [--ping]]
         Load and compile POLICY; report every error with its rule and position, then
         evaluate each expression against a sample request and warn about the ones that
-        fail (misspelt fields). Exit 1 on errors.
+        fail (misspelt fields). With --limits-store, check the store URL the Caddy config
+        gives cluster-scoped limits (and with --ping, reach it within 2s). Exit 1 on
+        errors.
     zt-policy test DIR|FILE...  [--verbose]
         Run the test cases in FILEs, or in every *_test.toml under DIR. One line per
         failing case, closing line 'N passed, N failed'; exit 1 on any failure.
@@ -152,9 +154,41 @@ fn sample_input() -> input::Input {
 }
 
 fn check(args: &[String]) -> Result<ExitCode, String> {
-    let args = Args::parse(args, &["--sample"], &[])?;
+    let args = Args::parse(
+        args,
+        &["--sample", "--limits-store", "--ca-file"],
+        &["--ping"],
+    )?;
     let [policy] = args.positional.as_slice() else {
         return Err("check needs one policy file".into());
+    };
+    let store = match args.value("--limits-store") {
+        None if args.value("--ca-file").is_some() || args.switch("--ping") => {
+            return Err("--ca-file and --ping go with --limits-store URL".into())
+        }
+        None => None,
+        Some(url) => {
+            let config = zt_policy_store::StoreConfig {
+                url: url.to_string_lossy().into_owned(),
+                ca_file: args
+                    .value("--ca-file")
+                    .map(|p| p.to_string_lossy().into_owned()),
+                timeout: std::time::Duration::from_secs(2),
+            };
+            let checked = zt_policy_store::Store::new(config).and_then(|s| {
+                if args.switch("--ping") {
+                    s.ping()?;
+                }
+                Ok(s)
+            });
+            match checked {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    println!("{e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
     };
     let path = PathBuf::from(policy);
     let engine = match load_engine(&path, EngineClock::system(), None) {
@@ -179,16 +213,41 @@ fn check(args: &[String]) -> Result<ExitCode, String> {
             path.display()
         );
     }
+    let cluster = engine.cluster_scoped();
+    if !cluster.is_empty() && store.is_none() {
+        println!(
+            "note: {}: {} scope = \"cluster\": the Caddy config needs a limits_store (check its URL with --limits-store URL)",
+            path.display(),
+            cluster.join(", ")
+        );
+    }
+    if let Some(s) = &store {
+        println!(
+            "{}: limits store {} {}",
+            path.display(),
+            zt_policy_store::redact(&s.config().url),
+            if args.switch("--ping") {
+                "answers"
+            } else {
+                "is a valid URL"
+            }
+        );
+    }
     let p = engine.policy();
     let allows = p.rules.iter().filter(|r| r.effect == Effect::Allow).count();
     println!(
-        "{}: ok: {} rules ({} allow, {} deny), {} limits, mode {:?}{}",
+        "{}: ok: {} rules ({} allow, {} deny), {} limits, mode {:?}{}{}",
         path.display(),
         p.rules.len(),
         allows,
         p.rules.len() - allows,
         p.limits.len(),
         p.mode,
+        if cluster.is_empty() {
+            String::new()
+        } else {
+            format!(", {} cluster-scoped", cluster.len())
+        },
         if engine.needs_body() {
             ", reads the JSON body"
         } else {

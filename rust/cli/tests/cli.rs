@@ -39,6 +39,75 @@ fn check_accepts_the_example_policy() {
     assert!(!stdout(&o).contains("warning"), "{}", stdout(&o));
 }
 
+const CLUSTER: &str = "[[rule]]\nname = \"ok\"\neffect = \"allow\"\nwhen = 'true'\n\n[[limit]]\nname = \"req\"\nrate = \"10/s\"\nscope = \"cluster\"\n";
+
+#[test]
+fn check_reports_cluster_scoped_limits_and_a_bad_store_url() {
+    let p = tmp("cluster.toml", CLUSTER);
+    let path = p.to_str().unwrap();
+    let o = zt(&["check", path]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("req scope = \"cluster\": the Caddy config needs a limits_store"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("1 limits, mode Enforce, 1 cluster-scoped"),
+        "{}",
+        stdout(&o)
+    );
+    let o = zt(&[
+        "check",
+        path,
+        "--limits-store",
+        "redis://u:s3cret@store.internal:6379/0",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("limits store redis://u:***@store.internal:6379/0 is a valid URL"),
+        "{}",
+        stdout(&o)
+    );
+    for (url, says) in [
+        ("http://store:6379", "the scheme \"http\""),
+        (
+            "rediss://u:s3cret@store:6379/#insecure",
+            "options after ? or #",
+        ),
+        ("redis://u:s3cret@:6379", "no host"),
+    ] {
+        let o = zt(&["check", path, "--limits-store", url]);
+        assert_eq!(o.status.code(), Some(1), "{url}: {}", stdout(&o));
+        assert!(stdout(&o).contains(says), "{url}: {}", stdout(&o));
+        assert!(!stdout(&o).contains("s3cret"), "{}", stdout(&o));
+    }
+    // --ping: a store that is not there is an error within the timeout.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let o = zt(&["check", path, "--limits-store", &url, "--ping"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("limits store {url}")),
+        "{}",
+        stdout(&o)
+    );
+    let bad = tmp("bad-scope.toml", &CLUSTER.replace("cluster", "global"));
+    let o = zt(&["check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(
+            "bad-scope.toml:9: limit \"req\": scope = \"global\" is not \"local\" or \"cluster\""
+        ),
+        "{}",
+        stdout(&o)
+    );
+}
+
 #[test]
 fn check_names_the_rule_and_position_of_an_error() {
     let p = tmp(
