@@ -196,7 +196,7 @@ https://{HOST}:{port} {{
 }}
 """
 
-    def setup_body(self, name, policy=None):
+    def setup_body(self, name, policy=None, zt_extra=""):
         up = f"reverse_proxy 127.0.0.1:{self.ports['upstream']}"
         if name == "A":
             return f"\t{up}"
@@ -212,7 +212,7 @@ https://{HOST}:{port} {{
                      if name == "B" else "")
             return f"""	zt_policy {{
 		policy_file {policy}
-		strip_headers X-Auth-Request-User X-Auth-Request-Email{extra}
+		strip_headers X-Auth-Request-User X-Auth-Request-Email{extra}{zt_extra}
 	}}
 	{up}"""
         if name == "C":
@@ -236,12 +236,13 @@ https://{HOST}:{port} {{
 	respond 403"""
         raise ValueError(name)
 
-    def start_caddy(self, name, policy=None, cpus=None, binary=None, tag=None):
-        """Setup `name` on `binary` (our build by default), logged as `tag`."""
+    def start_caddy(self, name, policy=None, cpus=None, binary=None, tag=None, zt_extra=""):
+        """Setup `name` on `binary` (our build by default), logged as `tag`; `zt_extra`:
+        more lines for its zt_policy block."""
         tag = tag or name
         port, admin = free_port(), free_port()
         cf = self.work / f"Caddyfile.{tag}"
-        cf.write_text(self.caddyfile(port, admin, self.setup_body(name, policy)))
+        cf.write_text(self.caddyfile(port, admin, self.setup_body(name, policy, zt_extra)))
         env = dict(os.environ, HOME=str(self.work), XDG_DATA_HOME=str(self.work / "xdg"),
                    XDG_CONFIG_HOME=str(self.work / "xdg"))
         p = self.spawn(f"caddy-{tag}", [str(binary or BUILD / "caddy"), "run", "--config", str(cf),

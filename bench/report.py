@@ -4,6 +4,7 @@ import time
 
 import settle
 import sizes
+import store
 from deep import (B_OVER_A_TARGET, b_over_a_met, engine_call_section, footprint_section, line_budget,
                   own_code_bound, profile_section)
 from harness import SETUPS, median, quantile_us, share_within
@@ -15,7 +16,7 @@ def added(cold, warm):
     return f"+{d:.0f} µs" if d > 0 else "not measurable in this run (the machine's speed drifted)"
 
 
-def cost_table(r, held, by_size, settled, cold_path, scale, caddy_cpus):
+def cost_table(r, held, by_size, settled, shared_store, cold_path, scale, caddy_cpus):
     """The first table: what zt_policy costs, as users ask it."""
     A, B, C = r["A"], r["B"], r["C"]
     cold, warm, cold_cert, warm_cert = cold_path
@@ -33,6 +34,8 @@ def cost_table(r, held, by_size, settled, cold_path, scale, caddy_cpus):
         f"| against what users build without us (C) | {B['rps'] / C['rps']:.1f}× the throughput |",
         f"| long prompts: CPU added per request (B/A) | {sizes.summary(by_size)} |",
         f"| a token budget that settles from usage: CPU added per response | {settle.summary(settled)} |",
+        f"| limits shared by several replicas (a store on loopback) against limits in the process | "
+        f"{store.summary(shared_store)} |",
         f"| a token / a client certificate seen for the first time | {added(cold, warm)} / "
         f"{added(cold_cert, warm_cert)} at p50 |",
         f"| memory for {max(scale):,} identities | Caddy {big['rss_before_mib']:.0f} → {big['rss_after_mib']:.0f} MiB |",
@@ -60,7 +63,7 @@ def deep_sections(held, A, B0, B, bound, evicted, touched):
 
 
 def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, a, phases):
-    by_size, settled = phases
+    by_size, settled, shared_store = phases
     r, shared, caddy_cpus, cpus = runs
     cold, warm, cold_cert, warm_cert = cold_path
     (gobench, evicted), touched = gobench
@@ -83,7 +86,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
     lines = [
         "# zt_policy benchmark",
         "",
-    ] + cost_table(r, held, by_size, settled, cold_path, scale, caddy_cpus) + [
+    ] + cost_table(r, held, by_size, settled, shared_store, cold_path, scale, caddy_cpus) + [
         f"Made by `make {'bench-deep' if a.deep else 'bench'}` (bench/run.py) on {time.strftime('%Y-%m-%d')}: {machine()}.",
         "Every setup gets the same requests: `POST /v1/chat/completions` with a JSON body, a",
         "device certificate (mTLS, keep-alive) and the IdP's bearer token; the upstream is",
@@ -145,6 +148,7 @@ def write_report(path, runs, fixed, held, cold_path, scale, criterion, gobench, 
     ]
     lines += sizes.section(by_size, a)
     lines += settle.section(settled, a)
+    lines += store.section(shared_store, a)
     if shared:
         lines += throughput(shared[0], " (all sharing every core)", bound)
         lines += [

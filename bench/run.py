@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 import settle  # the settle phase
+import store  # the cluster-scoped limits phase
 import sizes  # the long-prompt phase
 from harness import ONE_RULE_POLICY, ROOT, Bench, bench_policy, median, rss_mib
 from measure import http_phase, run_criterion, run_gobench
@@ -59,10 +60,12 @@ def main():
                     help="only the long-prompt phase (1 KiB / 64 KiB / 1 MiB bodies), printed, no report written")
     ap.add_argument("--settle-only", action="store_true",
                     help="only the settle phase (B with and without a budget that settles), printed, no report written")
+    ap.add_argument("--store-only", action="store_true",
+                    help="only the store phase (B with limits in the process and on a store), printed, no report written")
     ap.add_argument("--before-caddy", type=Path,
                     help="a Caddy built from another commit: the long-prompt phase measures it too (B-before)")
     a = ap.parse_args()
-    if a.sizes_only or a.settle_only:
+    if a.sizes_only or a.settle_only or a.store_only:
         return one_phase(a)
     work = Path(tempfile.mkdtemp(prefix="ztp-bench-"))
     b = Bench(work, a.seconds, a.conns)
@@ -91,6 +94,8 @@ def main():
         by_size = sizes.phase(b, a, token, raised, caddy_cpus, median, other_caddy=a.before_caddy)
         # Budgets that settle from usage: what the settlement adds, plain and streamed.
         settled = settle.phase(b, a, token, raised, caddy_cpus, median)
+        # Several replicas: limits on a store every replica shares, against in the process.
+        shared_store = store.phase(b, a, token, raised, caddy_cpus, median)
 
         # Cold path: every request a token never seen (signature verified), against
         # the same tokens seen before (cache hits). One connection, sequential.
@@ -138,12 +143,12 @@ def main():
 
         touched = {setup: footprint.measure(setup=setup) for setup in ("B", "B0")}
     write_report(Path(a.out), (results, shared, caddy_cpus, cpus), fixed, held_time, (cold, warm, cold_cert, warm_cert),
-                 scale, criterion, (gobench, touched), a, (by_size, settled))
+                 scale, criterion, (gobench, touched), a, (by_size, settled, shared_store))
     print(f"wrote {a.out}")
 
 
 def one_phase(a):
-    """`--sizes-only` / `--settle-only`: that phase alone, on the same pinning as a full run."""
+    """`--sizes-only` / `--settle-only` / `--store-only`: that phase alone, on the same pinning as a full run."""
     work = Path(tempfile.mkdtemp(prefix="ztp-bench-"))
     b = Bench(work, a.seconds, a.conns)
     cpus = sorted(os.sched_getaffinity(0))
@@ -155,15 +160,16 @@ def one_phase(a):
         if len(cpus) >= 2 and not a.no_pin:
             b.confine(set(cpus[:-1]))
             caddy_cpus = {cpus[-1]}
-        if a.settle_only:
-            result = settle.phase(b, a, ["-token", b.token], raised, caddy_cpus, median)
+        phase_module = settle if a.settle_only else store if a.store_only else sizes
+        if a.settle_only or a.store_only:
+            result = phase_module.phase(b, a, ["-token", b.token], raised, caddy_cpus, median)
         else:
             result = sizes.phase(b, a, ["-token", b.token], raised, caddy_cpus, median, other_caddy=a.before_caddy)
     finally:
         b.stop_all()
         os.sched_setaffinity(0, set(cpus))
     shutil.rmtree(work, ignore_errors=True)
-    print("\n".join((settle if a.settle_only else sizes).section(result, a)))
+    print("\n".join(phase_module.section(result, a)))
 
 
 if __name__ == "__main__":

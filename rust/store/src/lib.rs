@@ -194,6 +194,7 @@ impl Store {
 
     /// PING within the timeout (for `zt-policy check --limits-store … --ping`).
     pub fn ping(&self) -> Result<(), String> {
+        let _quiet = SignalsHeld::new();
         let deadline = Instant::now() + self.config.timeout;
         let mut con = self.connection(deadline)?;
         redis::cmd("PING")
@@ -240,6 +241,7 @@ impl Store {
     }
 
     fn call(&self, keys: &[String], args: &[String]) -> Result<Vec<i64>, String> {
+        let _quiet = SignalsHeld::new();
         let deadline = Instant::now() + self.config.timeout;
         let mut con = self.connection(deadline)?;
         let mut invocation = self.script.prepare_invoke();
@@ -312,6 +314,49 @@ impl StoreClient for Store {
 
     fn take_event(&self) -> Option<StoreEvent> {
         self.event.lock().unwrap().take()
+    }
+}
+
+/// While alive, the calling thread holds back asynchronous signals. A socket read with
+/// a timeout (SO_RCVTIMEO) that a signal interrupts fails with EINTR even under
+/// SA_RESTART, and the client cannot tell how much of the reply it had read; in Caddy
+/// the Go runtime signals its threads (SIGURG to preempt, SIGPROF to profile), so a
+/// store call holds them back until it is done. Signals for the process go to another
+/// thread meanwhile; synchronous ones (a fault) are never held.
+struct SignalsHeld {
+    previous: libc::sigset_t,
+}
+
+impl SignalsHeld {
+    fn new() -> SignalsHeld {
+        // SAFETY: sigset_t is plain data, initialised by sigfillset before use; the
+        // mask is restored by Drop on this same thread.
+        unsafe {
+            let mut held: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut held);
+            for sync in [
+                libc::SIGSEGV,
+                libc::SIGBUS,
+                libc::SIGFPE,
+                libc::SIGILL,
+                libc::SIGTRAP,
+                libc::SIGABRT,
+            ] {
+                libc::sigdelset(&mut held, sync);
+            }
+            let mut previous: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &held, &mut previous);
+            SignalsHeld { previous }
+        }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask `new` saved, on the thread that saved it.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.previous, std::ptr::null_mut());
+        }
     }
 }
 
