@@ -62,9 +62,14 @@ def wait_port(port, proc, what, timeout=30):
 class Resp:
     """The least of a Redis client: RESP2 commands over one socket."""
 
-    def __init__(self, port):
+    def __init__(self, port, tls=None, auth=None):
+        """tls: an SSLContext; auth: (user, password)."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if tls:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self.buf = self.sock.makefile("rb")
+        if auth:
+            self("AUTH", *auth)
 
     def __call__(self, *args):
         parts = [b"*%d\r\n" % len(args)]
@@ -96,19 +101,34 @@ class Resp:
 
 
 class RedisServer:
-    """Debian's redis-server (or valkey-server) on loopback, started and stopped by PID."""
+    """Debian's redis-server (or valkey-server) on loopback, started and stopped by PID.
+    With `tls` ((cert, key, ca) files) it listens for TLS only; with `user` ((name,
+    password, [ACL rules])) that user is the store's and the default user is off (the
+    tests talk to it as an admin user of their own)."""
 
-    def __init__(self, work: Path, port=None):
-        self.work, self.port, self.proc = work, port or free_port(), None
+    ADMIN = ("test-admin", "test-admin-pw")
+
+    def __init__(self, work: Path, port=None, tls=None, user=None):
+        self.work, self.port, self.proc, self.tls, self.user = work, port or free_port(), None, tls, user
         work.mkdir(parents=True, exist_ok=True)
 
     def start(self):
         server = shutil.which("redis-server") or shutil.which("valkey-server")
         if not server:
             raise RuntimeError("redis-server is missing: scripts/install-deps.sh installs it")
+        listen = ["--port", str(self.port)]
+        if self.tls:
+            cert, key, _ = self.tls
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
+                      "--tls-auth-clients", "no"]
+        users = []
+        if self.user:
+            name, password, rules = self.user
+            users = ["--user", "default", "off", "--user", name, "on", f">{password}", *rules,
+                     "--user", self.ADMIN[0], "on", f">{self.ADMIN[1]}", "~*", "&*", "+@all"]
         self.proc = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.work)], stdout=open(self.work / "redis.log", "ab"), stderr=subprocess.STDOUT,
+            [server, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.work), *users], stdout=open(self.work / "redis.log", "ab"), stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent)
         deadline = time.time() + 10
         while True:
@@ -121,10 +141,15 @@ class RedisServer:
                 time.sleep(0.05)
 
     def client(self):
-        return Resp(self.port)
+        tls = None
+        if self.tls:
+            tls = ssl.create_default_context(cafile=self.tls[2])
+        return Resp(self.port, tls=tls, auth=self.ADMIN if self.user else None)
 
     def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        creds = f"{self.user[0]}:{self.user[1]}@" if self.user else ""
+        return f"{scheme}://{creds}127.0.0.1:{self.port}/0"
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

@@ -6,7 +6,9 @@ with its limits and cap made `scope = "cluster"`, the request limit raised to 20
 blurs the arithmetic; a cluster-scoped bucket refills within 104 days). Over a run, accepted requests stay within 5% of rate × time + burst;
 a token budget settles across replicas; the in-flight cap holds across replicas;
 killing the store keeps requests flowing in `local` mode and fails them closed in `deny`
-mode, the shared limit resumes once it is back, and a reload keeps the connections."""
+mode, the shared limit resumes once it is back, and a reload keeps the connections. The
+store runs as the example compose file runs Valkey: TLS only (Caddy verifies a mesh-CA
+certificate) and one ACL user with the compose file's rules."""
 
 import http.client
 import json
@@ -20,8 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from stack import EXAMPLE_POLICY, RedisServer, Stack, free_port
+from test_examples import valkey_acl
 
 RATE, BURST = 20, 20
+# Six clients as fast as they can make this 2-core machine's every process wait for a
+# core: the default 50ms is too short for a TLS store call here (the replicas would fall
+# back to local buckets now and then, which the accuracy test must not see).
+STORE_TIMEOUT = "500ms"
 MSG = [{"role": "user", "content": "how much does this cost?"}]
 EST = -(-(4 + len(MSG[0]["content"])) // 4)
 TOKENS = "llm-tokens-per-identity"
@@ -46,8 +53,14 @@ class Replicas:
     """The stack's upstream and sidecar, and three Caddy replicas sharing a store."""
 
     def __init__(self, tmp, caddy_bin):
-        self.store = RedisServer(tmp / "redis").start()
         self.stack = Stack(tmp / "stack", caddy_bin, policy_dir=policy_dir(tmp))
+        # The store as the example compose file runs it: TLS with a mesh-CA certificate,
+        # and only its ACL user, with only the rules the compose file gives it.
+        pki = self.stack.pki
+        pki._leaf("store", "/CN=valkey", "DNS:valkey,IP:127.0.0.1", "serverAuth", "mesh-ca")
+        self.store = RedisServer(tmp / "redis", tls=(pki.path("store.pem"), pki.path("store.key"),
+                                                     pki.path("mesh-ca.pem")),
+                                 user=("zt", "zt-test-password", valkey_acl())).start()
         for name in ("dana", "erin", "frank", "gwen", "hank"):
             self.stack.pki.client(name, "ml-users", f"{name}@example.com")
         self.names = ["caddy", "caddy2", "caddy3"]
@@ -63,7 +76,8 @@ class Replicas:
     def zt_extra(self):
         return f"""
 			limits_store {self.store.url()} {{
-				timeout 50ms
+				ca_file {self.stack.pki.path('mesh-ca.pem')}
+				timeout {STORE_TIMEOUT}
 				on_failure {self.mode}
 			}}"""
 
@@ -178,9 +192,11 @@ def test_three_replicas_admit_one_budget_within_five_percent(replicas):
     print(f"three replicas: {counts['ok']} of {counts['ok'] + counts['limited']} accepted in {elapsed:.2f} s; "
           f"rate x time + burst = {expected:.1f} ({(counts['ok'] - expected) / expected:+.2%})")
     assert abs(counts["ok"] - expected) <= 0.05 * expected, (counts, elapsed, expected)
-    # Every replica took part in the one budget, and the store judged it.
+    # Every replica took part in the one budget, and the store judged every decision.
     for n in replicas.names:
-        assert metric(replicas.metrics(n), 'caddy_zt_policy_limits_store_decisions_total{outcome="shared"}') > 0
+        text = replicas.metrics(n)
+        assert metric(text, 'caddy_zt_policy_limits_store_decisions_total{outcome="shared"}') > 0
+        assert metric(text, 'caddy_zt_policy_limits_store_decisions_total{outcome="local"}') == 0, n
 
 
 def test_a_token_budget_settles_across_replicas(replicas):
@@ -305,7 +321,9 @@ def test_caddy_adapt_and_validate_read_limits_store(replicas, tmp_path):
     cf.write_text(replicas.stack.caddyfile(log_to_file=False, zt_extra=replicas.zt_extra()))
     r = subprocess.run([str(replicas.stack.caddy_bin), "adapt", "--config", str(cf), "--adapter", "caddyfile"],
                        capture_output=True, text=True, env=env, check=True)
-    assert f'"limits_store":{{"on_failure":"deny","timeout":50000000,"url":"{replicas.store.url()}"}}' in r.stdout
+    ca = replicas.stack.pki.path("mesh-ca.pem")
+    assert (f'"limits_store":{{"ca_file":"{ca}","on_failure":"deny","timeout":500000000,'
+            f'"url":"{replicas.store.url()}"}}') in r.stdout
     replicas.mode = "local"
     for extra, says in (
             ("limits_store http://u:hunter2@store:6379", 'the scheme \\"http\\"'),

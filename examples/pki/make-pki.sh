@@ -5,6 +5,7 @@
 #                certificate can never open the sidecar directly
 #   caddy        Caddy's edge server certificate (ai.example.internal)
 #   vllm_server  the sidecar's server certificate (vllm-mtls)
+#   valkey_server  the limits store's server certificate (valkey), from the mesh CA
 #   caddy_upstream_client  Caddy's client certificate for the sidecar
 #   client-devops          a device certificate for an operator
 # Keep the CA keys offline. With the step CLI the same is, for example:
@@ -44,6 +45,7 @@ ca root_ca "/O=Example Corp/CN=zt-policy Example Device CA"
 ca mesh_ca "/O=Example Corp/CN=Example Internal Mesh CA"
 leaf caddy "/CN=ai.example.internal" "DNS:ai.example.internal" serverAuth root_ca
 leaf vllm_server "/CN=vllm-mtls" "DNS:vllm-mtls" serverAuth mesh_ca
+leaf valkey_server "/CN=valkey" "DNS:valkey" serverAuth mesh_ca
 leaf caddy_upstream_client "/O=Example Corp/CN=caddy-upstream" "DNS:caddy-upstream" clientAuth mesh_ca
 leaf client-devops "/O=Example Corp/OU=sre/CN=DevOps Laptop" "email:devops@example.com" clientAuth root_ca
 rm -f ./*.srl
