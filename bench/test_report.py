@@ -168,3 +168,25 @@ def test_settle_section_reports_what_settling_adds_and_the_target():
     assert "| streamed, usage added and removed | 120.0 | 131.0 | **+11.0** | NOT met |" in text
     assert settle.summary(result) == ("plain +3.0 µs, streamed, usage added and removed +11.0 µs; "
                                       "time to first byte p50 (usage added) 950 → 960 µs")
+
+
+def test_store_section_reports_what_the_store_adds_and_the_target():
+    import store
+
+    def setup(p50, p99, cpu, store_cpu=0.0, statuses=None):
+        return {"rps": 1000, "cpu_us_per_req": cpu, "store_cpu_us_per_req": store_cpu, "p50_us": p50,
+                "p99_us": p99, "statuses": statuses or {"200": 10}}
+
+    class A:
+        rounds, seconds = 3, 3
+
+    met = {"B-local": setup(900, 2000, 100), "B-cluster": setup(1100, 2400, 180, 30)}
+    text = "\n".join(store.section(met, A))
+    assert "| latency p50 (µs) | 900 | 1100 | **+200** | |" in text
+    assert "| latency p99 (µs) | 2000 | 2400 | **+400** | ≤ 500 µs: met |" in text
+    assert "| Caddy CPU µs/request | 100.0 | 180.0 | **+80.0** | |" in text
+    assert "not every answer" not in text
+    assert store.summary(met) == "p50 +200 µs, p99 +400 µs, Caddy CPU +80.0 µs/request (+ store 30.0)"
+    missed = {"B-local": setup(900, 2000, 100), "B-cluster": setup(1100, 2600, 180, 30, {"200": 9, "503": 1})}
+    text = "\n".join(store.section(missed, A))
+    assert "≤ 500 µs: NOT met" in text and "not every answer was 200" in text
