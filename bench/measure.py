@@ -100,7 +100,9 @@ def run_gobench(deep):
     rows = []
     # The evicted-cache runs write over up to twice the L3 cache before each decision,
     # so they get fewer iterations.
-    runs = [("DecideFlat$|CgoCrossing|ServeHTTP(Example|Trivial)", "200000x"), ("ServeHTTPBody", "3s")]
+    # StoreClient: where the limits store's client lives (in the engine call, or Go).
+    runs = [("DecideFlat$|CgoCrossing|ServeHTTP(Example|Trivial)", "200000x"), ("ServeHTTPBody", "3s"),
+            ("StoreClient", "2s")]
     for pattern, times in runs + ([("DecideEvicted", "500x")] if deep else []):
         text = sh("go", "test", "-run", "XXX", "-bench", pattern, "-benchtime", times, "./...",
                   cwd=ROOT / "go-module", env=env)

@@ -260,12 +260,43 @@ def test_the_concurrency_cap_holds_across_replicas(replicas):
         conn.close()
 
 
+class Load:
+    """One client per replica sending requests of one identity until stopped, each on
+    one connection: the statuses, in order, per replica."""
+
+    def __init__(self, replicas, cert, pause=0.01):
+        self.stop_at, self.statuses = None, {n: [] for n in replicas.names}
+        self.threads = [threading.Thread(target=self.run, args=(replicas, n, cert, pause)) for n in replicas.names]
+        for t in self.threads:
+            t.start()
+
+    def run(self, replicas, name, cert, pause):
+        conn = replicas.connection(name, cert)
+        while self.stop_at is None:
+            conn.request("GET", "/v1/models")
+            r = conn.getresponse()
+            r.read()
+            self.statuses[name].append(r.status)
+            time.sleep(pause)
+        conn.close()
+
+    def stop(self):
+        self.stop_at = time.monotonic()
+        for t in self.threads:
+            t.join()
+        return [s for n in self.statuses for s in self.statuses[n]]
+
+
 def test_store_down_local_keeps_flowing_then_the_shared_limit_resumes(replicas):
     assert replicas.burst("frank", 3) == [200] * 3
+    # The store dies mid-run, under load: no request fails; every replica falls back
+    # to its own bucket (burst 20, 20/s each) — under its rate, everything passes.
+    load = Load(replicas, "frank", pause=0.1)
+    time.sleep(1)
     replicas.store.stop()
-    # local: every replica falls back to its own bucket (20 each): requests flow.
-    statuses = replicas.burst("frank", 30)
-    assert statuses == [200] * 30, statuses
+    time.sleep(2)
+    statuses = load.stop()
+    assert set(statuses) == {200} and len(statuses) >= 30, statuses
     for n in replicas.names:
         lines = [l for l in replicas.log(n) if l.get("msg", "").startswith("limits store unavailable")]
         assert len(lines) == 1, (n, lines)
@@ -300,7 +331,16 @@ def test_store_down_deny_fails_closed_and_a_reload_keeps_the_connections(replica
     # (+1: the second INFO's own connection.)
     assert int(re.search(r"total_connections_received:(\d+)", after).group(1)) == opened + 1, \
         "a reload with the same limits_store must keep the pool"
+    # The store dies mid-run, under load: from then on every request is refused, 503.
+    load = Load(replicas, "dana", pause=0.05)
+    time.sleep(1)
     replicas.store.stop()
+    time.sleep(1.5)
+    load.stop()
+    for name, statuses in load.statuses.items():
+        assert set(statuses) == {200, 503}, (name, statuses)
+        first = statuses.index(503)
+        assert set(statuses[first:]) == {503}, (name, statuses)
     for name in replicas.names:
         r = replicas.request(name, "GET", "/v1/models", "dana")
         assert r.status == 503 and r.json()["error"]["code"] == "store_unavailable", (name, r.status, r.body)

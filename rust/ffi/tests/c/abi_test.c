@@ -2,6 +2,7 @@
  * panic that must come back as ZTP_PANIC, buffers too small, reference counting, and
  * many create/decide/free cycles (run under valgrind by run.sh to find leaks).
  * Usage: abi_test CERT.der CYCLES. Closing line: "N passed, N failed". */
+#define _GNU_SOURCE /* memmem */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +126,23 @@ int main(int argc, char **argv) {
   msg = NULL;
   CHECK(ztp_engine_builder_new(garbage, sizeof garbage, NULL, 0, &b, &msg) == ZTP_INVALID_POLICY, "garbage bytes as policy");
   ztp_buffer_free(msg);
+
+  /* set_store: NULLs, a bad URL (its message never shows the password), a bad mode. */
+  CHECK(ztp_engine_builder_set_store(NULL, NULL, 0, NULL, 0, 50, ZTP_ON_FAILURE_LOCAL, NULL) == ZTP_NULL_PARAMETER, "set_store(NULL)");
+  const char *one_rule = "[[rule]]\nname = \"all\"\neffect = \"allow\"\nwhen = 'true'\n";
+  CHECK(ztp_engine_builder_new((const uint8_t *)one_rule, strlen(one_rule), NULL, 0, &b, NULL) == ZTP_OK, "builder for set_store");
+  const char *bad_url = "http://user:hunter2@store:6379";
+  msg = NULL;
+  CHECK(ztp_engine_builder_set_store(b, (const uint8_t *)bad_url, strlen(bad_url), NULL, 0, 50, ZTP_ON_FAILURE_DENY, &msg) == ZTP_INVALID_CONFIG, "set_store: bad URL");
+  text = ztp_buffer_data(msg, &n);
+  CHECK(text && n > 0 && memmem(text, n, "scheme", 6) != NULL && memmem(text, n, "hunter2", 7) == NULL, "set_store message: why, no password");
+  ztp_buffer_free(msg);
+  const char *good_url = "redis://127.0.0.1:1/0";
+  CHECK(ztp_engine_builder_set_store(b, (const uint8_t *)good_url, strlen(good_url), NULL, 0, 50, 7, NULL) == ZTP_INVALID_CONFIG, "set_store: bad mode");
+  CHECK(ztp_engine_builder_set_store(b, (const uint8_t *)good_url, strlen(good_url), NULL, 0, 0, ZTP_ON_FAILURE_LOCAL, NULL) == ZTP_INVALID_CONFIG, "set_store: zero timeout");
+  CHECK(ztp_engine_builder_set_store(b, (const uint8_t *)good_url, strlen(good_url), NULL, 0, 50, ZTP_ON_FAILURE_LOCAL, NULL) == ZTP_OK, "set_store: nothing is connected here");
+  ztp_engine_builder_free(b);
+  b = NULL;
 
   e = new_engine(POLICY);
   CHECK(e != NULL, "engine built");
