@@ -133,7 +133,6 @@ pub fn decision_len(d: &Decision) -> usize {
         + joined_len(errors(d))
         + d.detail.as_deref().map_or(0, str::len)
         + reserved_len(d)
-        + 1
         + store_event(d).iter().map(|s| s.len()).sum::<usize>()
 }
 
@@ -280,19 +279,36 @@ mod tests {
         assert_eq!(at(ZTP_DECISION_AT_STRINGS + 4, 4), b"nope");
     }
 
-    /// The reservations are the last string, "limit=tokens" lines, of the length the
-    /// encoder computed first.
+    /// The reservations are the string before the last, "limit=tokens" lines, of the
+    /// length the encoder computed first; the store's outcome is a byte, its change of
+    /// state the last string.
     #[test]
-    fn reservations_are_the_last_string() {
+    fn reservations_then_the_store_event_end_the_decision() {
         let mut d = Decision::bad_request("x");
         d.lease = Some(7);
         d.reserved = vec![("a", 0), ("bb", u64::MAX), ("c", 10)];
         let mut out = vec![0; decision_len(&d)];
         assert_eq!(decision_into(&d, &mut out), out.len());
         let want = format!("a=0\nbb={}\nc=10", u64::MAX);
-        assert!(out.ends_with(want.as_bytes()));
-        let at = out.len() - want.len() - 4;
+        assert!(out.ends_with(&[want.as_bytes(), &[0; 4]].concat()));
+        let at = out.len() - 4 - want.len() - 4;
         assert_eq!(out[at..at + 4], (want.len() as u32).to_le_bytes());
         assert_eq!(out[crate::ZTP_DECISION_AT_LEASE..][..8], 7u64.to_le_bytes());
+        assert_eq!(out[crate::ZTP_DECISION_AT_STORE], 0);
+
+        d.store = Some(StoreOutcome::Local);
+        d.store_event = Some(StoreEvent::Unavailable("no answer within 50ms".into()));
+        let mut out = vec![0; decision_len(&d)];
+        assert_eq!(decision_into(&d, &mut out), out.len());
+        assert_eq!(
+            out[crate::ZTP_DECISION_AT_STORE],
+            ztp_store_outcome::ZTP_STORE_LOCAL as u8
+        );
+        let event = b"unavailable: no answer within 50ms";
+        assert!(out.ends_with(&[&(event.len() as u32).to_le_bytes()[..], event].concat()));
+        d.store_event = Some(StoreEvent::Available);
+        let mut out = vec![0; decision_len(&d)];
+        assert_eq!(decision_into(&d, &mut out), out.len());
+        assert!(out.ends_with(b"\x09\0\0\0available"));
     }
 }
