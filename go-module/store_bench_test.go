@@ -31,15 +31,7 @@ func BenchmarkStoreClient(b *testing.B) {
 	port := startRedis(b)
 	url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
 	policy := func(scope string) []byte {
-		return []byte(`
-[settings]
-require_identity = false
-identity = 'request.headers["x-user"]'
-[[rule]]
-name = "all"
-effect = "allow"
-when = 'true'
-[[limit]]
+		return []byte(allowAllByHeader + `[[limit]]
 name = "requests"
 rate = "1000000000/s"
 burst = 1000000000

@@ -15,15 +15,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-const clusterPolicy = `
-[settings]
-require_identity = false
-identity = 'request.headers["x-user"]'
-[[rule]]
-name = "all"
-effect = "allow"
-when = 'true'
-[[limit]]
+const clusterPolicy = allowAllByHeader + `[[limit]]
 name = "shared-requests"
 rate = "10/s"
 scope = "cluster"

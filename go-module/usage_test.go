@@ -233,7 +233,9 @@ func TestAnUnfinishedEventIsStillDeliveredInStripMode(t *testing.T) {
 	}
 }
 
-const settlePolicy = `
+// allowAllByHeader is the start of test policies: every request allowed, the
+// identity taken from the X-User header.
+const allowAllByHeader = `
 [settings]
 require_identity = false
 identity = 'request.headers["x-user"]'
@@ -241,7 +243,9 @@ identity = 'request.headers["x-user"]'
 name = "all"
 effect = "allow"
 when = 'true'
-[[limit]]
+`
+
+const settlePolicy = allowAllByHeader + `[[limit]]
 name = "tokens"
 rate = "1000/h"
 burst = 1000
