@@ -15,7 +15,7 @@
 //! the configuration keeps the pool (and its connections).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use zt_policy_core::{StoreClient, StoreEvent};
@@ -29,8 +29,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 /// While unavailable, one call per this interval tries the store.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// Idle connections kept for later calls; more are opened when calls overlap.
-const MAX_IDLE: usize = 64;
+/// Connections a store keeps open at most (per process and configuration): calls that
+/// overlap open more up to this; past it a call waits for one to come back, within its
+/// timeout, rather than open another (a burst of requests never opens a connection
+/// each, nor blocks a thread each on the store).
+pub const MAX_CONNECTIONS: usize = 128;
 
 /// Where the store is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +97,9 @@ pub struct Store {
     config: StoreConfig,
     client: redis::Client,
     script: redis::Script,
-    idle: Mutex<Vec<redis::Connection>>,
+    pool: Pool,
+    /// Replies a new connection waits for before it is ready (AUTH, SELECT; at least 1).
+    setup_replies: u32,
     available: AtomicBool,
     /// While unavailable: when the next probe may run (ns since `origin`).
     next_probe: AtomicU64,
@@ -134,6 +139,16 @@ impl Store {
         }
         let shown = redact(&config.url);
         let tls = config.url.starts_with("rediss://") || config.url.starts_with("valkeys://");
+        // No CLIENT SETINFO after connecting: two more replies to wait for, and commands
+        // the store's ACL user need not be allowed.
+        let info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
+            .map_err(|e| format!("limits store {shown:?}: {e}"))?;
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        // Setting up a connection waits for one reply per command (AUTH, SELECT), each up
+        // to the time it is given: it is given a share, so the whole stays in the timeout.
+        let setup_replies =
+            1.max(u32::from(settings.password().is_some()) + u32::from(settings.db() != 0));
+        let info = info.set_redis_settings(settings);
         let client = match &config.ca_file {
             Some(file) if !tls => {
                 return Err(format!(
@@ -150,7 +165,7 @@ impl Store {
                 }
                 install_crypto_provider();
                 redis::Client::build_with_tls(
-                    config.url.as_str(),
+                    info,
                     redis::TlsCertificates {
                         client_tls: None,
                         root_cert: Some(pem),
@@ -161,15 +176,16 @@ impl Store {
                 if tls {
                     install_crypto_provider();
                 }
-                redis::Client::open(config.url.as_str())
+                redis::Client::open(info)
             }
         }
         .map_err(|e| format!("limits store {shown:?}: {e}"))?;
         Ok(Store {
             config,
             client,
+            setup_replies,
             script: redis::Script::new(SCRIPT),
-            idle: Mutex::new(Vec::new()),
+            pool: Pool::new(MAX_CONNECTIONS),
             available: AtomicBool::new(true),
             next_probe: AtomicU64::new(0),
             origin: Instant::now(),
@@ -196,11 +212,10 @@ impl Store {
     pub fn ping(&self) -> Result<(), String> {
         let _quiet = SignalsHeld::new();
         let deadline = Instant::now() + self.config.timeout;
-        let mut con = self.connection(deadline)?;
-        redis::cmd("PING")
-            .query::<String>(&mut con)
-            .map(|_| ())
-            .map_err(|e| self.describe(&e))
+        let mut con = self.connection(deadline).map_err(|(e, _)| e)?;
+        let pong = redis::cmd("PING").query::<String>(&mut con);
+        self.pool.put(con);
+        pong.map(|_| ()).map_err(|e| self.describe(&e))
     }
 
     fn describe(&self, e: &redis::RedisError) -> String {
@@ -212,35 +227,55 @@ impl Store {
         format!("limits store {}: {what}", redact(&self.config.url))
     }
 
-    fn connection(&self, deadline: Instant) -> Result<redis::Connection, String> {
-        if let Some(c) = self.idle.lock().unwrap().pop() {
-            return Ok(c);
+    /// A pooled connection, or a new one, within the deadline. `Err((why, failed))`:
+    /// `failed` when the store failed (not when every connection was busy).
+    fn connection(&self, deadline: Instant) -> Result<redis::Connection, (String, bool)> {
+        let busy = || {
+            format!(
+                "limits store {}: no connection free within {:?} ({} in use)",
+                redact(&self.config.url),
+                self.config.timeout,
+                self.pool.max
+            )
+        };
+        match self.pool.take(deadline) {
+            Taken::Idle(c) => return Ok(c),
+            Taken::Busy => return Err((busy(), false)),
+            Taken::OpenOne => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!(
-                "limits store {}: no connection within {:?}",
-                redact(&self.config.url),
-                self.config.timeout
-            ));
+            self.pool.closed();
+            return Err((busy(), false));
         }
-        let con = self
+        let con = match self
             .client
-            .get_connection_with_timeout(left)
-            .map_err(|e| self.describe(&e))?;
+            .get_connection_with_timeout(left / self.setup_replies)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.pool.closed();
+                return Err((self.describe(&e), true));
+            }
+        };
         self.opened.fetch_add(1, Ordering::Relaxed);
         // Reads and writes of this connection wait at most the timeout from now on (a
         // new connection's first call has less left).
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        con.set_read_timeout(Some(left))
+        if let Err(e) = con
+            .set_read_timeout(Some(left))
             .and_then(|()| con.set_write_timeout(Some(self.config.timeout)))
-            .map_err(|e| self.describe(&e))?;
+        {
+            self.pool.closed();
+            return Err((self.describe(&e), true));
+        }
         Ok(con)
     }
 
-    fn call(&self, keys: &[String], args: &[String]) -> Result<Vec<i64>, String> {
+    /// One script call; `Err((why, failed))` as for `connection`.
+    fn call(&self, keys: &[String], args: &[String]) -> Result<Vec<i64>, (String, bool)> {
         let _quiet = SignalsHeld::new();
         let deadline = Instant::now() + self.config.timeout;
         let mut con = self.connection(deadline)?;
@@ -251,15 +286,18 @@ impl Store {
         for a in args {
             invocation.arg(a);
         }
-        // A connection that failed may hold half a reply: it is dropped, not pooled.
-        let reply = invocation
-            .invoke::<Vec<i64>>(&mut con)
-            .map_err(|e| self.describe(&e))?;
-        let mut idle = self.idle.lock().unwrap();
-        if idle.len() < MAX_IDLE {
-            idle.push(con);
+        match invocation.invoke::<Vec<i64>>(&mut con) {
+            Ok(reply) => {
+                self.pool.put(con);
+                Ok(reply)
+            }
+            Err(e) => {
+                // A connection that failed may hold half a reply: closed, not pooled.
+                drop(con);
+                self.pool.closed();
+                Err((self.describe(&e), true))
+            }
         }
-        Ok(reply)
     }
 
     fn nanos(&self) -> u64 {
@@ -291,20 +329,22 @@ impl StoreClient for Store {
             }
         }
         match self.call(keys, args) {
+            // Every connection busy: this call falls back, the store is not "down".
+            Err((e, false)) => Err(e),
             Ok(reply) => {
                 if !self.available.swap(true, Ordering::Relaxed) {
                     *self.event.lock().unwrap() = Some(StoreEvent::Available);
                 }
                 Ok(reply)
             }
-            Err(e) => {
+            Err((e, true)) => {
                 self.next_probe.store(
                     self.nanos() + PROBE_EVERY.as_nanos() as u64,
                     Ordering::Relaxed,
                 );
                 if self.available.swap(false, Ordering::Relaxed) {
                     // Connections opened before the failure may be dead too.
-                    self.idle.lock().unwrap().clear();
+                    self.pool.clear();
                     *self.event.lock().unwrap() = Some(StoreEvent::Unavailable(e.clone()));
                 }
                 Err(e)
@@ -314,6 +354,77 @@ impl StoreClient for Store {
 
     fn take_event(&self) -> Option<StoreEvent> {
         self.event.lock().unwrap().take()
+    }
+}
+
+/// The store's connections: idle ones, and how many are open (idle or in a call).
+struct Pool {
+    state: Mutex<PoolState>,
+    returned: Condvar,
+    max: usize,
+}
+
+struct PoolState {
+    idle: Vec<redis::Connection>,
+    open: usize,
+}
+
+enum Taken {
+    Idle(redis::Connection),
+    /// Room for one more: the caller opens it (and calls `closed` if that fails).
+    OpenOne,
+    /// All `max` are in calls, and none came back before the deadline.
+    Busy,
+}
+
+impl Pool {
+    fn new(max: usize) -> Pool {
+        Pool {
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            returned: Condvar::new(),
+            max,
+        }
+    }
+
+    fn take(&self, deadline: Instant) -> Taken {
+        let mut st = self.state.lock().unwrap();
+        loop {
+            if let Some(c) = st.idle.pop() {
+                return Taken::Idle(c);
+            }
+            if st.open < self.max {
+                st.open += 1;
+                return Taken::OpenOne;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Taken::Busy;
+            }
+            st = self.returned.wait_timeout(st, left).unwrap().0;
+        }
+    }
+
+    fn put(&self, c: redis::Connection) {
+        self.state.lock().unwrap().idle.push(c);
+        self.returned.notify_one();
+    }
+
+    /// A connection taken or being opened is gone.
+    fn closed(&self) {
+        self.state.lock().unwrap().open -= 1;
+        self.returned.notify_one();
+    }
+
+    /// Closes every idle connection.
+    fn clear(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.open -= st.idle.len();
+        st.idle.clear();
+        drop(st);
+        self.returned.notify_all();
     }
 }
 
