@@ -124,8 +124,19 @@ rate = "5/10s"
 burst = 3
 cost = 'has(llm.max_output_tokens) ? llm.max_output_tokens : 1'
 '''
+    # Cluster-scoped limits and caps (loaded as the Caddy module loads them; without a
+    # store the engine judges them locally).
+    cluster = small + b'''scope = "cluster"
+settle = "usage"
+[[concurrency]]
+name = "c"
+max = 2
+scope = "cluster"
+lease_ttl = "90s"
+'''
     return [example, small, b"[settings]\nmode = \"audit\"\n" + small.split(b"\n", 1)[1],
-            b'[[limit]]\nname="x"\nrate="1/365d"\nburst=1000000000\n']
+            b'[[limit]]\nname="x"\nrate="1/365d"\nburst=1000000000\n', cluster,
+            b'[[limit]]\nname="x"\nrate="1/d"\nburst=105\nscope="cluster"\n']
 
 
 def certificate_seeds():
