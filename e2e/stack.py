@@ -132,11 +132,15 @@ class RedisServer:
             preexec_fn=die_with_parent)
         deadline = time.time() + 10
         while True:
+            if self.proc.poll() is not None:
+                # Not ours to talk to, whatever listens there: the port was taken.
+                log = (self.work / "redis.log").read_text()[-500:]
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {log}")
             try:
                 self.client()("PING")
                 return self
             except OSError:
-                if time.time() > deadline or self.proc.poll() is not None:
+                if time.time() > deadline:
                     raise
                 time.sleep(0.05)
 

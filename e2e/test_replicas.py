@@ -58,15 +58,23 @@ class Replicas:
         # and only its ACL user, with only the rules the compose file gives it.
         pki = self.stack.pki
         pki._leaf("store", "/CN=valkey", "DNS:valkey,IP:127.0.0.1", "serverAuth", "mesh-ca")
-        self.store = RedisServer(tmp / "redis", tls=(pki.path("store.pem"), pki.path("store.key"),
-                                                     pki.path("mesh-ca.pem")),
+        # Ports the stack has chosen are not bound yet: draw ours apart from them.
+        taken = set(self.stack.ports.values())
+
+        def port():
+            while (p := free_port()) in taken:
+                pass
+            taken.add(p)
+            return p
+        self.store = RedisServer(tmp / "redis", port=port(),
+                                 tls=(pki.path("store.pem"), pki.path("store.key"), pki.path("mesh-ca.pem")),
                                  user=("zt", "zt-test-password", valkey_acl())).start()
         for name in ("dana", "erin", "frank", "gwen", "hank", "ivan"):
             self.stack.pki.client(name, "ml-users", f"{name}@example.com")
         self.names = ["caddy", "caddy2", "caddy3"]
         self.ports = {"caddy": (self.stack.ports["caddy"], self.stack.ports["admin"])}
         for n in self.names[1:]:
-            self.ports[n] = (free_port(), free_port())
+            self.ports[n] = (port(), port())
         self.mode = "local"
 
     def replica(self, name):
