@@ -250,6 +250,9 @@ impl Engine {
                 }
             }
         }
+        if keys.is_empty() {
+            return; // every reservation kept, no slot: nothing to tell the store
+        }
         let reply = shared.client.run(&keys, &args);
         // (A change of the store's state is reported by the next admission.)
         for &(at, key, charge) in &sent {
