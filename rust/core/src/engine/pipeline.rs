@@ -466,22 +466,19 @@ impl Engine {
 
     fn cap_full<'e>(&'e self, index: usize, max: u32) -> Refusal<'e> {
         let cfg = &self.policy.concurrency[index];
-        Refusal {
-            decision: Decision::deny(
-                429,
-                Reason::ConcurrencyLimit,
-                format!(
-                    "concurrency limit {:?} reached: {max} requests already in flight; retry when one ends",
-                    cfg.name
-                ),
+        Refusal::too_many(
+            Reason::ConcurrencyLimit,
+            format!(
+                "concurrency limit {:?} reached: {max} requests already in flight; retry when one ends",
+                cfg.name
             ),
-            limit: Some(LimitReport {
+            LimitReport {
                 name: &cfg.name,
                 remaining: 0,
                 retry_after_secs: Some(1),
                 headers: inflight::headers(&cfg.name, max),
-            }),
-        }
+            },
+        )
     }
 
     /// `cost` cells of local limit `index`.
@@ -516,17 +513,14 @@ impl Engine {
             }
             Outcome::Limited { retry_after_secs } => Err(self.limited(index, retry_after_secs)),
             Outcome::CostExceedsBurst { cost, .. } => Err(self.cost_exceeds_burst(cfg, cost)),
-            Outcome::TableFull { live_keys } => Err(Refusal {
-                decision: Decision::deny(
-                    429,
-                    Reason::LimitTableFull,
-                    format!(
-                        "limit {:?} already tracks {live_keys} identities (its max_keys); retry later",
-                        cfg.name
-                    ),
+            Outcome::TableFull { live_keys } => Err(Refusal::too_many(
+                Reason::LimitTableFull,
+                format!(
+                    "limit {:?} already tracks {live_keys} identities (its max_keys); retry later",
+                    cfg.name
                 ),
-                limit: Some(self.refused_report(index, 1)),
-            }),
+                self.refused_report(index, 1),
+            )),
         }
     }
 
@@ -556,17 +550,14 @@ impl Engine {
 
     fn limited<'e>(&'e self, index: usize, retry_after_secs: u64) -> Refusal<'e> {
         let cfg = &self.policy.limits[index];
-        Refusal {
-            decision: Decision::deny(
-                429,
-                Reason::RateLimited,
-                format!(
-                    "rate limit {:?} exceeded; retry in {retry_after_secs}s",
-                    cfg.name
-                ),
+        Refusal::too_many(
+            Reason::RateLimited,
+            format!(
+                "rate limit {:?} exceeded; retry in {retry_after_secs}s",
+                cfg.name
             ),
-            limit: Some(self.refused_report(index, retry_after_secs)),
-        }
+            self.refused_report(index, retry_after_secs),
+        )
     }
 
     fn refused_report<'e>(&'e self, index: usize, retry_after: u64) -> LimitReport<'e> {
@@ -800,6 +791,16 @@ struct Held<'e, 'a> {
 struct Refusal<'e> {
     decision: Decision<'e>,
     limit: Option<LimitReport<'e>>,
+}
+
+impl<'e> Refusal<'e> {
+    /// 429, reporting the limit or cap that refused.
+    fn too_many(reason: Reason, message: String, limit: LimitReport<'e>) -> Self {
+        Refusal {
+            decision: Decision::deny(429, reason, message),
+            limit: Some(limit),
+        }
+    }
 }
 
 /// Who is calling: the verified certificate and token, when there are.
