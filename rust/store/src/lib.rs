@@ -5,8 +5,8 @@
 //! - **one round trip** per call, EVALSHA on a pooled blocking connection (the script
 //!   is loaded once per server; NOSCRIPT after a restart loads it again);
 //! - **a timeout** on everything a call waits for (taking a connection, connecting,
-//!   the reply): a call never waits longer than `timeout` (default 50 ms), however the
-//!   store fails (down, slow, unreachable host);
+//!   the reply): a call never waits longer than `timeout` (the Caddyfile's, 50 ms by
+//!   default), however the store fails (down, slow, unreachable host);
 //! - **a breaker**: after a failure the store is "unavailable", and calls fail at once
 //!   without touching the network, except one probe per second; the first call that
 //!   succeeds makes it "available" again. Each change is reported once (`take_event`).
@@ -22,9 +22,6 @@ use zt_policy_core::{StoreClient, StoreEvent};
 
 /// The script every call runs.
 pub const SCRIPT: &str = include_str!("../../../store/limits.lua");
-
-/// A call waits at most this long unless configured otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// While unavailable, one call per this interval tries the store.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -196,11 +193,6 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
-    }
-
-    /// Whether the last call reached the store.
-    pub fn available(&self) -> bool {
-        self.available.load(Ordering::Relaxed)
     }
 
     /// Connections opened since the store was made.
@@ -541,7 +533,7 @@ mod tests {
         let cfg = |url: &str, ca: &str| StoreConfig {
             url: url.into(),
             ca_file: Some(ca.into()),
-            timeout: DEFAULT_TIMEOUT,
+            timeout: Duration::from_millis(50),
         };
         let e = Store::new(cfg("redis://h", "/etc/hostname")).err().unwrap();
         assert!(e.contains("is for rediss://"), "{e}");

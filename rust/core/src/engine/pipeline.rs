@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::settle::{Lease, Reservation};
-use super::shared::{arg, OnFailure, Pending, Shared, SharedHeld};
+use super::shared::{OnFailure, Pending, ScriptCall, Shared, SharedHeld};
 use super::{Activation, Engine};
 use crate::cert::CertEntry;
 use crate::decision::{Decision, LimitReport, Reason, RuleError, StoreEvent, StoreOutcome};
@@ -598,23 +598,22 @@ impl Engine {
         } else {
             "-".to_owned()
         };
-        let keys: Vec<String> = pending.iter().map(|p| shared.store_key(p)).collect();
-        let mut args = Vec::with_capacity(3 + 4 * pending.len());
-        args.extend(["0".to_owned(), "admit".to_owned(), lease_id.clone()]);
+        let mut call = ScriptCall::new("admit", &lease_id, pending.len());
         for p in &pending {
-            let [kind, a, b, c] = match p {
+            let key = shared.store_key(p);
+            match p {
                 Pending::Limit { index, cost, .. } => {
                     let state = &self.limits[*index];
-                    ["l", &arg(state.period()), &arg(state.tau()), &arg(*cost)].map(str::to_owned)
+                    let numbers = [state.period(), state.tau(), *cost].map(u128::from);
+                    call.push(key, "l", numbers);
                 }
                 Pending::Cap { index, .. } => {
                     let cfg = &self.policy.concurrency[*index];
-                    ["c", &arg(cfg.max), &arg(cfg.lease_ttl.as_millis()), "0"].map(str::to_owned)
+                    call.push(key, "c", [cfg.max.into(), cfg.lease_ttl.as_millis(), 0]);
                 }
-            };
-            args.extend([kind, a, b, c]);
+            }
         }
-        let ran = shared.client.run(&keys, &args);
+        let ran = call.run(&*shared.client);
         held.store_event = shared.client.take_event();
         let reply = match ran.map(|r| (check_admit_reply(&r, pending.len()), r)) {
             Ok((Ok(()), r)) => r,
@@ -633,7 +632,7 @@ impl Engine {
             });
         }
         held.lease.shared_id = lease_id;
-        for (j, (p, store_key)) in pending.into_iter().zip(keys).enumerate() {
+        for (j, (p, store_key)) in pending.into_iter().zip(call.keys).enumerate() {
             match p {
                 Pending::Limit { index, cost, .. } => {
                     let (remaining, ahead) = (reply[1 + 2 * j], reply[2 + 2 * j] as u64);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::shared::{arg, SharedHeld};
+use super::shared::{ScriptCall, SharedHeld};
 use super::Engine;
 use crate::inflight::InFlightState;
 use crate::limits::LimitState;
@@ -164,6 +164,14 @@ pub struct Settled<'e> {
     pub unbilled: u64,
 }
 
+impl Settled<'_> {
+    /// Of `excess` usage beyond the reservation, the bucket took `taken`.
+    fn charged_excess(&mut self, excess: u64, taken: u64) {
+        self.charged = self.reserved + taken;
+        self.unbilled = excess - taken;
+    }
+}
+
 /// What settling one reservation does to its bucket.
 enum Move {
     None,
@@ -191,11 +199,7 @@ impl Engine {
                     Move::Refund(n) => {
                         r.state.refund(&r.key, n);
                     }
-                    Move::Charge(n) => {
-                        let taken = r.state.charge(&r.key, n);
-                        s.charged += taken;
-                        s.unbilled = n - taken;
-                    }
+                    Move::Charge(n) => s.charged_excess(n, r.state.charge(&r.key, n)),
                 }
                 s
             })
@@ -213,9 +217,9 @@ impl Engine {
         let Some(shared) = &self.shared else {
             return;
         };
-        let mut keys = Vec::new();
-        let mut args = vec!["0".to_owned(), "settle".to_owned(), lease.shared_id.clone()];
-        // (index in `out`, index in `keys`, whether it is a charge) per reservation sent.
+        let mut call = ScriptCall::new("settle", &lease.shared_id, lease.shared.len());
+        // (index in `out`, index in the call's keys, the excess it charges) per
+        // reservation sent.
         let mut sent = Vec::new();
         for held in &lease.shared {
             match held {
@@ -228,46 +232,44 @@ impl Engine {
                     let (s, step) =
                         settle_one(*reserved, *settle, ending, &self.policy.limits[*limit].name);
                     let state = &self.limits[*limit];
-                    let [kind, a, b, c] = match step {
+                    let key = store_key.clone();
+                    let excess = match step {
                         Move::None => {
                             out.push(s);
                             continue;
                         }
                         Move::Refund(n) => {
-                            ["r", &arg(state.period()), &arg(n), "0"].map(str::to_owned)
+                            call.push(key, "r", [state.period().into(), n.into(), 0]);
+                            0
                         }
-                        Move::Charge(n) => ["g", &arg(state.period()), &arg(state.tau()), &arg(n)]
-                            .map(str::to_owned),
+                        Move::Charge(n) => {
+                            let numbers = [state.period(), state.tau(), n].map(u128::from);
+                            call.push(key, "g", numbers);
+                            n
+                        }
                     };
-                    sent.push((out.len(), keys.len(), kind == "g"));
+                    sent.push((out.len(), call.keys.len() - 1, excess));
                     out.push(s);
-                    keys.push(store_key.clone());
-                    args.extend([kind, a, b, c]);
                 }
-                SharedHeld::Slot { store_key } => {
-                    keys.push(store_key.clone());
-                    args.extend(["x", "0", "0", "0"].map(str::to_owned));
-                }
+                SharedHeld::Slot { store_key } => call.push(store_key.clone(), "x", [0; 3]),
             }
         }
-        if keys.is_empty() {
+        if call.keys.is_empty() {
             return; // every reservation kept, no slot: nothing to tell the store
         }
-        let reply = shared.client.run(&keys, &args);
+        let reply = call.run(&*shared.client);
         // (A change of the store's state is reported by the next admission.)
-        for &(at, key, charge) in &sent {
+        let reply = reply.ok().filter(|r| r.len() == call.keys.len());
+        for &(at, key, excess) in &sent {
             let s = &mut out[at];
-            match reply.as_deref().ok().filter(|r| r.len() == keys.len()) {
+            match &reply {
                 None => {
                     s.rule = SettleRule::KeptStoreUnavailable;
                     s.charged = s.reserved;
                     s.unbilled = 0;
                 }
-                Some(r) if charge => {
-                    let wanted = s.used.unwrap_or(0) - s.reserved;
-                    let taken = u64::try_from(r[key]).unwrap_or(0).min(wanted);
-                    s.charged = s.reserved + taken;
-                    s.unbilled = wanted - taken;
+                Some(r) if excess > 0 => {
+                    s.charged_excess(excess, u64::try_from(r[key]).unwrap_or(0).min(excess))
                 }
                 Some(_) => {}
             }

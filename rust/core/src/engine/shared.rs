@@ -39,17 +39,6 @@ pub enum OnFailure {
     Allow,
 }
 
-impl OnFailure {
-    pub fn parse(text: &str) -> Option<OnFailure> {
-        match text {
-            "local" => Some(OnFailure::Local),
-            "deny" => Some(OnFailure::Deny),
-            "allow" => Some(OnFailure::Allow),
-            _ => None,
-        }
-    }
-}
-
 /// The store, and the names of the policy's keys in it.
 pub(super) struct Shared {
     pub(super) client: Arc<dyn StoreClient>,
@@ -143,9 +132,32 @@ impl Shared {
     }
 }
 
-/// Formats whole numbers for the script's arguments.
-pub(super) fn arg(n: impl Into<u128>) -> String {
-    n.into().to_string()
+/// One call of the store's script (store/limits.lua): its keys and arguments — the
+/// store's clock, the operation and the lease id, then a kind and three numbers per key.
+pub(super) struct ScriptCall {
+    pub(super) keys: Vec<String>,
+    args: Vec<String>,
+}
+
+impl ScriptCall {
+    pub(super) fn new(op: &str, lease: &str, keys: usize) -> ScriptCall {
+        let mut args = Vec::with_capacity(3 + 4 * keys);
+        args.extend(["0", op, lease].map(str::to_owned));
+        ScriptCall {
+            keys: Vec::with_capacity(keys),
+            args,
+        }
+    }
+
+    pub(super) fn push(&mut self, key: String, kind: &str, numbers: [u128; 3]) {
+        self.keys.push(key);
+        self.args.push(kind.to_owned());
+        self.args.extend(numbers.map(|n| n.to_string()));
+    }
+
+    pub(super) fn run(&self, client: &dyn StoreClient) -> Result<Vec<i64>, String> {
+        client.run(&self.keys, &self.args)
+    }
 }
 
 #[cfg(test)]
